@@ -1,0 +1,215 @@
+"""Configuration: frozen, validated data loaded from one YAML file.
+
+Every key has a named default below and a one-line comment in `config.yaml`. Unknown keys are rejected.
+`load_config` raises `ConfigError` with the file, the dotted key and what was expected, before any port
+is bound. Secrets never live in the file: the file names an environment variable instead.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bridge.errors import ConfigError
+
+DEFAULT_SIP_HOST = "127.0.0.1"
+DEFAULT_SIP_FIRST_PORT = 5080
+DEFAULT_WORKERS = 2
+DEFAULT_CALLS_PER_WORKER = 4  # pjsua2-python's compile-time PJSUA_MAX_CALLS
+DEFAULT_RTP_FIRST_PORT = 20000
+DEFAULT_RETRY_AFTER_SECONDS = 5
+DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
+DEFAULT_SAMPLE_RATE = 8000
+DEFAULT_CHUNK_MS = 100
+DEFAULT_PORT_FRAME_MS = 100
+DEFAULT_ENGINE_URL = "ws://127.0.0.1:17171/transcribe"
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_FINAL_TIMEOUT = 30.0
+DEFAULT_SEND_TIMEOUT = 5.0
+DEFAULT_RECONNECT_INITIAL = 0.5
+DEFAULT_RECONNECT_MAX = 10.0
+DEFAULT_BUFFER_SECONDS = 60.0
+DEFAULT_REPLAY_SECONDS = 15.0
+DEFAULT_METRICS_HOST = "127.0.0.1"
+DEFAULT_METRICS_PORT = 9400
+DEFAULT_DRAIN_SECONDS = 30.0
+DEFAULT_WEBHOOK_TIMEOUT = 5.0
+DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+
+MAX_CALLS_PER_WORKER = 4
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SipConfig(_Section):
+    host: str = DEFAULT_SIP_HOST  # address the workers bind for SIP and RTP
+    first_port: int = Field(DEFAULT_SIP_FIRST_PORT, ge=1, le=65535)  # worker i listens on first_port + i
+    workers: int = Field(DEFAULT_WORKERS, ge=1, le=512)
+    calls_per_worker: int = Field(DEFAULT_CALLS_PER_WORKER, ge=1, le=MAX_CALLS_PER_WORKER)
+    transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
+    codecs: tuple[Literal["PCMU", "PCMA", "G722"], ...] = ("PCMU", "PCMA", "G722")
+    rtp_first_port: int = Field(DEFAULT_RTP_FIRST_PORT, ge=1024, le=65000)
+    retry_after_seconds: int = Field(DEFAULT_RETRY_AFTER_SECONDS, ge=0, le=3600)
+    rtp_timeout_seconds: float = Field(DEFAULT_RTP_TIMEOUT_SECONDS, ge=0)  # 0 = never hang up for silence
+    allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources; empty = everyone
+    deny_action: Literal["reject", "drop"] = "reject"  # reject = 403, drop = no answer
+    headers: tuple[str, ...] = ()  # SIP headers copied into call.started
+
+    @field_validator("allow_from")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not a CIDR network") from exc
+        return value
+
+    @field_validator("codecs", "transports")
+    @classmethod
+    def _not_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("must list at least one")
+        return value
+
+
+class AudioConfig(_Section):
+    sample_rate: Literal[8000, 16000] = DEFAULT_SAMPLE_RATE  # PCM rate sent to the engine
+    chunk_ms: int = Field(DEFAULT_CHUNK_MS, ge=10, le=2000)  # audio per WebSocket write
+    port_frame_ms: int = Field(DEFAULT_PORT_FRAME_MS, ge=10, le=200)  # pjsua2 media port frame length
+
+
+class EngineConfig(_Section):
+    url: str = DEFAULT_ENGINE_URL  # ws://HOST:17171/transcribe
+    datahdr: Literal["NONE", "WAVE"] = "NONE"  # NONE: raw PCM with encoding tags; WAVE: streaming WAV header
+    tags: dict[str, str | int | float | bool] = Field(
+        default_factory=lambda: {
+            "vadtype": "level",
+            "activitylevel": 175,
+            "uttminactivity": 500,
+            "uttmaxsilence": 800,
+            "uttpadding": 300,
+            "uttmaxtime": 15,
+            "uttmaxgap": 0,
+        }
+    )  # extra V-Blaze tags sent as X-Voci-* headers
+    connect_timeout_seconds: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)
+    send_timeout_seconds: float = Field(DEFAULT_SEND_TIMEOUT, gt=0)
+    final_timeout_seconds: float = Field(DEFAULT_FINAL_TIMEOUT, gt=0)  # wait for the final transcript after BYE
+    reconnect_initial_seconds: float = Field(DEFAULT_RECONNECT_INITIAL, gt=0)
+    reconnect_max_seconds: float = Field(DEFAULT_RECONNECT_MAX, gt=0)
+    buffer_seconds: float = Field(DEFAULT_BUFFER_SECONDS, ge=1)  # audio kept while the engine is unreachable
+    replay_seconds: float = Field(DEFAULT_REPLAY_SECONDS, ge=0)  # audio kept for replay after a lost socket
+    on_unreachable: Literal["answer", "reject"] = "answer"  # engine down at call start
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith("ws://"):
+            raise ValueError("must start with ws:// (V-Blaze does not support wss)")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"realtime", "outstream", "datahdr", "encoding", "samprate", "sampwidth", "requestid"}
+        clash = sorted(reserved & {k.lower() for k in value})
+        if clash:
+            raise ValueError(f"{', '.join(clash)} set by the bridge itself and cannot be overridden")
+        return value
+
+    @model_validator(mode="after")
+    def _backoff(self) -> EngineConfig:
+        if self.reconnect_max_seconds < self.reconnect_initial_seconds:
+            raise ValueError(
+                "engine.reconnect_max_seconds must be >= engine.reconnect_initial_seconds"
+            )
+        return self
+
+
+class SinkConfig(_Section):
+    kind: Literal["jsonl", "webhook"] = "jsonl"  # where events go
+    jsonl_path: str = "-"  # "-" = stdout
+
+
+class WebhookConfig(_Section):
+    urls: tuple[str, ...] = ()  # receivers; each gets every event, with its own queue
+    secret_env: str = "VBLAZE_BRIDGE_WEBHOOK_SECRET"  # environment variable holding the HMAC secret
+    bearer_env: str | None = None  # environment variable holding a bearer token, if any
+    timeout_seconds: float = Field(DEFAULT_WEBHOOK_TIMEOUT, gt=0)  # per attempt
+    backoff_initial_seconds: float = Field(0.5, gt=0)
+    backoff_max_seconds: float = Field(60.0, gt=0)
+    spool_path: str = "var/spool.sqlite3"
+    spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, ge=1024 * 1024)
+
+
+class MetricsConfig(_Section):
+    host: str = DEFAULT_METRICS_HOST
+    port: int = Field(DEFAULT_METRICS_PORT, ge=0, le=65535)  # 0 = disabled
+
+
+class LoggingConfig(_Section):
+    format: Literal["auto", "json", "text"] = "auto"  # auto = json under systemd, text on a terminal
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class DrainConfig(_Section):
+    timeout_seconds: float = Field(DEFAULT_DRAIN_SECONDS, ge=0)  # calls may finish this long after SIGTERM
+
+
+class Config(_Section):
+    sip: SipConfig = SipConfig()
+    audio: AudioConfig = AudioConfig()
+    engine: EngineConfig = EngineConfig()
+    sink: SinkConfig = SinkConfig()
+    webhook: WebhookConfig = WebhookConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    logging: LoggingConfig = LoggingConfig()
+    drain: DrainConfig = DrainConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        if self.sink.kind == "webhook" and not self.webhook.urls:
+            raise ValueError("sink.kind is 'webhook' but webhook.urls is empty")
+        if self.audio.chunk_ms % self.audio.port_frame_ms and self.audio.port_frame_ms % self.audio.chunk_ms:
+            raise ValueError("audio.chunk_ms and audio.port_frame_ms must divide one another")
+        return self
+
+
+def parse_config(raw: Any, source: str = "<config>") -> Config:
+    """Validate a parsed YAML document; raise ConfigError naming the file and the key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{source}: {key}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    return parse_config(raw, str(path))

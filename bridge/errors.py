@@ -1,0 +1,80 @@
+"""The bridge's error tree.
+
+    BridgeError                 root of every error the bridge raises on purpose
+    ├── ConfigError             a config file or key is invalid (never retryable)
+    ├── EngineError             the V-Blaze engine failed us
+    │   ├── EngineUnavailable   connect refused, 503 at the upgrade, DNS, timeout (retryable)
+    │   ├── EngineRejected      4xx at the upgrade: our tags are wrong (not retryable)
+    │   ├── EngineClosed        the socket closed before the final transcript (retryable)
+    │   └── EngineProtocolError a message we cannot parse (not retryable)
+    ├── WebhookError            a webhook attempt failed
+    │   ├── WebhookRetryable    connection error, timeout, 408, 429, 5xx
+    │   └── WebhookRejected     any other 4xx (final)
+    └── SipError                pjsua2 refused an operation
+
+`is_retryable` is the one place that decides whether an error is worth another attempt.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Root of the bridge's own errors."""
+
+
+class ConfigError(BridgeError):
+    """A configuration file or key is invalid."""
+
+
+class EngineError(BridgeError):
+    """The V-Blaze engine failed."""
+
+
+class EngineUnavailable(EngineError):
+    """The engine could not be reached or refused for capacity (503)."""
+
+
+class EngineRejected(EngineError):
+    """The engine refused the request itself (HTTP 4xx at the upgrade)."""
+
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"engine rejected the stream: HTTP {status}: {body.strip()[:200]}")
+        self.status = status
+        self.body = body
+
+
+class EngineClosed(EngineError):
+    """The engine closed the socket before sending the final transcript."""
+
+
+class EngineProtocolError(EngineError):
+    """The engine sent something that does not follow the protocol."""
+
+
+class WebhookError(BridgeError):
+    """A webhook delivery attempt failed."""
+
+
+class WebhookRetryable(WebhookError):
+    """A webhook attempt that may succeed later."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class WebhookRejected(WebhookError):
+    """The receiver answered with a final 4xx."""
+
+
+class SipError(BridgeError):
+    """pjsua2 refused an operation."""
+
+
+def is_retryable(error: BaseException) -> bool:
+    """Whether another attempt at the same operation may succeed."""
+    if isinstance(error, (EngineUnavailable, EngineClosed, WebhookRetryable)):
+        return True
+    if isinstance(error, (ConfigError, EngineRejected, EngineProtocolError, WebhookRejected, SipError)):
+        return False
+    return isinstance(error, (OSError, TimeoutError, ConnectionError))
