@@ -1,0 +1,471 @@
+"""Every Prometheus metric of the bridge, in one module.
+
+Names are ``vblaze_bridge_<noun>_<unit>`` in base units (seconds, bytes); counters end in ``_total``.
+Label values come from the short fixed tuples below; anything else is mapped to ``"other"`` (or, for
+SIP codes, to the code's class such as ``"4xx"``), so no call id, number or free text ever becomes a
+label.
+
+Multiprocess model
+------------------
+Workers record into ``prometheus_client``'s multiprocess files. The supervisor:
+
+1. calls :func:`setup_multiprocess_dir` before it spawns any worker (the variable it sets is inherited
+   by the workers, whose ``import bridge.metrics`` then writes to that directory);
+2. calls :func:`mark_process_dead` with a worker's pid after reaping it (drops its ``live*`` gauges);
+3. records what only it knows (worker restarts, calls lost with a worker, readiness) on
+   :data:`SUPERVISOR`, an in-memory object that :func:`registry_for_scrape` merges into the same
+   metric families, so one scrape of the supervisor's port covers the whole pool.
+
+The supervisor itself does not need to be in multiprocess mode, and may import this module before
+or after calling :func:`setup_multiprocess_dir`.
+
+Workers use the observers: :class:`WorkerMetrics` once at start, :class:`CallMetrics` from the SIP
+and call code, :class:`EngineMetrics` from the V-Blaze client and :class:`WebhookMetrics` from webhook
+delivery. Observer methods never raise and never block.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
+from prometheus_client.samples import Sample
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+PREFIX = "vblaze_bridge"
+
+# --- bounded label values ---------------------------------------------------------------------------
+
+CALL_RESULTS = (
+    "completed",  # answered and ended normally (BYE from either side, RTP timeout, drain hang-up)
+    "rejected_full",  # 503: every slot of the worker is taken
+    "rejected_draining",  # 503: the bridge is draining after SIGTERM
+    "rejected_codec",  # 488: no codec in common
+    "rejected_acl",  # 403 or dropped: source not in sip.allow_from
+    "rejected_engine",  # 503: engine unreachable and engine.on_unreachable = reject
+    "failed",  # answered, then ended by an error of ours
+    "worker_lost",  # the worker process died with the call up (counted by the supervisor)
+    "other",
+)
+# SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
+INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
+DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
+CONNECT_FAILURE_CAUSES = (
+    "refused",
+    "timeout",
+    "unavailable",
+    "rejected",
+    "closed",
+    "protocol",
+    "dns",
+    "other",
+)
+GAP_CAUSES = ("disconnected", "buffer_full", "engine_unreachable", "send_timeout", "other")
+WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
+RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
+
+OTHER = "other"
+
+
+def bounded(value: str, allowed: Iterable[str]) -> str:
+    """Return `value` if it is one of `allowed`, else ``"other"``."""
+    return value if value in allowed else OTHER
+
+
+def sip_code_label(code: int) -> str:
+    """A bounded label for a SIP status code: known codes as themselves, others by class."""
+    text = str(code)
+    if text in INVITE_CODES:
+        return text
+    if 100 <= code <= 699:
+        return f"{code // 100}xx"
+    return OTHER
+
+
+# --- calls and SIP ----------------------------------------------------------------------------------
+
+CALLS_ACTIVE = Gauge(
+    f"{PREFIX}_calls_active",
+    "Calls answered and not yet ended, over live workers.",
+    multiprocess_mode="livesum",
+)
+CALLS = Counter(f"{PREFIX}_calls_total", "Calls by how they ended or were refused.", ["result"])
+INVITE_RESPONSES = Counter(
+    f"{PREFIX}_invite_responses_total", "Responses sent to initial INVITEs, by status code.", ["code"]
+)
+CAPACITY = Gauge(
+    f"{PREFIX}_capacity_calls",
+    "Calls the live workers can hold at once (sip.calls_per_worker per live worker).",
+    multiprocess_mode="livesum",
+)
+WORKERS_UP = Gauge(
+    f"{PREFIX}_workers_up",
+    "Worker processes that have bound their SIP port and are taking calls.",
+    multiprocess_mode="livesum",
+)
+
+# --- audio in ---------------------------------------------------------------------------------------
+
+AUDIO_FRAMES = Counter(f"{PREFIX}_audio_frames_total", "Audio frames received from pjsua2.")
+AUDIO_SECONDS = Counter(f"{PREFIX}_audio_seconds_total", "Seconds of call audio received from pjsua2.")
+AUDIO_FRAMES_DROPPED = Counter(
+    f"{PREFIX}_audio_frames_dropped_total", "Audio frames that never reached the engine, by cause.", ["cause"]
+)
+AUDIO_GAPS = Counter(f"{PREFIX}_audio_gaps_total", "Gaps in the audio the engine heard, by cause.", ["cause"])
+AUDIO_GAP_SECONDS = Counter(
+    f"{PREFIX}_audio_gap_seconds_total", "Seconds of call audio the engine never heard, by cause.", ["cause"]
+)
+
+# --- engine -----------------------------------------------------------------------------------------
+
+ENGINE_CONNECTS = Counter(f"{PREFIX}_engine_connects_total", "WebSocket streams opened to the engine.")
+ENGINE_CONNECT_FAILURES = Counter(
+    f"{PREFIX}_engine_connect_failures_total", "Failed attempts to open an engine stream.", ["cause"]
+)
+ENGINE_RECONNECTS = Counter(
+    f"{PREFIX}_engine_reconnects_total", "Engine streams reopened mid-call after a lost socket."
+)
+ENGINE_SENT_BYTES = Counter(f"{PREFIX}_engine_sent_bytes_total", "Audio bytes written to engine sockets.")
+UTTERANCES = Counter(f"{PREFIX}_utterances_total", "Utterances received from the engine.")
+
+# --- webhooks ---------------------------------------------------------------------------------------
+
+WEBHOOK_ATTEMPTS = Counter(
+    f"{PREFIX}_webhook_attempts_total", "Webhook delivery attempts, by outcome.", ["outcome"]
+)
+SPOOL_EVENTS = Gauge(
+    f"{PREFIX}_webhook_spool_events",
+    "Events waiting for webhook delivery (queued or spooled to disk), summed over live processes.",
+    multiprocess_mode="livesum",
+)
+
+# --- latency histograms, one per hop ----------------------------------------------------------------
+
+# Frame arrival in pjsua2's media thread -> its bytes written to the engine socket. The normal path is
+# a thread hop plus a send: 0.1-2 ms. 5-50 ms means a busy event loop; audio.chunk_ms (100 ms by
+# default) appears when frames wait to fill a chunk; replayed audio after a reconnect lands at 1-2.5 s
+# and beyond (+Inf).
+AUDIO_TO_SOCKET = Histogram(
+    f"{PREFIX}_audio_to_socket_seconds",
+    "Audio frame arrival from pjsua2 to its bytes written to the engine socket.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+# End of an utterance on the call's audio timeline -> the utterance received from the engine. V-Blaze
+# documents 0.2-1x the utterance length, after uttmaxsilence (0.8 s) of silence has ended it;
+# utterances are at most uttmaxtime (15 s). So 0.5-3 s is typical, 15 s is a maximal utterance
+# decoded at 1x, and 20-30 s means the engine is overloaded.
+SPEECH_END_TO_UTTERANCE = Histogram(
+    f"{PREFIX}_speech_end_to_utterance_seconds",
+    "End of an utterance on the call's audio timeline to the utterance received from the engine.",
+    buckets=(0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0),
+)
+# Utterance received -> webhook request sent: building the payload and waiting in the per-call queue.
+# Milliseconds normally; seconds when an earlier event of the same call is being retried (delivery
+# keeps order per call); 5 s is webhook.timeout_seconds by default.
+UTTERANCE_TO_WEBHOOK_SENT = Histogram(
+    f"{PREFIX}_utterance_to_webhook_sent_seconds",
+    "Utterance received from the engine to its webhook request sent.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+# Utterance received -> webhook 2xx: the receiver's round trip (5-250 ms on a LAN or a region), then
+# retries with backoff from 0.5 s (webhook.backoff_initial_seconds) up to 60 s; anything beyond is a
+# receiver outage served from the spool (+Inf).
+UTTERANCE_TO_WEBHOOK_ACK = Histogram(
+    f"{PREFIX}_utterance_to_webhook_ack_seconds",
+    "Utterance received from the engine to the 2xx answer to its webhook.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+# One webhook attempt, request to answer or failure; bounded by webhook.timeout_seconds (5 s default).
+WEBHOOK_ATTEMPT = Histogram(
+    f"{PREFIX}_webhook_attempt_seconds",
+    "Duration of one webhook attempt, whatever its outcome.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+
+
+def _preinit() -> None:
+    """Create every labelled series at zero so rate() and absent() work before the first event."""
+    for result in CALL_RESULTS:
+        CALLS.labels(result)
+    for code in INVITE_CODES:
+        INVITE_RESPONSES.labels(code)
+    for cause in DROP_CAUSES:
+        AUDIO_FRAMES_DROPPED.labels(cause)
+    for cause in GAP_CAUSES:
+        AUDIO_GAPS.labels(cause)
+        AUDIO_GAP_SECONDS.labels(cause)
+    for cause in CONNECT_FAILURE_CAUSES:
+        ENGINE_CONNECT_FAILURES.labels(cause)
+    for outcome in WEBHOOK_OUTCOMES:
+        WEBHOOK_ATTEMPTS.labels(outcome)
+
+
+_preinit()
+
+
+# --- observers the other modules are given ----------------------------------------------------------
+
+
+class WorkerMetrics:
+    """Called by a worker process once its SIP port is bound, and never again."""
+
+    def started(self, capacity: int) -> None:
+        WORKERS_UP.set(1)
+        CAPACITY.set(capacity)
+
+    def stopping(self) -> None:
+        """The worker takes no more calls (drain); its capacity no longer counts."""
+        CAPACITY.set(0)
+
+
+class CallMetrics:
+    """Calls, INVITE answers and incoming audio; used by sip/ and bridge/call.py."""
+
+    def invite_response(self, code: int) -> None:
+        INVITE_RESPONSES.labels(sip_code_label(code)).inc()
+
+    def call_rejected(self, result: str) -> None:
+        """A call refused before answering (`result` is one of the ``rejected_*`` values)."""
+        CALLS.labels(bounded(result, CALL_RESULTS)).inc()
+
+    def call_answered(self) -> None:
+        CALLS_ACTIVE.inc()
+
+    def call_ended(self, result: str) -> None:
+        """An answered call ended; `result` is ``completed`` or ``failed``. Call exactly once per answer."""
+        CALLS_ACTIVE.dec()
+        CALLS.labels(bounded(result, CALL_RESULTS)).inc()
+
+    def audio_in(self, frames: int, seconds: float) -> None:
+        """Frames received from pjsua2; call per batch, not necessarily per frame."""
+        AUDIO_FRAMES.inc(frames)
+        AUDIO_SECONDS.inc(seconds)
+
+    def frames_dropped(self, frames: int, cause: str) -> None:
+        AUDIO_FRAMES_DROPPED.labels(bounded(cause, DROP_CAUSES)).inc(frames)
+
+
+class EngineMetrics:
+    """Observer for the V-Blaze client."""
+
+    def connected(self) -> None:
+        ENGINE_CONNECTS.inc()
+
+    def connect_failed(self, cause: str) -> None:
+        ENGINE_CONNECT_FAILURES.labels(bounded(cause, CONNECT_FAILURE_CAUSES)).inc()
+
+    def reconnected(self) -> None:
+        ENGINE_RECONNECTS.inc()
+
+    def frame_sent(self, nbytes: int, latency_seconds: float) -> None:
+        """`latency_seconds`: arrival of the oldest frame in the write -> write done."""
+        ENGINE_SENT_BYTES.inc(nbytes)
+        AUDIO_TO_SOCKET.observe(max(0.0, latency_seconds))
+
+    def utterance(self, latency_seconds: float) -> None:
+        """`latency_seconds`: utterance end on the audio timeline -> utterance received."""
+        UTTERANCES.inc()
+        SPEECH_END_TO_UTTERANCE.observe(max(0.0, latency_seconds))
+
+    def gap(self, seconds: float, cause: str) -> None:
+        label = bounded(cause, GAP_CAUSES)
+        AUDIO_GAPS.labels(label).inc()
+        AUDIO_GAP_SECONDS.labels(label).inc(max(0.0, seconds))
+
+
+class WebhookMetrics:
+    """Observer for webhook delivery."""
+
+    def attempt(self, outcome: str, seconds: float) -> None:
+        WEBHOOK_ATTEMPTS.labels(bounded(outcome, WEBHOOK_OUTCOMES)).inc()
+        WEBHOOK_ATTEMPT.observe(max(0.0, seconds))
+
+    def sent(self, latency_seconds: float) -> None:
+        """Utterance received -> first webhook request for it sent."""
+        UTTERANCE_TO_WEBHOOK_SENT.observe(max(0.0, latency_seconds))
+
+    def delivered(self, latency_seconds: float) -> None:
+        """Utterance received -> 2xx from the receiver."""
+        UTTERANCE_TO_WEBHOOK_ACK.observe(max(0.0, latency_seconds))
+
+    def spool_depth(self, n: int) -> None:
+        SPOOL_EVENTS.set(max(0, n))
+
+
+def outcome_for_status(status: int) -> str:
+    """The `outcome` label for an HTTP status answered to a webhook."""
+    if 200 <= status < 300:
+        return "ok"
+    if status == 429:
+        return "http_429"
+    if 400 <= status < 500:
+        return "http_4xx"
+    if 500 <= status < 600:
+        return "http_5xx"
+    return OTHER
+
+
+# --- the supervisor's own figures -------------------------------------------------------------------
+
+
+class SupervisorMetrics:
+    """What only the supervisor knows, kept in memory and merged into the scrape.
+
+    Thread-safe; the supervisor calls these from its loop.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._restarts = dict.fromkeys(RESTART_REASONS, 0)
+        self._calls_lost = 0
+        self.ready = False
+        self.draining = False
+
+    def worker_restarted(self, reason: str, calls_lost: int = 0) -> None:
+        """A worker died and is being replaced; `calls_lost` calls were up on it."""
+        with self._lock:
+            self._restarts[bounded(reason, RESTART_REASONS)] += 1
+            self._calls_lost += max(0, calls_lost)
+
+    def set_state(self, *, ready: bool, draining: bool) -> None:
+        with self._lock:
+            self.ready = ready
+            self.draining = draining
+
+    def snapshot(self) -> tuple[dict[str, int], int, bool, bool]:
+        with self._lock:
+            return dict(self._restarts), self._calls_lost, self.ready, self.draining
+
+
+SUPERVISOR = SupervisorMetrics()
+
+
+# --- multiprocess plumbing --------------------------------------------------------------------------
+
+
+def setup_multiprocess_dir(path: str | Path) -> Path:
+    """Create (or empty) the directory for the workers' metric files and export it to children.
+
+    Call in the supervisor before spawning workers. Files left by an earlier run are removed, since
+    counters must restart at zero with a new process tree.
+    """
+    directory = Path(path)
+    if directory.exists():
+        for entry in directory.iterdir():
+            if entry.is_file() and entry.suffix == ".db":
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ[MULTIPROC_ENV] = str(directory)
+    return directory
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get(MULTIPROC_ENV)
+    return Path(value) if value else None
+
+
+def mark_process_dead(pid: int, path: str | Path | None = None) -> None:
+    """Forget a dead worker's ``live*`` gauges (calls active, capacity, spool depth).
+
+    Its counters and histograms stay, so totals never go backwards.
+    """
+    directory = Path(path) if path is not None else multiprocess_dir()
+    if directory is None:
+        return
+    _mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+class _PoolCollector:
+    """Workers' multiprocess files plus the supervisor's in-memory figures, as one set of families."""
+
+    def __init__(self, path: Path, supervisor: SupervisorMetrics) -> None:
+        self._files = MultiProcessCollector(None, str(path))  # type: ignore[no-untyped-call]
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        restarts, calls_lost, ready, draining = self._supervisor.snapshot()
+        for metric in self._files.collect():  # type: ignore[no-untyped-call]
+            if metric.name == f"{PREFIX}_calls" and calls_lost:
+                metric.samples = _add_to_sample(
+                    metric.samples, f"{PREFIX}_calls_total", {"result": "worker_lost"}, calls_lost
+                )
+            yield metric
+        # Families of the supervisor alone.
+        restart_family = Metric(
+            f"{PREFIX}_worker_restarts", "Worker processes restarted after dying, by reason.", "counter"
+        )
+        for reason, count in restarts.items():
+            restart_family.add_sample(f"{PREFIX}_worker_restarts_total", {"reason": reason}, float(count))
+        yield restart_family
+        ready_family = Metric(
+            f"{PREFIX}_ready", "1 when /readyz answers 200: not draining, a slot free, engine up.", "gauge"
+        )
+        ready_family.add_sample(f"{PREFIX}_ready", {}, 1.0 if ready else 0.0)
+        yield ready_family
+        draining_family = Metric(f"{PREFIX}_draining", "1 after SIGTERM, while calls finish.", "gauge")
+        draining_family.add_sample(f"{PREFIX}_draining", {}, 1.0 if draining else 0.0)
+        yield draining_family
+
+
+def _add_to_sample(samples: list[Sample], name: str, labels: dict[str, str], amount: int) -> list[Sample]:
+    out: list[Sample] = []
+    found = False
+    for sample in samples:
+        if sample.name == name and sample.labels == labels:
+            sample = sample._replace(value=sample.value + amount)
+            found = True
+        out.append(sample)
+    if not found:
+        out.append(Sample(name, labels, float(amount), None, None))
+    return out
+
+
+def registry_for_scrape(
+    path: str | Path | None = None, supervisor: SupervisorMetrics | None = None
+) -> CollectorRegistry:
+    """A registry rendering the whole pool: every worker's files plus the supervisor's figures.
+
+    Build one per scrape or keep one; both are cheap. `path` defaults to the exported directory.
+    """
+    directory = Path(path) if path is not None else multiprocess_dir()
+    if directory is None:
+        raise RuntimeError(f"{MULTIPROC_ENV} is not set; call setup_multiprocess_dir() first")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_PoolCollector(directory, supervisor if supervisor is not None else SUPERVISOR))
+    return registry
+
+
+@dataclass(frozen=True)
+class PoolGauges:
+    """The pool's live gauges as the workers last wrote them."""
+
+    calls_active: int
+    capacity: int
+    workers_up: int
+
+
+def read_pool_gauges(path: str | Path | None = None) -> PoolGauges:
+    """Read calls active, capacity and live workers from the multiprocess files (for readiness)."""
+    directory = Path(path) if path is not None else multiprocess_dir()
+    if directory is None:
+        return PoolGauges(0, 0, 0)
+    wanted = {f"{PREFIX}_calls_active": 0.0, f"{PREFIX}_capacity_calls": 0.0, f"{PREFIX}_workers_up": 0.0}
+    files = [str(p) for p in directory.glob("gauge_live*.db")]
+    for metric in MultiProcessCollector.merge(files, accumulate=False):  # type: ignore[no-untyped-call]
+        if metric.name in wanted:
+            wanted[metric.name] = sum(s.value for s in metric.samples)
+    return PoolGauges(
+        calls_active=round(wanted[f"{PREFIX}_calls_active"]),
+        capacity=round(wanted[f"{PREFIX}_capacity_calls"]),
+        workers_up=round(wanted[f"{PREFIX}_workers_up"]),
+    )
