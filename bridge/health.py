@@ -1,0 +1,242 @@
+"""Health, readiness and metrics over HTTP, served by the supervisor on ``metrics.host:metrics.port``.
+
+- ``GET /metrics``: the whole worker pool in Prometheus text format (see :mod:`bridge.metrics`).
+- ``GET /healthz``: ``200 ok`` as long as the supervisor's event loop answers.
+- ``GET /readyz``: ``200 ready`` when a new call would be taken, else ``503`` with the reason as plain
+  text: ``draining``, ``no workers``, ``pool full``, ``engine unreachable`` or ``engine full``.
+
+The readiness rule is the pure function :func:`decide` over a :class:`Readiness` snapshot, which the
+supervisor keeps current (it replaces the snapshot with ``dataclasses.replace`` whenever a figure
+changes, and the app asks for it through a callable at each request). A worker answering SIP
+OPTIONS applies the same rule to its own figures and answers :func:`sip_status` (200 or 503).
+
+Engine reachability comes from :func:`probe_engine` (V-Blaze's ``GET /maxstreamscheck``: 200 with
+``#streams``/``maxstreams`` when a stream is free, 429 when full), run every few seconds by
+:func:`run_engine_probe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from bridge import metrics
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROBE_TIMEOUT = 2.0
+DEFAULT_PROBE_INTERVAL = 5.0
+SCRAPE_TIMEOUT = 10.0
+BIND_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What the supervisor knows about whether the pool can take a call."""
+
+    draining: bool = False
+    workers_alive: int = 0
+    workers_total: int = 0
+    calls_active: int = 0
+    capacity: int = 0  # calls the live workers can hold (sip.calls_per_worker x workers_alive)
+    engine_reachable: bool | None = None  # None: not probed yet, or probing disabled
+    engine_full: bool = False  # the engine answered 429 to /maxstreamscheck
+
+
+@dataclass(frozen=True)
+class Decision:
+    ready: bool
+    reason: str  # "ready" or why not
+
+
+def decide(state: Readiness) -> Decision:
+    """The readiness rule, in order: draining, no workers, pool full, engine unreachable, engine full.
+
+    An engine that was never probed (``None``) does not block readiness: the bridge answers calls
+    and buffers audio while it connects, as ``engine.on_unreachable = answer`` intends.
+    """
+    if state.draining:
+        return Decision(False, "draining")
+    if state.workers_alive <= 0 or state.capacity <= 0:
+        return Decision(False, "no workers")
+    if state.calls_active >= state.capacity:
+        return Decision(False, "pool full")
+    if state.engine_reachable is False:
+        return Decision(False, "engine unreachable")
+    if state.engine_full:
+        return Decision(False, "engine full")
+    return Decision(True, "ready")
+
+
+def sip_status(decision: Decision) -> int:
+    """The status a SIP OPTIONS ping gets for this decision: 200 or 503."""
+    return 200 if decision.ready else 503
+
+
+# --- engine probe -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EngineProbe:
+    reachable: bool
+    full: bool = False
+    streams: int | None = None
+    maxstreams: int | None = None
+    error: str | None = None  # why not reachable, for logs
+
+
+def maxstreams_url(ws_url: str) -> str:
+    """``ws://host:port/transcribe`` -> ``http://host:port/maxstreamscheck``."""
+    parts = urlsplit(ws_url)
+    if parts.scheme not in ("ws", "http"):
+        raise ValueError(f"not a ws:// URL: {ws_url!r}")
+    return urlunsplit(("http", parts.netloc, "/maxstreamscheck", "", ""))
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+async def probe_engine(
+    ws_url: str, limit_seconds: float = DEFAULT_PROBE_TIMEOUT, session: aiohttp.ClientSession | None = None
+) -> EngineProbe:
+    """Ask the engine whether it is up and has a free stream. Never raises for network trouble."""
+    url = maxstreams_url(ws_url)
+    own = session is None
+    client = aiohttp.ClientSession() if session is None else session
+    try:
+        async with asyncio.timeout(limit_seconds):
+            async with client.get(url, allow_redirects=False) as resp:
+                body = await resp.read()
+                if resp.status == 429:
+                    return EngineProbe(True, full=True)
+                if resp.status != 200:
+                    return EngineProbe(False, error=f"HTTP {resp.status}")
+                try:
+                    doc = json.loads(body)
+                except ValueError:
+                    doc = None
+                if not isinstance(doc, dict):
+                    return EngineProbe(True)
+                streams, maxstreams = _int_or_none(doc.get("#streams")), _int_or_none(doc.get("maxstreams"))
+                full = streams is not None and maxstreams is not None and streams >= maxstreams
+                return EngineProbe(True, full=full, streams=streams, maxstreams=maxstreams)
+    except TimeoutError:
+        return EngineProbe(False, error=f"no answer within {limit_seconds:g} s")
+    except aiohttp.ClientError as exc:
+        return EngineProbe(False, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        if own:
+            await client.close()
+
+
+async def run_engine_probe(
+    ws_url: str,
+    on_result: Callable[[EngineProbe], None],
+    interval: float = DEFAULT_PROBE_INTERVAL,
+    limit_seconds: float = DEFAULT_PROBE_TIMEOUT,
+) -> None:
+    """Probe the engine every `interval` seconds and hand each result to `on_result`, until cancelled.
+
+    Logs only on a change of state, never per probe.
+    """
+    last: tuple[bool, bool] | None = None
+    async with aiohttp.ClientSession() as session:
+        while True:
+            result = await probe_engine(ws_url, limit_seconds, session)
+            now = (result.reachable, result.full)
+            if now != last:
+                if not result.reachable:
+                    logger.warning("engine unreachable at %s: %s", maxstreams_url(ws_url), result.error)
+                elif result.full:
+                    logger.warning("engine at %s has no free stream", maxstreams_url(ws_url))
+                else:
+                    logger.info("engine reachable at %s", maxstreams_url(ws_url))
+                last = now
+            on_result(result)
+            await asyncio.sleep(interval)
+
+
+# --- the HTTP app -----------------------------------------------------------------------------------
+
+READINESS_KEY: web.AppKey[Callable[[], Readiness]] = web.AppKey("readiness", Callable[[], Readiness])  # type: ignore[arg-type]
+MULTIPROC_KEY: web.AppKey[Path] = web.AppKey("multiproc_dir", Path)
+SUPERVISOR_KEY: web.AppKey[metrics.SupervisorMetrics] = web.AppKey(
+    "supervisor_metrics", metrics.SupervisorMetrics
+)
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    decision = decide(request.app[READINESS_KEY]())
+    return web.Response(status=200 if decision.ready else 503, text=decision.reason + "\n")
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    state = request.app[READINESS_KEY]()
+    supervisor = request.app[SUPERVISOR_KEY]
+    supervisor.set_state(ready=decide(state).ready, draining=state.draining)
+    registry = metrics.registry_for_scrape(request.app[MULTIPROC_KEY], supervisor)
+    async with asyncio.timeout(SCRAPE_TIMEOUT):
+        body = await asyncio.to_thread(generate_latest, registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def make_app(
+    readiness: Callable[[], Readiness],
+    multiproc_dir: str | Path,
+    supervisor: metrics.SupervisorMetrics | None = None,
+) -> web.Application:
+    """The health/metrics app. `readiness` is called at each request for the current snapshot."""
+    app = web.Application()
+    app[READINESS_KEY] = readiness
+    app[MULTIPROC_KEY] = Path(multiproc_dir)
+    app[SUPERVISOR_KEY] = supervisor if supervisor is not None else metrics.SUPERVISOR
+    app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
+    return app
+
+
+@dataclass
+class HealthServer:
+    runner: web.AppRunner
+    port: int  # the bound port (useful when asked for port 0)
+
+    async def close(self, limit_seconds: float = 5.0) -> None:
+        async with asyncio.timeout(limit_seconds):
+            await self.runner.cleanup()
+
+
+async def serve(
+    app: web.Application, host: str, port: int, limit_seconds: float = BIND_TIMEOUT
+) -> HealthServer:
+    """Bind and start serving `app`; `port` 0 picks a free port. Raises OSError if the port is taken."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    async with asyncio.timeout(limit_seconds):
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            bound = int(address[1])
+            break
+    logger.info("health and metrics on http://%s:%d/", host, bound)
+    return HealthServer(runner, bound)
