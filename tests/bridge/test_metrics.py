@@ -1,0 +1,208 @@
+"""Metric names, bounded labels, and the multiprocess aggregation rendered and checked by promtool."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import metrics
+
+REPO = Path(__file__).resolve().parents[2]
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from bridge import metrics as m
+    n = int(sys.argv[1])
+    m.WorkerMetrics().started(4)
+    calls = m.CallMetrics()
+    for _ in range(n):
+        calls.invite_response(100)
+        calls.invite_response(200)
+        calls.call_answered()
+    calls.call_ended("completed")
+    calls.call_rejected("rejected_full")
+    calls.invite_response(503)
+    calls.invite_response(415)
+    calls.audio_in(50, 5.0)
+    calls.frames_dropped(2, "buffer_full")
+    engine = m.EngineMetrics()
+    engine.connected()
+    engine.connect_failed("timeout")
+    engine.connect_failed("a free-text error that must not become a label")
+    engine.reconnected()
+    engine.frame_sent(3200, 0.0008)
+    engine.utterance(1.3)
+    engine.gap(2.5, "disconnected")
+    hook = m.WebhookMetrics()
+    hook.attempt("ok", 0.02)
+    hook.attempt(m.outcome_for_status(503), 0.01)
+    hook.sent(0.002)
+    hook.delivered(0.04)
+    hook.spool_depth(n)
+    print("done", flush=True)
+    """
+)
+
+
+def _run_worker(directory: Path, n: int) -> None:
+    env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=str(directory), PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, "-c", WORKER_SCRIPT, str(n)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    # The real worker runs on; here the process is gone, but nobody marked it dead, so its live gauges count.
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """setup_multiprocess_dir exports the directory; undo that after each test."""
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Path:
+    directory = metrics.setup_multiprocess_dir(tmp_path / "prom")
+    _run_worker(directory, 1)
+    _run_worker(directory, 2)
+    return directory
+
+
+def test_pool_scrape_sums_two_workers(pool: Path) -> None:
+    sup = metrics.SupervisorMetrics()
+    sup.worker_restarted("exit", calls_lost=3)
+    sup.set_state(ready=True, draining=False)
+    text = generate_latest(metrics.registry_for_scrape(pool, sup)).decode()
+    s = _samples(text)
+    assert s[("vblaze_bridge_calls_active", ())] == 1 + 2 - 2  # one call ended in each process
+    assert s[("vblaze_bridge_capacity_calls", ())] == 8
+    assert s[("vblaze_bridge_workers_up", ())] == 2
+    assert s[("vblaze_bridge_calls_total", (("result", "completed"),))] == 2
+    assert s[("vblaze_bridge_calls_total", (("result", "rejected_full"),))] == 2
+    assert s[("vblaze_bridge_calls_total", (("result", "worker_lost"),))] == 3
+    assert s[("vblaze_bridge_invite_responses_total", (("code", "200"),))] == 3
+    assert s[("vblaze_bridge_invite_responses_total", (("code", "4xx"),))] == 2
+    assert s[("vblaze_bridge_engine_connect_failures_total", (("cause", "other"),))] == 2
+    assert s[("vblaze_bridge_engine_connect_failures_total", (("cause", "timeout"),))] == 2
+    assert s[("vblaze_bridge_webhook_attempts_total", (("outcome", "http_5xx"),))] == 2
+    assert s[("vblaze_bridge_audio_seconds_total", ())] == 10.0
+    assert s[("vblaze_bridge_audio_gap_seconds_total", (("cause", "disconnected"),))] == 5.0
+    assert s[("vblaze_bridge_webhook_spool_events", ())] == 3
+    assert s[("vblaze_bridge_worker_restarts_total", (("reason", "exit"),))] == 1
+    assert s[("vblaze_bridge_ready", ())] == 1
+    assert s[("vblaze_bridge_draining", ())] == 0
+    for hist in (
+        "audio_to_socket",
+        "speech_end_to_utterance",
+        "utterance_to_webhook_sent",
+        "utterance_to_webhook_ack",
+    ):
+        assert s[(f"vblaze_bridge_{hist}_seconds_count", ())] == 2, hist
+    assert s[("vblaze_bridge_audio_to_socket_seconds_bucket", (("le", "0.001"),))] == 2
+    assert s[("vblaze_bridge_speech_end_to_utterance_seconds_bucket", (("le", "1.0"),))] == 0
+    assert s[("vblaze_bridge_speech_end_to_utterance_seconds_bucket", (("le", "1.5"),))] == 2
+
+
+def test_mark_process_dead_drops_live_gauges_only(tmp_path: Path) -> None:
+    directory = metrics.setup_multiprocess_dir(tmp_path / "prom")
+    _run_worker(directory, 2)
+    pids = {p.stem.rsplit("_", 1)[-1] for p in directory.glob("gauge_livesum_*.db")}
+    assert len(pids) == 1
+    assert metrics.read_pool_gauges(directory) == metrics.PoolGauges(calls_active=1, capacity=4, workers_up=1)
+    metrics.mark_process_dead(int(pids.pop()), directory)
+    assert metrics.read_pool_gauges(directory) == metrics.PoolGauges(0, 0, 0)
+    s = _samples(generate_latest(metrics.registry_for_scrape(directory)).decode())
+    assert s[("vblaze_bridge_calls_total", (("result", "completed"),))] == 1
+
+
+def test_setup_empties_an_old_directory(tmp_path: Path) -> None:
+    directory = tmp_path / "prom"
+    directory.mkdir()
+    (directory / "counter_123.db").write_bytes(b"stale")
+    metrics.setup_multiprocess_dir(directory)
+    assert list(directory.iterdir()) == []
+    assert os.environ[metrics.MULTIPROC_ENV] == str(directory)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+def test_promtool_accepts_the_pool_scrape(pool: Path) -> None:
+    sup = metrics.SupervisorMetrics()
+    sup.worker_restarted("signal", calls_lost=1)
+    body = generate_latest(metrics.registry_for_scrape(pool, sup))
+    proc = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert proc.returncode == 0, proc.stdout.decode() + proc.stderr.decode()
+
+
+def test_names_follow_the_convention(pool: Path) -> None:
+    text = generate_latest(metrics.registry_for_scrape(pool)).decode()
+    for family in text_string_to_metric_families(text):
+        assert family.name.startswith("vblaze_bridge_"), family.name
+        assert family.type in ("counter", "gauge", "histogram"), family.name
+        if family.type == "histogram":
+            assert family.name.endswith("_seconds")
+        for s in family.samples:
+            assert "call" not in "".join(s.labels)  # never a call id
+            if family.type == "counter":
+                assert s.name.endswith("_total")
+
+
+def test_label_values_are_bounded() -> None:
+    assert metrics.bounded("timeout", metrics.CONNECT_FAILURE_CAUSES) == "timeout"
+    assert metrics.bounded("Connection refused by 10.0.0.1", metrics.CONNECT_FAILURE_CAUSES) == "other"
+    assert metrics.sip_code_label(503) == "503"
+    assert metrics.sip_code_label(415) == "4xx"
+    assert metrics.sip_code_label(699) == "6xx"
+    assert metrics.sip_code_label(42) == "other"
+    assert metrics.outcome_for_status(204) == "ok"
+    assert metrics.outcome_for_status(429) == "http_429"
+    assert metrics.outcome_for_status(404) == "http_4xx"
+    assert metrics.outcome_for_status(502) == "http_5xx"
+    assert metrics.outcome_for_status(302) == "other"
+    for values in (
+        metrics.CALL_RESULTS,
+        metrics.DROP_CAUSES,
+        metrics.CONNECT_FAILURE_CAUSES,
+        metrics.GAP_CAUSES,
+        metrics.WEBHOOK_OUTCOMES,
+        metrics.RESTART_REASONS,
+    ):
+        assert "other" in values
+        assert len(values) <= 12
+
+
+def test_histogram_buckets_increase_and_cover_their_hop() -> None:
+    def upper(h: object) -> list[float]:
+        return list(h._upper_bounds)  # type: ignore[attr-defined]
+
+    for h, low, high in (
+        (metrics.AUDIO_TO_SOCKET, 0.0005, 0.5),
+        (metrics.SPEECH_END_TO_UTTERANCE, 0.1, 30.0),
+        (metrics.UTTERANCE_TO_WEBHOOK_SENT, 0.001, 5.0),
+        (metrics.UTTERANCE_TO_WEBHOOK_ACK, 0.005, 60.0),
+    ):
+        bounds = upper(h)
+        assert bounds == sorted(bounds)
+        assert bounds[0] == low
+        assert high in bounds
+
+
+def test_registry_needs_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
+        metrics.registry_for_scrape()
