@@ -1,0 +1,335 @@
+"""The V-Blaze realtime WebSocket protocol, without I/O.
+
+One `Session` is one WebSocket stream to the engine. It is fed what the socket delivers and returns what
+to write; it never touches a socket, a clock or the event loop, so every rule below is tested with bytes.
+
+Contract:
+
+- `request_headers(engine, audio, request_id)` gives the upgrade request's ``X-Voci-*`` headers: the tags
+  the bridge sets itself (``realtime=true``, ``outstream=true``, ``output=json``, ``utterance_fmt=json``,
+  the audio format, ``requestid``) followed by ``engine.tags``. A tag in ``engine.tags`` that the bridge
+  sets itself raises `ConfigError` (call it once at startup to fail early).
+- `Session.send_audio(pcm, call_position)` returns the binary frame to write. The first frame of a
+  ``datahdr=WAVE`` stream starts with the streaming WAV header (`wav_stream_header`). ``call_position`` is
+  where the first byte of ``pcm`` lies on the call's timeline (bytes since the call was answered); when it
+  does not follow the previous chunk (a replay after a reconnect, or audio dropped in between) the session
+  records the jump and maps the engine's times across it.
+- `Session.send_end()` returns the frames that end the audio (the empty frame, preceded by the WAV header
+  if no audio was sent) and moves ``OPEN -> DRAINING``.
+- `Session.receive_text(text, received_at)` returns one event: `Utterance` (times already mapped onto the
+  call's timeline), `Separator` (the empty message after the last utterance) or `Final` (the complete
+  transcript, the message after the separator; moves the session to ``DONE``). A JSON object carrying an
+  ``utterances`` list is taken as the final transcript even without a separator.
+- Sending in the wrong state raises `InvalidState`. A message the engine should not have sent (binary,
+  anything after the final, unparseable JSON in place of an utterance) raises `EngineProtocolError` and
+  leaves the session as it was, so a caller may log it and go on.
+
+States: ``OPEN`` (audio may be sent) → ``DRAINING`` (empty frame sent, waiting for the final) → ``DONE``
+(final received). The engine may send the final while the session is still ``OPEN`` (it ended the stream
+on its own); the session then goes straight to ``DONE``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from bisect import bisect_right
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from bridge.config import AudioConfig, EngineConfig
+from bridge.errors import BridgeError, ConfigError, EngineProtocolError
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_WIDTH = 2  # bytes per sample: 16-bit signed little-endian PCM, mono
+CHANNELS = 1
+ENCODING = "SPCM"  # V-Blaze's name for signed linear PCM (datahdr=NONE)
+STREAMING_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a WAV header whose length is not known yet
+HEADER_PREFIX = "X-Voci-"
+
+# Tags the bridge sets on every request; engine.tags may not override them.
+BRIDGE_TAGS = (
+    "realtime",
+    "outstream",
+    "output",
+    "utterance_fmt",
+    "datahdr",
+    "encoding",
+    "samprate",
+    "sampwidth",
+    "endian",
+    "requestid",
+)
+
+
+class InvalidState(BridgeError):
+    """A session operation was called in a state that does not allow it."""
+
+
+class State(IntEnum):
+    """Where a session is in its life."""
+
+    OPEN = 1  # audio may be sent
+    DRAINING = 2  # the empty frame was sent; utterances, separator and final may still arrive
+    DONE = 3  # the final transcript arrived
+
+
+@dataclass(frozen=True)
+class Word:
+    """One word event of an utterance; times on the call's timeline, in seconds."""
+
+    word: str
+    start: float
+    end: float
+    confidence: float | None
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One utterance as the engine streamed it.
+
+    ``start``/``end`` (and the words' times) are seconds on the call's timeline; ``raw`` is the engine's
+    JSON untouched (its times are the stream's own). ``received_at`` is the monotonic time of arrival.
+    """
+
+    text: str
+    words: tuple[Word, ...]
+    start: float
+    end: float
+    confidence: float | None
+    channel: int
+    raw: dict[str, Any]
+    received_at: float
+
+
+@dataclass(frozen=True)
+class Separator:
+    """The empty message the engine sends after the last utterance of a stream."""
+
+
+@dataclass(frozen=True)
+class Final:
+    """The complete transcript: a JSON object for ``output=json``, text otherwise, None if empty."""
+
+    raw: dict[str, Any] | str | None
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Audio of the call that was never transcribed: seconds on the call's timeline and why."""
+
+    start: float
+    duration: float
+    cause: str
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "duration": self.duration, "cause": self.cause}
+
+
+Event = Utterance | Separator | Final
+
+
+def header_name(tag: str) -> str:
+    """``utterance_fmt`` → ``X-Voci-Utterance_fmt`` (the spelling of V-Blaze's documentation)."""
+    tag = tag.lower()
+    return HEADER_PREFIX + tag[:1].upper() + tag[1:]
+
+
+def tag_value(value: str | int | float | bool) -> str:
+    """Tag values as V-Blaze writes them: booleans lowercase, numbers as Python prints them."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def request_headers(engine: EngineConfig, audio: AudioConfig, request_id: str) -> list[tuple[str, str]]:
+    """The ``X-Voci-*`` headers of the upgrade request for one stream of one call."""
+    clash = sorted({k.lower() for k in engine.tags} & set(BRIDGE_TAGS))
+    if clash:
+        keys = ", ".join(f"engine.tags.{k}" for k in clash)
+        raise ConfigError(f"{keys}: set by the bridge itself and cannot be overridden")
+    tags: list[tuple[str, str | int | float | bool]] = [
+        ("realtime", True),
+        ("outstream", True),
+        ("output", "json"),
+        ("utterance_fmt", "json"),
+        ("datahdr", engine.datahdr),
+    ]
+    if engine.datahdr == "NONE":
+        tags += [
+            ("encoding", ENCODING),
+            ("samprate", audio.sample_rate),
+            ("sampwidth", SAMPLE_WIDTH),
+            ("endian", "LITTLE"),
+        ]
+    tags += list(engine.tags.items())
+    tags.append(("requestid", request_id))
+    return [(header_name(name), tag_value(value)) for name, value in tags]
+
+
+def wav_stream_header(sample_rate: int, channels: int = CHANNELS, sample_width: int = SAMPLE_WIDTH) -> bytes:
+    """A 44-byte PCM WAV header for a stream of unknown length (both size fields 0xFFFFFFFF)."""
+    block_align = channels * sample_width
+    return b"".join(
+        [
+            b"RIFF",
+            struct.pack("<I", STREAMING_SIZE),
+            b"WAVE",
+            b"fmt ",
+            struct.pack(
+                "<IHHIIHH",
+                16,
+                1,
+                channels,
+                sample_rate,
+                sample_rate * block_align,
+                block_align,
+                8 * sample_width,
+            ),
+            b"data",
+            struct.pack("<I", STREAMING_SIZE),
+        ]
+    )
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+class Session:
+    """One stream (one WebSocket) of one call. See the module docstring for the contract."""
+
+    def __init__(self, audio: AudioConfig, datahdr: str) -> None:
+        self.bytes_per_second = audio.sample_rate * SAMPLE_WIDTH * CHANNELS
+        self._header = wav_stream_header(audio.sample_rate) if datahdr == "WAVE" else b""
+        self.state = State.OPEN
+        self.stream_bytes = 0  # audio bytes sent on this stream
+        self.separator_seen = False
+        self.final: Final | None = None
+        # Where the stream's audio lies on the call's timeline: stream byte → call byte, one entry per jump.
+        self._anchor_stream: list[int] = []
+        self._anchor_call: list[int] = []
+        self._next_call_position: int | None = None
+
+    @property
+    def call_start(self) -> float | None:
+        """Call-timeline seconds at which this stream's audio starts (None before any audio)."""
+        if not self._anchor_call:
+            return None
+        return self._anchor_call[0] / self.bytes_per_second
+
+    def send_audio(self, pcm: bytes, call_position: int) -> bytes:
+        """The frame that carries ``pcm``, whose first byte lies at ``call_position`` on the call."""
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot send audio in state {self.state.name}")
+        if not pcm:
+            raise ValueError("an empty audio frame would end the stream; use send_end()")
+        if call_position != self._next_call_position:
+            self._anchor_stream.append(self.stream_bytes)
+            self._anchor_call.append(call_position)
+        frame = self._header + pcm if self._header else pcm
+        self._header = b""
+        self.stream_bytes += len(pcm)
+        self._next_call_position = call_position + len(pcm)
+        return frame
+
+    def send_end(self) -> list[bytes]:
+        """The frames that end the audio: the empty frame, after the WAV header if no audio went yet."""
+        if self.state is not State.OPEN:
+            raise InvalidState(f"cannot end the audio in state {self.state.name}")
+        self.state = State.DRAINING
+        frames = [self._header] if self._header else []
+        self._header = b""
+        return [*frames, b""]
+
+    def call_time(self, stream_seconds: float) -> float:
+        """Map a time of this stream (seconds) onto the call's timeline (seconds)."""
+        bps = self.bytes_per_second
+        if not self._anchor_stream:
+            return stream_seconds
+        i = max(bisect_right(self._anchor_stream, stream_seconds * bps) - 1, 0)
+        return stream_seconds + (self._anchor_call[i] - self._anchor_stream[i]) / bps
+
+    def receive_binary(self, data: bytes) -> None:
+        """Binary messages only carry scrubbed audio or zips, neither of which the bridge asks for."""
+        raise EngineProtocolError(f"unexpected binary message of {len(data)} bytes")
+
+    def receive_text(self, text: str, received_at: float) -> Event:
+        """Turn one text message into an event (see the module docstring)."""
+        if self.state is State.DONE:
+            raise EngineProtocolError("message after the final transcript")
+        if self.separator_seen:
+            return self._final(text)
+        if not text.strip():
+            self.separator_seen = True
+            return Separator()
+        try:
+            doc = json.loads(text)
+        except ValueError as exc:
+            raise EngineProtocolError(f"utterance message is not JSON: {text[:80]!r}") from exc
+        if not isinstance(doc, dict):
+            raise EngineProtocolError(f"utterance message is not a JSON object: {text[:80]!r}")
+        if isinstance(doc.get("utterances"), list) and "start" not in doc:
+            logger.debug("final transcript without a separator")
+            return self._final(text)
+        return self._utterance(doc, received_at)
+
+    def _final(self, text: str) -> Final:
+        raw: dict[str, Any] | str | None
+        if not text.strip():
+            raw = None
+        else:
+            try:
+                parsed = json.loads(text)
+            except ValueError:
+                parsed = None
+            raw = parsed if isinstance(parsed, dict) else text
+        self.state = State.DONE
+        self.final = Final(raw)
+        return self.final
+
+    def _utterance(self, doc: dict[str, Any], received_at: float) -> Utterance:
+        body = doc.get("utterance") if isinstance(doc.get("utterance"), dict) else doc
+        assert isinstance(body, dict)
+        start = _number(body.get("start"))
+        end = _number(body.get("end"))
+        if start is None or end is None:
+            raise EngineProtocolError("utterance without numeric start and end")
+        words = []
+        for event in body.get("events") or ():
+            if not isinstance(event, dict) or not isinstance(event.get("word"), str):
+                continue
+            w_start = _number(event.get("start"))
+            w_end = _number(event.get("end"))
+            words.append(
+                Word(
+                    word=event["word"],
+                    start=self.call_time(start if w_start is None else w_start),
+                    end=self.call_time(end if w_end is None else w_end),
+                    confidence=_number(event.get("confidence")),
+                )
+            )
+        text = body.get("text")
+        if not isinstance(text, str):
+            text = " ".join(w.word for w in words)
+        metadata = body.get("metadata")
+        channel = metadata.get("channel") if isinstance(metadata, dict) else None
+        return Utterance(
+            text=text,
+            words=tuple(words),
+            start=self.call_time(start),
+            end=self.call_time(end),
+            confidence=_number(body.get("confidence")),
+            channel=channel if isinstance(channel, int) and not isinstance(channel, bool) else 0,
+            raw=doc,
+            received_at=received_at,
+        )
