@@ -57,8 +57,7 @@ class SipConfig(_Section):
     rtp_first_port: int = Field(DEFAULT_RTP_FIRST_PORT, ge=1024, le=65000)
     retry_after_seconds: int = Field(DEFAULT_RETRY_AFTER_SECONDS, ge=0, le=3600)
     rtp_timeout_seconds: float = Field(DEFAULT_RTP_TIMEOUT_SECONDS, ge=0)  # 0 = never hang up for silence
-    allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources; empty = everyone
-    deny_action: Literal["reject", "drop"] = "reject"  # reject = 403, drop = no answer
+    allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources (403 otherwise); empty = everyone
     headers: tuple[str, ...] = ()  # SIP headers copied into call.started
 
     @field_validator("allow_from")
@@ -101,7 +100,9 @@ class EngineConfig(_Section):
     )  # extra V-Blaze tags sent as X-Voci-* headers
     connect_timeout_seconds: float = Field(DEFAULT_CONNECT_TIMEOUT, gt=0)
     send_timeout_seconds: float = Field(DEFAULT_SEND_TIMEOUT, gt=0)
-    final_timeout_seconds: float = Field(DEFAULT_FINAL_TIMEOUT, gt=0)  # wait for the final transcript after BYE
+    final_timeout_seconds: float = Field(
+        DEFAULT_FINAL_TIMEOUT, gt=0
+    )  # wait for the final transcript after BYE
     reconnect_initial_seconds: float = Field(DEFAULT_RECONNECT_INITIAL, gt=0)
     reconnect_max_seconds: float = Field(DEFAULT_RECONNECT_MAX, gt=0)
     buffer_seconds: float = Field(DEFAULT_BUFFER_SECONDS, ge=1)  # audio kept while the engine is unreachable
@@ -127,9 +128,7 @@ class EngineConfig(_Section):
     @model_validator(mode="after")
     def _backoff(self) -> EngineConfig:
         if self.reconnect_max_seconds < self.reconnect_initial_seconds:
-            raise ValueError(
-                "engine.reconnect_max_seconds must be >= engine.reconnect_initial_seconds"
-            )
+            raise ValueError("engine.reconnect_max_seconds must be >= engine.reconnect_initial_seconds")
         return self
 
 

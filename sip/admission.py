@@ -1,0 +1,73 @@
+"""Whether to take an incoming INVITE, and how to refuse it (no I/O).
+
+Checked in this order, so the cheapest and most specific answer wins:
+1. source outside the allow-list → 403
+2. the worker is draining → 503 with Retry-After
+3. the worker is full → 503 with Retry-After
+4. no SDP offer, or no audio codec in common → 488
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sip.message import SipRequest
+from sip.sdp import parse_offer
+
+
+@dataclass(frozen=True)
+class Accept:
+    encodings: tuple[str, ...]  # codecs in common, in the caller's order
+    audio_count: int
+
+
+@dataclass(frozen=True)
+class Reject:
+    status: int
+    reason: str
+    result: str  # metrics label: rejected_acl, rejected_draining, rejected_full, rejected_codec
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+Decision = Accept | Reject
+
+
+@dataclass(frozen=True)
+class Policy:
+    capacity: int
+    codecs: tuple[str, ...]
+    retry_after: int
+    allow_from: tuple[str, ...] = ()
+
+
+def source_allowed(source_ip: str, allow_from: Sequence[str]) -> bool:
+    if not allow_from:
+        return True
+    try:
+        addr = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return False
+    return any(addr in ipaddress.ip_network(net, strict=False) for net in allow_from)
+
+
+def decide(
+    request: SipRequest, source_ip: str, active_calls: int, draining: bool, policy: Policy
+) -> Decision:
+    """Decide on one INVITE given the worker's state."""
+    if not source_allowed(source_ip, policy.allow_from):
+        return Reject(403, "Forbidden", "rejected_acl")
+    retry = (("Retry-After", str(policy.retry_after)),)
+    if draining:
+        return Reject(503, "Draining", "rejected_draining", retry)
+    if active_calls >= policy.capacity:
+        return Reject(503, "Busy, Try Another Worker", "rejected_full", retry)
+    if "application/sdp" not in request.content_type() and "multipart" not in request.content_type():
+        return Reject(488, "SDP Offer Required", "rejected_codec")
+    offer = parse_offer(request.body)
+    offered = offer.encodings()
+    common = tuple(codec for codec in policy.codecs if codec in offered)
+    if not offer.audio or not common:
+        return Reject(488, "No Common Codec", "rejected_codec")
+    return Accept(common, len(offer.audio))

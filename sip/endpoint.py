@@ -1,0 +1,397 @@
+"""The pjsua2 thread: one thread creates the Endpoint, handles its events and owns every pjsua2 object.
+
+Other threads talk to it only through `SipEndpoint`'s methods, which put commands on a queue the
+thread drains between `libHandleEvents` polls (the endpoint runs with `threadCnt = 0`, so every SIP
+callback runs on this thread too). What happens to calls goes out as the frozen events of
+`sip.events` through `on_event`; audio goes out through `on_audio` straight from pjmedia's clock
+thread (see `sip.media`). Both callbacks must be thread-safe and must not block: the worker wraps
+them in `loop.call_soon_threadsafe`.
+
+Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline issue):
+- at most 4 calls a process (`PJSUA_MAX_CALLS`); when 4 calls exist pjsua answers a 5th INVITE with
+  486 itself, before `onIncomingCall`. With `sip.calls_per_worker` below 4 a slot stays free and the
+  bridge answers 503 with Retry-After instead.
+- the null sound device drives the conference clock (`setNoDev()` delivers no frames);
+- calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
+- `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pjsua2 as pj
+
+from bridge.config import Config
+from bridge.errors import SipError
+from sip.admission import Accept, Policy, decide
+from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, InviteRejected, SipEvent
+from sip.media import AudioDeliver, FramePort, PortPool
+from sip.message import parse_request
+
+logger = logging.getLogger(__name__)
+
+PJSUA_MAX_CALLS = 4
+POLL_MS = 10
+RTP_PORTS_PER_WORKER = 40
+CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
+MEDIA_STATUS = {
+    pj.PJSUA_CALL_MEDIA_NONE: "none",
+    pj.PJSUA_CALL_MEDIA_ACTIVE: "active",
+    pj.PJSUA_CALL_MEDIA_LOCAL_HOLD: "local_hold",
+    pj.PJSUA_CALL_MEDIA_REMOTE_HOLD: "remote_hold",
+    pj.PJSUA_CALL_MEDIA_ERROR: "error",
+}
+
+
+@dataclass
+class _Entry:
+    key: int
+    call: _Call
+    port: FramePort | None = None
+    hangup_requested: bool = False
+    confirmed: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class _LogWriter(pj.LogWriter):  # type: ignore[misc]
+    """pjsua's log lines into Python logging (they come from several pjsua threads)."""
+
+    def write(self, entry: Any) -> None:
+        level = logging.WARNING if entry.level <= 2 else logging.DEBUG
+        if entry.level <= 1:
+            level = logging.ERROR
+        logging.getLogger("pjsua").log(level, "%s", entry.msg.rstrip())
+
+
+class _Call(pj.Call):  # type: ignore[misc]
+    def __init__(self, owner: SipEndpoint, account: pj.Account, call_id: int) -> None:
+        super().__init__(account, call_id)
+        self._owner = owner
+
+    def onCallState(self, prm: Any) -> None:
+        self._owner._on_call_state(self)
+
+    def onCallMediaState(self, prm: Any) -> None:
+        self._owner._on_media_state(self)
+
+    def onDtmfDigit(self, prm: Any) -> None:
+        self._owner._on_dtmf(self, str(prm.digit))
+
+
+class _Account(pj.Account):  # type: ignore[misc]
+    def __init__(self, owner: SipEndpoint) -> None:
+        super().__init__()
+        self._owner = owner
+
+    def onIncomingCall(self, prm: Any) -> None:
+        self._owner._on_incoming(self, prm)
+
+
+class SipEndpoint:
+    """A pjsua2 endpoint on one SIP port, run by its own thread."""
+
+    def __init__(
+        self,
+        config: Config,
+        port: int,
+        rtp_port: int,
+        on_event: Callable[[SipEvent], None],
+        on_audio: AudioDeliver,
+    ) -> None:
+        self._cfg = config
+        self.port = port
+        self._rtp_port = rtp_port
+        self._on_event = on_event
+        self._on_audio = on_audio
+        self._policy = Policy(
+            capacity=min(config.sip.calls_per_worker, PJSUA_MAX_CALLS),
+            codecs=config.sip.codecs,
+            retry_after=config.sip.retry_after_seconds,
+            allow_from=config.sip.allow_from,
+        )
+        self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"pjsua-{port}", daemon=True)
+        self._keys = itertools.count(1)
+        # Owned by the pjsua thread only:
+        self._entries: dict[int, _Entry] = {}
+        self._rejected: list[_Call] = []
+        self._graveyard: list[_Call] = []
+        self._draining = False
+        self._stopping = False
+
+    # --- called from other threads -------------------------------------------------------------
+
+    def start(self, timeout: float = 15.0) -> None:
+        """Start the thread and wait until every transport is bound; raise SipError if not."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise SipError(f"SIP endpoint on port {self.port} did not start within {timeout} s")
+        if self._start_error is not None:
+            raise SipError(f"SIP endpoint on port {self.port} failed to start: {self._start_error}")
+
+    def hangup(self, key: int) -> None:
+        self._commands.put(("hangup", key))
+
+    def set_draining(self, draining: bool) -> None:
+        self._commands.put(("draining", draining))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Hang up every call, shut pjsua down and wait for the thread (bounded)."""
+        if not self._thread.is_alive():
+            return
+        self._commands.put(("stop", None))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("pjsua thread did not stop within %.1f s", timeout)
+
+    # --- the pjsua thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._setup()
+        except BaseException as exc:  # reported to start(), which raises SipError
+            self._start_error = exc
+            self._ready.set()
+            self._teardown()
+            return
+        self._ready.set()
+        try:
+            self._loop()
+        except BaseException:
+            logger.exception("pjsua thread failed")
+            raise
+        finally:
+            self._teardown()
+
+    def _setup(self) -> None:
+        cfg = self._cfg
+        self._ep = ep = pj.Endpoint()
+        ep.libCreate()
+        ep_cfg = pj.EpConfig()
+        ep_cfg.uaConfig.maxCalls = PJSUA_MAX_CALLS
+        ep_cfg.uaConfig.threadCnt = 0
+        ep_cfg.uaConfig.mainThreadOnly = False
+        ep_cfg.uaConfig.userAgent = "vblaze-bridge"
+        self._log_writer = _LogWriter()
+        ep_cfg.logConfig.writer = self._log_writer
+        ep_cfg.logConfig.level = 3
+        ep_cfg.logConfig.consoleLevel = 3
+        ep_cfg.logConfig.msgLogging = 0
+        ep_cfg.logConfig.decor = 0
+        rate = cfg.audio.sample_rate
+        ep_cfg.medConfig.clockRate = rate
+        ep_cfg.medConfig.sndClockRate = rate
+        ep_cfg.medConfig.channelCount = 1
+        ep_cfg.medConfig.noVad = True
+        ep_cfg.medConfig.maxMediaPorts = 4 * PJSUA_MAX_CALLS + 8
+        ep.libInit(ep_cfg)
+        for name in cfg.sip.transports:
+            tcfg = pj.TransportConfig()
+            tcfg.port = self.port
+            tcfg.boundAddress = cfg.sip.host
+            kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
+            ep.transportCreate(kind, tcfg)
+        ep.libStart()
+        ep.audDevManager().setNullDev()
+        self._set_codecs()
+        acfg = pj.AccountConfig()
+        acfg.idUri = f"sip:bridge@{cfg.sip.host}:{self.port}"
+        acfg.mediaConfig.transportConfig.port = self._rtp_port
+        acfg.mediaConfig.transportConfig.portRange = RTP_PORTS_PER_WORKER
+        acfg.mediaConfig.transportConfig.boundAddress = cfg.sip.host
+        self._account = _Account(self)
+        self._account.create(acfg, True)
+        self._pool = PortPool(PJSUA_MAX_CALLS, rate, cfg.audio.port_frame_ms, self._on_audio)
+        logger.info(
+            "SIP endpoint listening on %s:%d (%s)", cfg.sip.host, self.port, "/".join(cfg.sip.transports)
+        )
+
+    def _set_codecs(self) -> None:
+        wanted = {CODEC_IDS[name]: 255 - i for i, name in enumerate(self._cfg.sip.codecs)}
+        for info in self._ep.codecEnum2():
+            codec_id = str(info.codecId)
+            self._ep.codecSetPriority(codec_id, wanted.get(codec_id, 0))
+
+    def _loop(self) -> None:
+        while True:
+            self._ep.libHandleEvents(POLL_MS)
+            self._graveyard.clear()
+            while True:
+                try:
+                    command, arg = self._commands.get_nowait()
+                except queue.Empty:
+                    break
+                self._command(command, arg)
+            if self._stopping and not self._entries and not self._rejected:
+                return
+
+    def _command(self, command: str, arg: Any) -> None:
+        if command == "hangup":
+            entry = self._entries.get(arg)
+            if entry is not None:
+                self._hangup(entry.call, 200 if entry.confirmed else 487)
+                entry.hangup_requested = True
+        elif command == "draining":
+            self._draining = bool(arg)
+        elif command == "stop":
+            self._stopping = True
+            self._draining = True
+            for entry in list(self._entries.values()):
+                entry.hangup_requested = True
+                self._hangup(entry.call, 200 if entry.confirmed else 503)
+
+    def _hangup(self, call: _Call, status: int) -> None:
+        op = pj.CallOpParam()
+        op.statusCode = status
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            logger.warning("hangup failed: %s", exc.info())
+
+    def _teardown(self) -> None:
+        """Destroy the library on its own thread. The FramePorts stay referenced: destroying them after
+        the library is gone asserts inside pjmedia, so a worker leaves with `os._exit` after this."""
+        if not hasattr(self, "_ep"):
+            return
+        try:
+            self._ep.libDestroy()
+        except pj.Error as exc:
+            logger.warning("libDestroy failed: %s", exc.info())
+        logger.info("SIP endpoint on port %d stopped", self.port)
+
+    def _entry_of(self, call: _Call) -> _Entry | None:
+        for entry in self._entries.values():
+            if entry.call is call:
+                return entry
+        return None
+
+    def _on_incoming(self, account: _Account, prm: Any) -> None:
+        call = _Call(self, account, prm.callId)
+        source = str(prm.rdata.srcAddress)
+        source_ip = source.rsplit(":", 1)[0].strip("[]")
+        try:
+            request = parse_request(str(prm.rdata.wholeMsg))
+        except ValueError:
+            logger.warning("unparseable INVITE from %s", source)
+            self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
+            return
+        decision = decide(request, source_ip, len(self._entries), self._draining, self._policy)
+        if not isinstance(decision, Accept):
+            self._reject(call, decision.status, decision.reason, decision.result, decision.headers, source)
+            return
+        key = next(self._keys)
+        entry = _Entry(key=key, call=call)
+        self._entries[key] = entry
+        call_id = request.header("call-id") or ""
+        wanted = {h.lower() for h in self._cfg.sip.headers}
+        headers = tuple((name, value) for name, value in request.headers if name in wanted)
+        op = pj.CallOpParam()
+        op.statusCode = 200
+        try:
+            call.answer(op)
+        except pj.Error as exc:
+            logger.warning("answer failed for %s: %s", call_id, exc.info())
+            del self._entries[key]
+            self._reject(call, 488, "Not Acceptable Here", "rejected_codec", (), source)
+            return
+        self._on_event(
+            CallStarted(
+                key=key,
+                call_id=call_id,
+                from_uri=request.header("from") or "",
+                to_uri=request.header("to") or "",
+                remote=source,
+                headers=headers,
+                codecs=decision.encodings,
+            )
+        )
+
+    def _reject(
+        self,
+        call: _Call,
+        status: int,
+        reason: str,
+        result: str,
+        headers: tuple[tuple[str, str], ...],
+        source: str,
+    ) -> None:
+        op = pj.CallOpParam()
+        op.statusCode = status
+        op.reason = reason
+        for name, value in headers:
+            header = pj.SipHeader()
+            header.hName = name
+            header.hValue = value
+            op.txOption.headers.append(header)
+        self._rejected.append(call)
+        try:
+            call.hangup(op)
+        except pj.Error as exc:
+            logger.warning("rejecting INVITE from %s with %d failed: %s", source, status, exc.info())
+        logger.info("INVITE from %s refused: %d %s", source, status, reason)
+        self._on_event(InviteRejected(status=status, result=result, source=source))
+
+    def _on_call_state(self, call: _Call) -> None:
+        info = call.getInfo()
+        entry = self._entry_of(call)
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED and entry is not None:
+            entry.confirmed = True
+        if info.state != pj.PJSIP_INV_STATE_DISCONNECTED:
+            return
+        if call in self._rejected:
+            self._rejected.remove(call)
+            self._graveyard.append(call)
+            return
+        if entry is None:
+            return
+        del self._entries[entry.key]
+        if entry.port is not None:
+            self._pool.give_back(entry.port)
+            entry.port = None
+        if entry.hangup_requested:
+            reason = "local_hangup"
+        elif entry.confirmed:
+            reason = "remote_bye"
+        else:
+            reason = "failed"
+        self._graveyard.append(call)
+        self._on_event(
+            CallEnded(
+                key=entry.key, status=int(info.lastStatusCode), reason=reason, detail=str(info.lastReason)
+            )
+        )
+
+    def _on_media_state(self, call: _Call) -> None:
+        entry = self._entry_of(call)
+        if entry is None:
+            return
+        info = call.getInfo()
+        for media in info.media:
+            if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            status = MEDIA_STATUS.get(media.status, "unknown")
+            codec = ""
+            if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
+                if entry.port is None:
+                    entry.port = self._pool.lend(entry.key)
+                try:
+                    call.getAudioMedia(media.index).startTransmit(entry.port)
+                    codec = str(call.getStreamInfo(media.index).codecName)
+                except pj.Error as exc:
+                    logger.warning("connecting audio failed: %s", exc.info())
+            self._on_event(CallMedia(key=entry.key, codec=codec, status=status))
+            break
+
+    def _on_dtmf(self, call: _Call, digit: str) -> None:
+        entry = self._entry_of(call)
+        if entry is not None:
+            self._on_event(CallDtmf(key=entry.key, digit=digit))
