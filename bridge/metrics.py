@@ -70,6 +70,7 @@ CONNECT_FAILURE_CAUSES = (
 )
 GAP_CAUSES = ("disconnected", "buffer_full", "engine_unreachable", "send_timeout", "other")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
+WEBHOOK_DROP_REASONS = ("spool_full", "other")
 RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
 
 OTHER = "other"
@@ -141,6 +142,15 @@ UTTERANCES = Counter(f"{PREFIX}_utterances_total", "Utterances received from the
 WEBHOOK_ATTEMPTS = Counter(
     f"{PREFIX}_webhook_attempts_total", "Webhook delivery attempts, by outcome.", ["outcome"]
 )
+WEBHOOK_REJECTED = Counter(
+    f"{PREFIX}_webhook_events_rejected_total",
+    "Events a receiver refused with a final status (4xx other than 408/429); never retried.",
+)
+WEBHOOK_DROPPED = Counter(
+    f"{PREFIX}_webhook_events_dropped_total",
+    "Events refused before any attempt, by reason (spool_full: webhook.spool_max_bytes reached).",
+    ["reason"],
+)
 SPOOL_EVENTS = Gauge(
     f"{PREFIX}_webhook_spool_events",
     "Events waiting for webhook delivery (queued or spooled to disk), summed over live processes.",
@@ -206,6 +216,8 @@ def _preinit() -> None:
         ENGINE_CONNECT_FAILURES.labels(cause)
     for outcome in WEBHOOK_OUTCOMES:
         WEBHOOK_ATTEMPTS.labels(outcome)
+    for reason in WEBHOOK_DROP_REASONS:
+        WEBHOOK_DROPPED.labels(reason)
 
 
 _preinit()
@@ -297,7 +309,15 @@ class WebhookMetrics:
         UTTERANCE_TO_WEBHOOK_ACK.observe(max(0.0, latency_seconds))
 
     def spool_depth(self, n: int) -> None:
+        """Events this process has waiting, queued in memory and spooled."""
         SPOOL_EVENTS.set(max(0, n))
+
+    def rejected(self, status: int) -> None:
+        """An event got a final refusal (`status`, counted by its attempt's outcome too)."""
+        WEBHOOK_REJECTED.inc()
+
+    def dropped(self, reason: str) -> None:
+        WEBHOOK_DROPPED.labels(bounded(reason, WEBHOOK_DROP_REASONS)).inc()
 
 
 def outcome_for_status(status: int) -> str:

@@ -48,6 +48,8 @@ WORKER_SCRIPT = textwrap.dedent(
     hook.sent(0.002)
     hook.delivered(0.04)
     hook.spool_depth(n)
+    hook.rejected(404)
+    hook.dropped("spool_full")
     print("done", flush=True)
     """
 )
@@ -104,6 +106,8 @@ def test_pool_scrape_sums_two_workers(pool: Path) -> None:
     assert s[("vblaze_bridge_audio_seconds_total", ())] == 10.0
     assert s[("vblaze_bridge_audio_gap_seconds_total", (("cause", "disconnected"),))] == 5.0
     assert s[("vblaze_bridge_webhook_spool_events", ())] == 3
+    assert s[("vblaze_bridge_webhook_events_rejected_total", ())] == 2
+    assert s[("vblaze_bridge_webhook_events_dropped_total", (("reason", "spool_full"),))] == 2
     assert s[("vblaze_bridge_worker_restarts_total", (("reason", "exit"),))] == 1
     assert s[("vblaze_bridge_ready", ())] == 1
     assert s[("vblaze_bridge_draining", ())] == 0
@@ -180,6 +184,7 @@ def test_label_values_are_bounded() -> None:
         metrics.CONNECT_FAILURE_CAUSES,
         metrics.GAP_CAUSES,
         metrics.WEBHOOK_OUTCOMES,
+        metrics.WEBHOOK_DROP_REASONS,
         metrics.RESTART_REASONS,
     ):
         assert "other" in values
