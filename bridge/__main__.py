@@ -1,0 +1,59 @@
+"""Command line: `vblaze-bridge run|worker|check-config|demo`. Parses arguments and wires; nothing more."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bridge.config import load_config
+from bridge.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vblaze-bridge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the supervisor and its worker pool")
+    run.add_argument("--config", type=Path, default=Path("config.yaml"))
+    worker = sub.add_parser("worker", help="one worker process (started by `run`)")
+    worker.add_argument("--config", type=Path, required=True)
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--ready-fd", type=int, default=None)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, default=Path("config.yaml"))
+    demo = sub.add_parser("demo", help="stand-in engine + bridge + one sample call")
+    demo.add_argument("--text", default=None, help="the sentence the sample call speaks")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from bridge.demo import run_demo
+
+        return run_demo(args.text)
+    if args.command == "check-config":
+        from bridge.cli_check import check_config
+
+        return check_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    if args.command == "worker":
+        from bridge.worker import main as worker_main
+
+        worker_main(config, args.index, args.ready_fd)
+        return 0
+    import uvloop
+
+    from bridge.app import Supervisor
+    from bridge.logs import setup_logging
+
+    setup_logging(config.logging, "supervisor")
+    return uvloop.run(Supervisor(config, args.config.resolve()).run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""A worker process: one pjsua2 endpoint on its own SIP port and the pipelines of its calls.
+
+The SIP thread (`sip.endpoint`) reports calls, DTMF and audio; this module moves them onto the
+worker's asyncio loop with `call_soon_threadsafe` and gives each call a `CallPipeline`. SIGTERM
+drains: new INVITEs are answered 503, active calls may go on for `drain.timeout_seconds`, then are
+hung up and flushed; a second SIGTERM or SIGINT hangs everything up at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from typing import Any
+
+import uvloop
+
+from bridge import metrics
+from bridge.call import CallPipeline
+from bridge.config import Config
+from bridge.events import EventSink
+from bridge.logs import setup_logging
+from bridge.sinks import make_sink
+from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
+from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, InviteRejected, SipEvent
+
+logger = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE_SECONDS = 5.0
+
+
+class Worker:
+    def __init__(self, config: Config, index: int) -> None:
+        self.cfg = config
+        self.index = index
+        self.port = config.sip.first_port + index
+        self.rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
+        self.calls: dict[int, CallPipeline] = {}
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._loop = asyncio.get_running_loop()
+        self.sink: EventSink = make_sink(config)
+        self.call_metrics = metrics.CallMetrics()
+        self.engine_metrics = metrics.EngineMetrics()
+        self.worker_metrics = metrics.WorkerMetrics()
+        self.endpoint = SipEndpoint(config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip)
+
+    # --- from the SIP threads -------------------------------------------------------------------------
+
+    def _from_sip(self, event: SipEvent) -> None:
+        self._loop.call_soon_threadsafe(self._on_sip_event, event)
+
+    def _audio_from_sip(self, key: int, pcm: bytes | None, arrival: float) -> None:
+        self._loop.call_soon_threadsafe(self._on_audio, key, pcm, arrival)
+
+    # --- on the loop --------------------------------------------------------------------------------------
+
+    def _on_audio(self, key: int, pcm: bytes | None, arrival: float) -> None:
+        call = self.calls.get(key)
+        if call is not None:
+            call.audio(pcm, arrival)
+
+    def _on_sip_event(self, event: SipEvent) -> None:
+        if isinstance(event, CallStarted):
+            self.call_metrics.invite_response(200)
+            self.call_metrics.call_answered()
+            call = CallPipeline(
+                event, self.cfg, self.sink, self.index, self.call_metrics, self.engine_metrics
+            )
+            self.calls[event.key] = call
+            self._idle.clear()
+            task = asyncio.create_task(call.run(), name=f"call-{call.call_id}")
+            self.tasks[event.key] = task
+            task.add_done_callback(lambda t, key=event.key: self._call_done(key, t))
+        elif isinstance(event, CallEnded):
+            call = self.calls.get(event.key)
+            if call is not None:
+                call.ended(event.reason)
+        elif isinstance(event, CallDtmf):
+            call = self.calls.get(event.key)
+            if call is not None:
+                call.dtmf(event.digit)
+        elif isinstance(event, CallMedia):
+            call = self.calls.get(event.key)
+            if call is not None:
+                call.log.info("media %s (%s)", event.status, event.codec or "no codec")
+        elif isinstance(event, InviteRejected):
+            self.call_metrics.invite_response(event.status)
+            self.call_metrics.call_rejected(event.result)
+            logger.info("INVITE from %s rejected with %d (%s)", event.source, event.status, event.result)
+
+    def _call_done(self, key: int, task: asyncio.Task[None]) -> None:
+        self.calls.pop(key, None)
+        self.tasks.pop(key, None)
+        failed = task.cancelled() or task.exception() is not None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("call task failed", exc_info=task.exception())
+        self.call_metrics.call_ended("failed" if failed else "completed")
+        if not self.calls:
+            self._idle.set()
+
+    # --- life -----------------------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        if self._stop.is_set():
+            self._force.set()
+        self._stop.set()
+
+    async def run(self, ready: Any = None) -> None:
+        await self._loop.run_in_executor(None, self.endpoint.start)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._loop.add_signal_handler(sig, self.request_stop)
+        self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, 4))
+        if ready is not None:
+            ready()
+        await self._stop.wait()
+        self.worker_metrics.stopping()
+        logger.info(
+            "draining: %d calls active, up to %.0f s", len(self.calls), self.cfg.drain.timeout_seconds
+        )
+        self.endpoint.set_draining(True)
+        await self._wait_idle(self.cfg.drain.timeout_seconds)
+        for key in list(self.calls):
+            self.endpoint.hangup(key)
+        await self._wait_idle(self.cfg.engine.final_timeout_seconds + SHUTDOWN_GRACE_SECONDS)
+        for task in list(self.tasks.values()):
+            task.cancel()
+        await self._loop.run_in_executor(None, self.endpoint.stop)
+        await self.sink.aclose(SHUTDOWN_GRACE_SECONDS)
+
+    async def _wait_idle(self, limit: float) -> None:
+        idle = asyncio.ensure_future(self._idle.wait())
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait({idle, force}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            idle.cancel()
+            force.cancel()
+
+
+def main(config: Config, index: int, ready_fd: int | None) -> None:
+    """Run one worker until it is told to stop, then leave with os._exit (see sip.endpoint)."""
+
+    def ready() -> None:
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
+
+    setup_logging(config.logging, f"worker-{index}")
+
+    async def run() -> None:
+        worker = Worker(config, index)
+        await worker.run(ready)
+
+    code = 0
+    try:
+        uvloop.run(run())
+    except BaseException:
+        logger.exception("worker %d failed", index)
+        code = 1
+    finally:
+        logging.shutdown()
+    os._exit(code)

@@ -1,0 +1,209 @@
+"""Real peers on 127.0.0.1 for end-to-end tests: the stand-in engine, the bridge, sipp callers."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bridge.demo import sipp_scenario, speech_file, start_standin, wait_for_sip
+
+
+def free_port_block(count: int, kind: int = socket.SOCK_DGRAM, low: int = 15000, high: int = 28000) -> int:
+    """A first port such that `count` consecutive ports are free for UDP and TCP."""
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        try:
+            for port in range(base, base + count):
+                for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                    with socket.socket(socket.AF_INET, k) as sock:
+                        sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port block")
+
+
+@dataclass
+class Standin:
+    proc: subprocess.Popen[str]
+    url: str
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def run_standin(*args: str) -> Standin:
+    proc, url = start_standin(list(args))
+    return Standin(proc, url)
+
+
+@pytest.fixture
+def standin_vad() -> Iterator[Standin]:
+    engine = run_standin("--recognizer", "vad-only", "--max-streams", "16")
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def standin_whisper() -> Iterator[Standin]:
+    engine = run_standin("--max-streams", "16")
+    yield engine
+    engine.stop()
+
+
+@dataclass
+class Bridge:
+    config_path: Path
+    events_path: Path
+    sip_port: int
+    workers: int
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def start(self) -> None:
+        assert self.log_path is not None
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "run", "--config", str(self.config_path)], stderr=log
+        )
+        for index in range(self.workers):
+            wait_for_sip(self.sip_port + index, timeout=30)
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.events_path.exists():
+            return []
+        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line.strip()]
+
+    def calls(self) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {}
+        for event in self.events():
+            out.setdefault(event["call_id"], []).append(event)
+        return out
+
+    def wait_ended(self, count: int, timeout: float = 90.0) -> dict[str, list[dict[str, Any]]]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            calls = self.calls()
+            ended = [c for c in calls.values() if any(e["kind"] == "call.ended" for e in c)]
+            if len(ended) >= count:
+                return calls
+            time.sleep(0.2)
+        raise AssertionError(f"fewer than {count} calls ended within {timeout} s: {self.calls()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        return self.proc.returncode
+
+
+@pytest.fixture
+def make_bridge(tmp_path: Path) -> Iterator[Any]:
+    started: list[Bridge] = []
+
+    def factory(engine_url: str, workers: int = 1, start: bool = True, **sections: dict[str, Any]) -> Bridge:
+        sip_port = free_port_block(workers)
+        rtp_port = free_port_block(40 * workers, low=30000, high=60000)
+        events_path = tmp_path / f"events-{len(started)}.jsonl"
+        config: dict[str, Any] = {
+            "sip": {"first_port": sip_port, "workers": workers, "rtp_first_port": rtp_port},
+            "engine": {"url": engine_url, "final_timeout_seconds": 30, "reconnect_initial_seconds": 0.2},
+            "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
+            "metrics": {"port": 0},
+            "drain": {"timeout_seconds": 5},
+        }
+        for name, values in sections.items():
+            config.setdefault(name, {}).update(values)
+        config_path = tmp_path / f"config-{len(started)}.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        bridge = Bridge(
+            config_path, events_path, sip_port, workers, log_path=tmp_path / f"bridge-{len(started)}.log"
+        )
+        started.append(bridge)
+        if start:
+            bridge.start()
+        return bridge
+
+    yield factory
+    for bridge in started:
+        bridge.stop(
+            signal.SIGKILL if bridge.proc and bridge.proc.poll() is None else signal.SIGTERM, timeout=5
+        )
+        subprocess.run(["pkill", "-9", "-f", f"bridge worker --config {bridge.config_path}"], check=False)
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    stdout: str
+    stats: dict[str, str]
+
+
+def run_sipp(
+    port: int,
+    audio: Path,
+    workdir: Path,
+    *,
+    hold_ms: int,
+    calls: int = 1,
+    concurrent: int = 1,
+    rate: int = 10,
+    pt: int = 0,
+    timeout: float = 120.0,
+) -> SippResult:
+    """Place `calls` calls (at most `concurrent` at once) that play `audio` as G.711 RTP."""
+    scenario = sipp_scenario(audio, workdir, hold_ms, pt)
+    local = free_port_block(1)
+    media = free_port_block(2 * calls + 2, low=40000, high=60000)
+    stats = workdir / f"sipp-{local}.csv"
+    cmd = [
+        "sipp", "-sf", str(scenario), "-m", str(calls), "-l", str(concurrent), "-r", str(rate),
+        "-i", "127.0.0.1", "-p", str(local), "-mp", str(media), "-s", "svc", "-nostdin",
+        "-trace_stat", "-stf", str(stats), "-fd", "1", f"127.0.0.1:{port}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    parsed: dict[str, str] = {}
+    if stats.exists():
+        lines = stats.read_text().splitlines()
+        if len(lines) >= 2:
+            parsed = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+    return SippResult(proc.returncode, proc.stdout + proc.stderr, parsed)
+
+
+@pytest.fixture(scope="session")
+def speech_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("speech")
+
+
+def speech(text: str, directory: Path, name: str) -> Path:
+    target = directory / name
+    target.mkdir(exist_ok=True)
+    return speech_file(text, target)
