@@ -11,7 +11,8 @@ Workers record into ``prometheus_client``'s multiprocess files. The supervisor:
 
 1. calls :func:`setup_multiprocess_dir` before it spawns any worker (the variable it sets is inherited
    by the workers, whose ``import bridge.metrics`` then writes to that directory);
-2. calls :func:`mark_process_dead` with a worker's pid after reaping it (drops its ``live*`` gauges);
+2. calls :func:`retire_process` (or :func:`mark_process_dead`) with a worker's pid after reaping it:
+   it drops the worker's ``live*`` gauges and returns the calls that were still up on it;
 3. records what only it knows (worker restarts, calls lost with a worker, readiness) on
    :data:`SUPERVISOR`, an in-memory object that :func:`registry_for_scrape` merges into the same
    metric families, so one scrape of the supervisor's port covers the whole pool.
@@ -403,6 +404,24 @@ def mark_process_dead(pid: int, path: str | Path | None = None) -> None:
     if directory is None:
         return
     _mark_process_dead(pid, str(directory))  # type: ignore[no-untyped-call]
+
+
+def retire_process(pid: int, path: str | Path | None = None) -> int:
+    """For a worker that exited: return the calls it still had up, then :func:`mark_process_dead` it.
+
+    Pass the result to ``SUPERVISOR.worker_restarted(reason, calls_lost=...)`` when the worker died
+    unexpectedly, so those calls count as ``worker_lost``.
+    """
+    directory = Path(path) if path is not None else multiprocess_dir()
+    if directory is None:
+        return 0
+    files = [str(p) for p in directory.glob(f"gauge_livesum_{pid}.db")]
+    calls = 0.0
+    for metric in MultiProcessCollector.merge(files, accumulate=False):  # type: ignore[no-untyped-call]
+        if metric.name == f"{PREFIX}_calls_active":
+            calls = sum(s.value for s in metric.samples)
+    mark_process_dead(pid, directory)
+    return max(0, round(calls))
 
 
 class _PoolCollector:

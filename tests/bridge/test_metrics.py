@@ -129,8 +129,9 @@ def test_mark_process_dead_drops_live_gauges_only(tmp_path: Path) -> None:
     pids = {p.stem.rsplit("_", 1)[-1] for p in directory.glob("gauge_livesum_*.db")}
     assert len(pids) == 1
     assert metrics.read_pool_gauges(directory) == metrics.PoolGauges(calls_active=1, capacity=4, workers_up=1)
-    metrics.mark_process_dead(int(pids.pop()), directory)
+    assert metrics.retire_process(int(pids.pop()), directory) == 1
     assert metrics.read_pool_gauges(directory) == metrics.PoolGauges(0, 0, 0)
+    assert metrics.retire_process(999_999_999, directory) == 0
     s = _samples(generate_latest(metrics.registry_for_scrape(directory)).decode())
     assert s[("vblaze_bridge_calls_total", (("result", "completed"),))] == 1
 
