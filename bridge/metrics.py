@@ -59,17 +59,18 @@ CALL_RESULTS = (
 # SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
 INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
 DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
-CONNECT_FAILURE_CAUSES = (
-    "refused",
-    "timeout",
-    "unavailable",
-    "rejected",
-    "closed",
-    "protocol",
-    "dns",
+# Causes as bridge/vblaze/client.py and bridge/vblaze/buffer.py name them.
+CONNECT_FAILURE_CAUSES = ("refused", "timeout", "unavailable", "rejected", "error", "other")
+STREAM_LOST_CAUSES = ("closed", "send_timeout", "ended_early", "other")
+GAP_CAUSES = (
+    "buffer_overflow",  # the engine was away longer than engine.buffer_seconds
+    "replay_exceeded",  # audio older than engine.replay_seconds when the stream came back
+    "engine_rejected",  # the engine refused the stream (4xx at the upgrade)
+    "engine_unavailable",  # gave up: the engine never came back before the call ended
+    "final_timeout",  # no final transcript within engine.final_timeout_seconds
+    "cancelled",  # the call was torn down (drain timeout, forced stop)
     "other",
 )
-GAP_CAUSES = ("disconnected", "buffer_full", "engine_unreachable", "send_timeout", "other")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
 RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
@@ -131,6 +132,9 @@ AUDIO_GAP_SECONDS = Counter(
 ENGINE_CONNECTS = Counter(f"{PREFIX}_engine_connects_total", "WebSocket streams opened to the engine.")
 ENGINE_CONNECT_FAILURES = Counter(
     f"{PREFIX}_engine_connect_failures_total", "Failed attempts to open an engine stream.", ["cause"]
+)
+ENGINE_STREAMS_LOST = Counter(
+    f"{PREFIX}_engine_streams_lost_total", "Engine streams that ended before the final transcript.", ["cause"]
 )
 ENGINE_RECONNECTS = Counter(
     f"{PREFIX}_engine_reconnects_total", "Engine streams reopened mid-call after a lost socket."
@@ -215,6 +219,8 @@ def _preinit() -> None:
         AUDIO_GAP_SECONDS.labels(cause)
     for cause in CONNECT_FAILURE_CAUSES:
         ENGINE_CONNECT_FAILURES.labels(cause)
+    for cause in STREAM_LOST_CAUSES:
+        ENGINE_STREAMS_LOST.labels(cause)
     for outcome in WEBHOOK_OUTCOMES:
         WEBHOOK_ATTEMPTS.labels(outcome)
     for reason in WEBHOOK_DROP_REASONS:
@@ -277,6 +283,10 @@ class EngineMetrics:
 
     def reconnected(self) -> None:
         ENGINE_RECONNECTS.inc()
+
+    def connection_lost(self, cause: str) -> None:
+        """An established stream ended early: closed, send_timeout or ended_early."""
+        ENGINE_STREAMS_LOST.labels(bounded(cause, STREAM_LOST_CAUSES)).inc()
 
     def frame_sent(self, nbytes: int, latency_seconds: float) -> None:
         """`latency_seconds`: arrival of the oldest frame in the write -> write done."""

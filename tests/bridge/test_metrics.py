@@ -41,7 +41,8 @@ WORKER_SCRIPT = textwrap.dedent(
     engine.reconnected()
     engine.frame_sent(3200, 0.0008)
     engine.utterance(1.3)
-    engine.gap(2.5, "disconnected")
+    engine.gap(2.5, "buffer_overflow")
+    engine.connection_lost("send_timeout")
     hook = m.WebhookMetrics()
     hook.attempt("ok", 0.02)
     hook.attempt(m.outcome_for_status(503), 0.01)
@@ -104,7 +105,8 @@ def test_pool_scrape_sums_two_workers(pool: Path) -> None:
     assert s[("vblaze_bridge_engine_connect_failures_total", (("cause", "timeout"),))] == 2
     assert s[("vblaze_bridge_webhook_attempts_total", (("outcome", "http_5xx"),))] == 2
     assert s[("vblaze_bridge_audio_seconds_total", ())] == 10.0
-    assert s[("vblaze_bridge_audio_gap_seconds_total", (("cause", "disconnected"),))] == 5.0
+    assert s[("vblaze_bridge_audio_gap_seconds_total", (("cause", "buffer_overflow"),))] == 5.0
+    assert s[("vblaze_bridge_engine_streams_lost_total", (("cause", "send_timeout"),))] == 2
     assert s[("vblaze_bridge_webhook_spool_events", ())] == 3
     assert s[("vblaze_bridge_webhook_events_rejected_total", ())] == 2
     assert s[("vblaze_bridge_webhook_events_dropped_total", (("reason", "spool_full"),))] == 2
@@ -184,6 +186,7 @@ def test_label_values_are_bounded() -> None:
         metrics.DROP_CAUSES,
         metrics.CONNECT_FAILURE_CAUSES,
         metrics.GAP_CAUSES,
+        metrics.STREAM_LOST_CAUSES,
         metrics.WEBHOOK_OUTCOMES,
         metrics.WEBHOOK_DROP_REASONS,
         metrics.RESTART_REASONS,
@@ -212,3 +215,22 @@ def test_registry_needs_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         metrics.registry_for_scrape()
+
+
+@pytest.mark.parametrize(
+    ("module", "protocol", "adapter"),
+    [
+        ("bridge.vblaze.client", "EngineObserver", metrics.EngineMetrics),
+        ("bridge.webhook.delivery", "DeliveryObserver", metrics.WebhookMetrics),
+    ],
+)
+def test_adapters_implement_the_observer_protocols(module: str, protocol: str, adapter: type) -> None:
+    import inspect
+
+    proto = getattr(pytest.importorskip(module), protocol)
+    for name, member in vars(proto).items():
+        if name.startswith("_") or not callable(member):
+            continue
+        assert hasattr(adapter, name), f"{adapter.__name__} lacks {name}()"
+        wanted = list(inspect.signature(member).parameters)
+        assert list(inspect.signature(getattr(adapter, name)).parameters) == wanted, name
