@@ -1,0 +1,161 @@
+"""Utterance segmentation of one channel with V-Blaze's VAD tags. No I/O.
+
+The signal is judged in 10 ms frames:
+- `vadtype=level`: a frame is active when its mean absolute sample value (signed 16-bit scale)
+  exceeds `activitylevel` (default 175), as V-Blaze documents the level VAD;
+- `vadtype=energy` (V-Blaze's default; its algorithm is not documented): a frame is active when its
+  energy is 12 dB above a tracked noise floor and above -60 dBFS. `activitylevel` does not apply.
+
+Every active frame counts as active `uttpadding` ms before and after it ("padding around active audio
+treated as active"). An utterance is a run of padded activity; it ends once `uttmaxsilence` ms of
+silence follow the padded activity, the cut being at the end of the padding. A run with less than
+`uttminactivity` ms of (unpadded) active frames is noise and is dropped. A run reaching `uttmaxtime`
+seconds is cut there, and a new utterance starts right away if the audio is still active. At the end
+of the stream an open utterance ends at its padded end.
+
+`Segmenter.feed(samples)` returns the utterances completed by those samples as `Cut`s carrying
+sample offsets from the start of the channel and the utterance's samples; `finish()` flushes.
+Only audio that can still belong to an utterance is kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from standin.tags import (
+    DEFAULT_ACTIVITYLEVEL,
+    DEFAULT_UTTMAXSILENCE_MS,
+    DEFAULT_UTTMAXTIME_S,
+    DEFAULT_UTTMINACTIVITY_MS,
+    DEFAULT_UTTPADDING_MS,
+    VadType,
+)
+
+FRAME_MS = 10
+ENERGY_MARGIN_DB = 12.0
+ENERGY_FLOOR_DBFS = -60.0
+
+
+@dataclass(frozen=True)
+class VadParams:
+    vadtype: VadType = VadType.ENERGY
+    activitylevel: int = DEFAULT_ACTIVITYLEVEL
+    uttminactivity_ms: int = DEFAULT_UTTMINACTIVITY_MS
+    uttmaxsilence_ms: int = DEFAULT_UTTMAXSILENCE_MS
+    uttpadding_ms: int = DEFAULT_UTTPADDING_MS
+    uttmaxtime_s: int = DEFAULT_UTTMAXTIME_S
+
+
+@dataclass(frozen=True)
+class Cut:
+    """One utterance: samples [start, end) of the channel, and those samples."""
+
+    start: int
+    end: int
+    audio: npt.NDArray[np.int16]
+
+
+class Segmenter:
+    """Level/energy VAD over one channel of int16 samples."""
+
+    def __init__(self, samprate: int, params: VadParams | None = None) -> None:
+        self.params = p = params or VadParams()
+        self.samprate = samprate
+        self.frame = max(1, samprate * FRAME_MS // 1000)
+        ms_frames = 1.0 / FRAME_MS
+        self._pad = round(p.uttpadding_ms * ms_frames)
+        self._max_silence = max(1, round(p.uttmaxsilence_ms * ms_frames))
+        self._min_active = round(p.uttminactivity_ms * ms_frames)
+        self._max_frames = max(1, p.uttmaxtime_s * 1000 // FRAME_MS)
+        self._partial = np.zeros(0, dtype=np.int16)
+        self._buf = np.zeros(0, dtype=np.int16)  # samples from frame index `_buf_frame` on
+        self._buf_frame = 0
+        self._n = 0  # frames judged so far
+        self._floor_db = -100.0
+        self._floor: int = 0  # no utterance may start before this frame (last cut)
+        self._start: int | None = None  # first frame of the open utterance
+        self._last_active = -1  # last active frame of the open utterance
+        self._active_count = 0
+
+    def feed(self, samples: npt.NDArray[np.int16]) -> list[Cut]:
+        """Judge the new samples; return the utterances they complete."""
+        data = np.concatenate([self._partial, samples.astype(np.int16, copy=False)])
+        whole = len(data) - len(data) % self.frame
+        self._partial = data[whole:]
+        self._buf = np.concatenate([self._buf, data[:whole]])
+        cuts: list[Cut] = []
+        for frame in data[:whole].reshape(-1, self.frame):
+            cut = self._judge(self._is_active(frame))
+            if cut is not None:
+                cuts.append(cut)
+        self._trim()
+        return cuts
+
+    def finish(self) -> list[Cut]:
+        """End of audio: close the open utterance, if it has enough activity."""
+        if self._partial.size:
+            self._buf = np.concatenate([self._buf, self._partial])
+            self._partial = np.zeros(0, dtype=np.int16)
+        total = self._buf_frame * self.frame + len(self._buf)
+        if self._start is None:
+            return []
+        end = min((self._last_active + 1 + self._pad) * self.frame, total)
+        cut = self._emit(self._start * self.frame, end)
+        self._start = None
+        return [cut] if cut is not None else []
+
+    def _is_active(self, frame: npt.NDArray[np.int16]) -> bool:
+        x = frame.astype(np.float64)
+        if self.params.vadtype is VadType.LEVEL:
+            return float(np.mean(np.abs(x))) > self.params.activitylevel
+        energy_db = 10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10)
+        active = energy_db > self._floor_db + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
+        if energy_db < self._floor_db:
+            self._floor_db = energy_db
+        else:
+            self._floor_db += (energy_db - self._floor_db) * (0.0005 if active else 0.02)
+        return bool(active)
+
+    def _judge(self, active: bool) -> Cut | None:
+        i = self._n
+        self._n += 1
+        cut: Cut | None = None
+        if self._start is not None and i - self._start >= self._max_frames:
+            # uttmaxtime: cut here; a still-active signal opens the next utterance at once.
+            cut = self._emit(self._start * self.frame, i * self.frame)
+            self._start = None
+            if active:
+                self._start = i
+                self._last_active = i
+                self._active_count = 1
+                return cut
+        if active:
+            if self._start is None:
+                self._start = max(i - self._pad, self._floor)
+                self._active_count = 0
+            self._last_active = i
+            self._active_count += 1
+        elif self._start is not None and i - (self._last_active + self._pad) >= self._max_silence:
+            cut = self._emit(self._start * self.frame, (self._last_active + 1 + self._pad) * self.frame)
+            self._start = None
+        return cut
+
+    def _emit(self, start: int, end: int) -> Cut | None:
+        self._floor = -(-end // self.frame)
+        enough = self._active_count >= self._min_active
+        self._active_count = 0
+        if not enough or end <= start:
+            return None
+        base = self._buf_frame * self.frame
+        return Cut(start, end, self._buf[start - base : end - base].copy())
+
+    def _trim(self) -> None:
+        """Drop samples no utterance can include any more."""
+        keep_from = self._start if self._start is not None else max(self._n - self._pad, self._floor)
+        drop = keep_from - self._buf_frame
+        if drop > 0:
+            self._buf = self._buf[drop * self.frame :]
+            self._buf_frame = keep_from
