@@ -122,7 +122,7 @@ class Supervisor:
             code = await process.wait()
             slot.history.append(code)
             slot.ready = False
-            metrics.mark_process_dead(process.pid)
+            calls_lost = metrics.retire_process(process.pid)
             if self._on_worker_exit is not None:
                 self._on_worker_exit(slot.index, code)
             if self._stopping:
@@ -142,7 +142,7 @@ class Supervisor:
                 delay,
             )
             slot.restarts += 1
-            metrics.SUPERVISOR.worker_restarted("signal" if code < 0 else "exit")
+            metrics.SUPERVISOR.worker_restarted("signal" if code < 0 else "exit", calls_lost=calls_lost)
             if delay:
                 try:
                     async with asyncio.timeout(delay):
@@ -202,6 +202,7 @@ class Supervisor:
         await self._stop.wait()
 
     async def shutdown(self) -> None:
+        sdnotify.notify("STOPPING=1")
         self._stopping = True
         force = self._force.is_set()
         logger.info("stopping %d workers (%s)", len(self.slots), "now" if force else "draining")
@@ -249,7 +250,6 @@ class Supervisor:
         if on_ready is not None:
             on_ready()
         await self.main_loop()
-        sdnotify.notify("STOPPING=1")
         await self.shutdown()
         return 0
 

@@ -23,7 +23,7 @@ DEFAULT_CALLS_PER_WORKER = 4  # pjsua2-python's compile-time PJSUA_MAX_CALLS
 DEFAULT_RTP_FIRST_PORT = 20000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
-DEFAULT_SAMPLE_RATE = 8000
+DEFAULT_SAMPLE_RATE: Literal[8000, 16000] = 8000
 DEFAULT_CHUNK_MS = 100
 DEFAULT_PORT_FRAME_MS = 100
 DEFAULT_ENGINE_URL = "ws://127.0.0.1:17171/transcribe"
@@ -88,7 +88,7 @@ class EngineConfig(_Section):
     url: str = DEFAULT_ENGINE_URL  # ws://HOST:17171/transcribe
     datahdr: Literal["NONE", "WAVE"] = "NONE"  # NONE: raw PCM with encoding tags; WAVE: streaming WAV header
     tags: dict[str, str | int | float | bool] = Field(
-        default_factory=lambda: {
+        default_factory=lambda: {  # type: ignore[arg-type]
             "vadtype": "level",
             "activitylevel": 175,
             "uttminactivity": 500,
