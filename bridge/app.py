@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bridge import metrics, sdnotify
 from bridge.config import Config
@@ -210,9 +211,9 @@ class Supervisor:
             self._signal(slot, signal.SIGKILL if force else signal.SIGTERM)
         bound = self.cfg.drain.timeout_seconds + self.cfg.engine.final_timeout_seconds + STOP_GRACE_SECONDS
         watchers = [slot.watcher for slot in self.slots if slot.watcher is not None]
-        forced = asyncio.ensure_future(self._force.wait())
-        done_all = asyncio.gather(*watchers, return_exceptions=True)
-        await asyncio.wait({done_all, forced}, timeout=bound, return_when=asyncio.FIRST_COMPLETED)
+        forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
+        done_all: asyncio.Future[Any] = asyncio.gather(*watchers, return_exceptions=True)
+        await asyncio.wait([done_all, forced], timeout=bound, return_when=asyncio.FIRST_COMPLETED)
         if not done_all.done():
             logger.warning("workers still running; killing them")
             for slot in self.slots:

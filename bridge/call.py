@@ -115,7 +115,7 @@ class CallPipeline:
                 await self._ended.wait()
                 result = await self.stream.finish()
                 transcript = result.final
-                gaps = [gap.to_dict() for gap in result.gaps]
+                gaps = [gap.as_dict() for gap in result.gaps]
                 if not runner.done():
                     runner.cancel()
         except* Exception as group_error:

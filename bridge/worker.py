@@ -9,6 +9,7 @@ hung up and flushed; a second SIGTERM or SIGINT hangs everything up at once.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -75,23 +76,24 @@ class Worker:
             self._idle.clear()
             task = asyncio.create_task(call.run(), name=f"call-{call.call_id}")
             self.tasks[event.key] = task
-            task.add_done_callback(lambda t, key=event.key: self._call_done(key, t))
-        elif isinstance(event, CallEnded):
-            call = self.calls.get(event.key)
-            if call is not None:
-                call.ended(event.reason)
-        elif isinstance(event, CallDtmf):
-            call = self.calls.get(event.key)
-            if call is not None:
-                call.dtmf(event.digit)
-        elif isinstance(event, CallMedia):
-            call = self.calls.get(event.key)
-            if call is not None:
-                call.log.info("media %s (%s)", event.status, event.codec or "no codec")
+            task.add_done_callback(functools.partial(self._call_done, event.key))
         elif isinstance(event, InviteRejected):
             self.call_metrics.invite_response(event.status)
             self.call_metrics.call_rejected(event.result)
             logger.info("INVITE from %s rejected with %d (%s)", event.source, event.status, event.result)
+        else:
+            self._on_call_event(event)
+
+    def _on_call_event(self, event: CallEnded | CallDtmf | CallMedia) -> None:
+        found = self.calls.get(event.key)
+        if found is None:
+            return
+        if isinstance(event, CallEnded):
+            found.ended(event.reason)
+        elif isinstance(event, CallDtmf):
+            found.dtmf(event.digit)
+        else:
+            found.log.info("media %s (%s)", event.status, event.codec or "no codec")
 
     def _call_done(self, key: int, task: asyncio.Task[None]) -> None:
         self.calls.pop(key, None)

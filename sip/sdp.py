@@ -6,7 +6,7 @@ direction. Static payload types (0 PCMU, 8 PCMA, 9 G722) count even without an `
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 STATIC_PT = {0: "PCMU", 8: "PCMA", 9: "G722", 3: "GSM", 18: "G729", 4: "G723"}
 DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
@@ -30,10 +30,20 @@ class Offer:
         return {enc for media in self.audio for enc in media.encodings}
 
 
+@dataclass
+class _Media:
+    audio: bool
+    port: int = 0
+    pts: list[int] = field(default_factory=list)
+    rtpmap: dict[int, str] = field(default_factory=dict)
+    direction: str | None = None
+    label: str | None = None
+
+
 def parse_offer(sdp: str) -> Offer:
     """Parse the audio part of an SDP body; tolerant of unknown lines."""
     session_dir = "sendrecv"
-    media: list[dict[str, object]] = []
+    media: list[_Media] = []
     for raw in sdp.replace("\r\n", "\n").split("\n"):
         line = raw.strip()
         if len(line) < 2 or line[1] != "=":
@@ -42,12 +52,15 @@ def parse_offer(sdp: str) -> Offer:
         if kind == "m":
             parts = value.split()
             if len(parts) < 4:
-                media.append({"skip": True})
+                media.append(_Media(audio=False))
                 continue
-            pts = [int(p) for p in parts[3:] if p.isdigit()]
-            port = int(parts[1].split("/")[0]) if parts[1].split("/")[0].isdigit() else 0
+            port = parts[1].split("/")[0]
             media.append(
-                {"skip": parts[0] != "audio", "port": port, "pts": pts, "map": {}, "dir": None, "label": None}
+                _Media(
+                    audio=parts[0] == "audio",
+                    port=int(port) if port.isdigit() else 0,
+                    pts=[int(p) for p in parts[3:] if p.isdigit()],
+                )
             )
         elif kind == "a":
             attr, _, rest = value.partition(":")
@@ -56,32 +69,22 @@ def parse_offer(sdp: str) -> Offer:
                 if target is None:
                     session_dir = attr
                 else:
-                    target["dir"] = attr
+                    target.direction = attr
             elif attr == "rtpmap" and target is not None:
                 pt, _, enc = rest.partition(" ")
                 if pt.strip().isdigit():
-                    mapping = target["map"]
-                    assert isinstance(mapping, dict)
-                    mapping[int(pt)] = enc.split("/")[0].strip().upper()
+                    target.rtpmap[int(pt)] = enc.split("/")[0].strip().upper()
             elif attr == "label" and target is not None:
-                target["label"] = rest.strip()
-    audio = []
-    for m in media:
-        if m.get("skip"):
-            continue
-        mapping = m["map"]
-        pts = m["pts"]
-        assert isinstance(mapping, dict) and isinstance(pts, list)
-        encodings = tuple(mapping.get(pt, STATIC_PT.get(pt, f"PT{pt}")) for pt in pts)
-        port = m["port"]
-        label = m["label"]
-        assert isinstance(port, int)
-        audio.append(
+                target.label = rest.strip()
+    return Offer(
+        tuple(
             AudioOffer(
-                port=port,
-                encodings=encodings,
-                direction=str(m["dir"] or session_dir),
-                label=label if isinstance(label, str) else None,
+                port=m.port,
+                encodings=tuple(m.rtpmap.get(pt, STATIC_PT.get(pt, f"PT{pt}")) for pt in m.pts),
+                direction=m.direction or session_dir,
+                label=m.label,
             )
+            for m in media
+            if m.audio
         )
-    return Offer(tuple(audio))
+    )
