@@ -15,6 +15,7 @@ attempt, and sent as ``X-VBlaze-Signature: t=<t>,v1=<hex>``. `sign` and `verify`
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
@@ -133,8 +134,10 @@ def request_headers(
     event_type: str,
     attempt: int,
     bearer_token: str | None = None,
+    basic_auth: tuple[str, str] | None = None,
 ) -> dict[str, str]:
-    """Headers of one attempt. Basic auth, when configured, is added by the HTTP client."""
+    """Headers of one attempt: content type, signature, event id and type, attempt number, and
+    ``Authorization`` if a bearer token or basic credentials are given (the token wins)."""
     headers = {
         "Content-Type": "application/json",
         "User-Agent": USER_AGENT,
@@ -145,4 +148,7 @@ def request_headers(
     }
     if bearer_token:
         headers["Authorization"] = f"Bearer {bearer_token}"
+    elif basic_auth is not None:
+        user, password = basic_auth
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
     return headers

@@ -1,0 +1,611 @@
+"""Webhook delivery: the `EventSink` that POSTs each event to every receiver, in order, at least once.
+
+For every (url, call) there is one queue, ordered by `seq`, and while it has events one asyncio task
+sending its head. The head is retried until the receiver answers 2xx (delivered) or a final 4xx
+(rejected, recorded); only then does the next event of that call go out to that URL. Other calls and
+other URLs have their own queues and never wait for it.
+
+Lifecycle::
+
+    sink = WebhookSink(settings, observer=metrics)
+    await sink.start()        # open the spool, claim dead owners' events, resume their delivery
+    sink.submit(event)        # from the call pipeline, on the loop: never blocks
+    await sink.aclose(10.0)   # flush within the bound; what is left stays spooled for the next start
+
+Durability: `submit` hands the event to the spool thread at once; the first attempt waits for that
+write. Every spool operation runs on one thread of this sink's own (SQLite writes are small but
+fsync'ed), so the event loop never waits on the disk. A 2xx deletes the row before the call's next
+event is sent, so after a crash the receiver may see the last delivered event again (same
+`event_id`) but never an older event after a newer one of the same call.
+
+The spool is bounded: above `spool_warn_fraction` of `spool_max_bytes` a warning is logged every
+30 s; at the limit an event is refused, logged as an error and counted (`observer.dropped`), and the
+receiver sees a hole in that call's `seq`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import enum
+import functools
+import logging
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import aiohttp
+
+from bridge.config import (
+    DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_WEBHOOK_TIMEOUT,
+    WebhookConfig,
+)
+from bridge.errors import BridgeError, ConfigError
+from bridge.events import BridgeEvent
+from bridge.webhook import payload, policy
+from bridge.webhook.spool import InsertResult, NewEvent, Spool, SpooledEvent
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_BACKOFF_INITIAL = 0.5
+DEFAULT_BACKOFF_MAX = 60.0
+DEFAULT_SPOOL_WARN_FRACTION = 0.8
+DEFAULT_CLAIM_INTERVAL = 10.0  # how often a running sink adopts the events of dead owners
+DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
+SPOOL_WARN_INTERVAL = 30.0
+BODIES_KEPT = 8  # per queue, the first events keep their body in memory; the rest are read back when due
+DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
+
+
+class SinkStateError(BridgeError):
+    """`submit` or `start` called in a state that does not allow it."""
+
+
+class DeliveryObserver(Protocol):
+    """Metrics hooks; `bridge/metrics.py` implements them. Never raise, never block."""
+
+    def attempt(self, outcome: str, seconds: float) -> None:
+        """One attempt ended; `outcome` is one of `policy.Outcome`."""
+
+    def sent(self, latency_seconds: float) -> None:
+        """An utterance's first request went out, `latency_seconds` after the bridge produced it."""
+
+    def delivered(self, latency_seconds: float) -> None:
+        """An utterance was answered 2xx, `latency_seconds` after the bridge produced it."""
+
+    def spool_depth(self, n: int) -> None:
+        """Events this process has waiting (queued in memory and spooled)."""
+
+    def rejected(self, status: int) -> None:
+        """An event was answered with a final status and will not be retried."""
+
+    def dropped(self, reason: str) -> None:
+        """An event was refused before any attempt; `reason` is ``"spool_full"``."""
+
+
+class NullObserver:
+    def attempt(self, outcome: str, seconds: float) -> None:
+        pass
+
+    def sent(self, latency_seconds: float) -> None:
+        pass
+
+    def delivered(self, latency_seconds: float) -> None:
+        pass
+
+    def spool_depth(self, n: int) -> None:
+        pass
+
+    def rejected(self, status: int) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    """Everything delivery needs, secrets resolved. Build it with `from_config` at startup."""
+
+    urls: tuple[str, ...]
+    secret: bytes
+    spool_path: Path
+    timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT
+    backoff_initial_seconds: float = DEFAULT_BACKOFF_INITIAL
+    backoff_max_seconds: float = DEFAULT_BACKOFF_MAX
+    spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
+    spool_warn_fraction: float = DEFAULT_SPOOL_WARN_FRACTION
+    bearer_token: str | None = None
+    basic_auth: tuple[str, str] | None = None
+    claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL
+    spool_op_timeout_seconds: float = DEFAULT_SPOOL_OP_TIMEOUT
+
+    @classmethod
+    def from_config(cls, config: WebhookConfig, environ: Mapping[str, str]) -> WebhookSettings:
+        """Resolve secrets from `environ`; raise ConfigError naming the key if one is missing.
+
+        Reads ``basic_auth_env`` (a variable holding ``user:password``) if the config has that key.
+        """
+        secret = environ.get(config.secret_env, "")
+        if not secret:
+            raise ConfigError(
+                f"webhook.secret_env: environment variable {config.secret_env} is not set or empty "
+                "(webhooks are always signed)"
+            )
+        bearer: str | None = None
+        if config.bearer_env:
+            bearer = environ.get(config.bearer_env, "")
+            if not bearer:
+                raise ConfigError(f"webhook.bearer_env: environment variable {config.bearer_env} is not set")
+        basic: tuple[str, str] | None = None
+        basic_env: str | None = getattr(config, "basic_auth_env", None)
+        if basic_env:
+            user, sep, password = environ.get(basic_env, "").partition(":")
+            if not sep or not user:
+                raise ConfigError(
+                    f"webhook.basic_auth_env: environment variable {basic_env} must hold user:password"
+                )
+            basic = (user, password)
+        return cls(
+            urls=tuple(config.urls),
+            secret=secret.encode(),
+            spool_path=Path(config.spool_path),
+            timeout_seconds=config.timeout_seconds,
+            backoff_initial_seconds=config.backoff_initial_seconds,
+            backoff_max_seconds=config.backoff_max_seconds,
+            spool_max_bytes=config.spool_max_bytes,
+            bearer_token=bearer,
+            basic_auth=basic,
+        )
+
+
+class _State(enum.IntEnum):
+    NEW = 0
+    RUNNING = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+@dataclass(eq=False)
+class _Item:
+    seq: int
+    event_id: str
+    kind: str
+    event_time: float
+    body: bytes | None  # None: read it back from the spool when due
+    persisted: asyncio.Future[InsertResult] | None  # None: loaded from the spool, already there
+    attempts: int = 0
+    deep: bool = False  # queued behind BODIES_KEPT others: free the body once it is spooled
+
+
+@dataclass(eq=False)
+class _Queue:
+    url: str
+    call_id: str
+    items: list[_Item] = field(default_factory=list)
+    in_flight: bool = False  # items[0] is being sent: nothing may go before it
+    task: asyncio.Task[None] | None = None
+
+    def has(self, seq: int) -> bool:
+        i = bisect.bisect_left(self.items, seq, key=lambda it: it.seq)
+        return i < len(self.items) and self.items[i].seq == seq
+
+    def insert(self, item: _Item) -> None:
+        lo = 1 if self.in_flight else 0
+        self.items.insert(bisect.bisect_right(self.items, item.seq, lo=lo, key=lambda it: it.seq), item)
+
+
+class WebhookSink:
+    """Ordered, durable, signed webhook delivery to every URL in `settings.urls`."""
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        observer: DeliveryObserver | None = None,
+        session: aiohttp.ClientSession | None = None,
+        rand: random.Random | None = None,
+    ) -> None:
+        if not settings.urls:
+            raise ConfigError("webhook.urls: empty")
+        self._s = settings
+        self._observer: DeliveryObserver = observer if observer is not None else NullObserver()
+        self._session = session
+        self._own_session = session is None
+        self._rand = rand if rand is not None else random.Random()
+        self._state = _State.NEW
+        self._spool = Spool(settings.spool_path, settings.spool_max_bytes)
+        self._executor: ThreadPoolExecutor | None = None
+        self._queues: dict[tuple[str, str], _Queue] = {}
+        self._depth = 0
+        self._claimer: asyncio.Task[None] | None = None
+        self._last_warn_log = -math.inf
+        self._last_full_log = -math.inf
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the spool, claim events of dead owners (a crashed worker, this worker's previous life),
+        and start delivering every spooled event this sink now owns."""
+        if self._state is not _State.NEW:
+            raise SinkStateError(f"start() in state {self._state.name}")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
+        await self._spool_op(self._spool.open)
+        await self._spool_op(self._spool.claim_orphans)  # rows now ours; `pending` lists them with the rest
+        spooled = await self._spool_op(self._spool.pending)
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=64),
+                timeout=aiohttp.ClientTimeout(total=None),  # bounded per attempt by asyncio.timeout
+            )
+        self._state = _State.RUNNING
+        if spooled:
+            logger.info("resuming delivery of %d spooled webhook events", len(spooled))
+            self._load(spooled)
+        self._claimer = asyncio.create_task(self._claim_loop(), name="webhook-claim")
+        logger.info(
+            "webhook delivery started: %d receiver(s), spool %s (owner %s)",
+            len(self._s.urls),
+            self._s.spool_path,
+            self._spool.owner,
+        )
+
+    async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109 (the EventSink interface)
+        """Deliver what can be delivered within `timeout` seconds, then stop. Undelivered events stay in
+        the spool and are claimed by the next sink that starts on it."""
+        if self._state in (_State.CLOSING, _State.CLOSED):
+            return
+        if self._state is _State.NEW:
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSING
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        if self._claimer is not None:
+            self._claimer.cancel()
+        tasks = {q.task for q in self._queues.values() if q.task is not None}
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
+            if pending:
+                left = sum(len(q.items) for q in self._queues.values())
+                logger.warning(
+                    "webhook delivery stopped with %d event(s) undelivered; they stay in the spool", left
+                )
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending, timeout=1.0)
+        if self._claimer is not None:
+            await asyncio.wait({self._claimer}, timeout=1.0)
+        try:
+            # Writes submitted so far finish first (the spool thread is FIFO), whatever the timeout.
+            await self._spool_op(self._spool.close, bound=max(self._s.spool_op_timeout_seconds, timeout))
+        except TimeoutError:
+            logger.error("webhook spool did not close in time; its last writes may be lost")
+        finally:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
+            self._state = _State.CLOSED
+            if self._own_session and self._session is not None:
+                try:
+                    async with asyncio.timeout(5.0):
+                        await self._session.close()
+                except TimeoutError:
+                    logger.error("webhook HTTP session did not close within 5 s")
+
+    async def __aenter__(self) -> WebhookSink:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose(self._s.timeout_seconds)
+
+    # --- the EventSink side --------------------------------------------------------------------------
+
+    def submit(self, event: BridgeEvent) -> None:
+        """Queue `event` for every receiver and have it written to the spool. Never blocks.
+
+        During `aclose` the event is still spooled (for the next start) but not sent.
+        """
+        if self._state not in (_State.RUNNING, _State.CLOSING):
+            raise SinkStateError(f"submit() in state {self._state.name}")
+        body = payload.encode(event)
+        eid = payload.event_id(event.call_id, event.seq)
+        urls = []
+        for url in self._s.urls:
+            queue = self._queues.get((url, event.call_id))
+            if queue is not None and queue.has(event.seq):
+                logger.error(
+                    "event %s of call %s submitted twice; ignoring the second", event.seq, event.call_id
+                )
+                continue
+            urls.append(url)
+        if not urls:
+            return
+        rows = [NewEvent(url, event.call_id, event.seq, eid, event.kind, event.time, body) for url in urls]
+        future = self._spool_future(self._spool.insert, rows)
+        if self._state is _State.CLOSING:
+            future.add_done_callback(functools.partial(self._persisted, []))
+            return
+        items = []
+        for url in urls:
+            item = _Item(event.seq, eid, event.kind, event.time, body, future)
+            items.append((self._enqueue(url, event.call_id, item), item))
+        future.add_done_callback(functools.partial(self._persisted, items))
+
+    async def wait_persisted(self, seconds: float) -> None:
+        """Wait, at most `seconds`, until every event submitted so far is spooled (or refused)."""
+        await self._spool_op(lambda: None, bound=seconds)
+
+    @property
+    def pending(self) -> int:
+        """Events this process has not finished with."""
+        return self._depth
+
+    # --- queues --------------------------------------------------------------------------------------
+
+    def _load(self, spooled: list[SpooledEvent]) -> None:
+        for row in spooled:
+            queue = self._queues.get((row.url, row.call_id))
+            if queue is not None and queue.has(row.seq):
+                continue
+            if row.url not in self._s.urls:
+                logger.warning("spooled event for %s, no longer configured: delivering it anyway", row.url)
+            self._enqueue(
+                row.url, row.call_id, _Item(row.seq, row.event_id, row.kind, row.event_time, None, None)
+            )
+
+    def _enqueue(self, url: str, call_id: str, item: _Item) -> _Queue:
+        key = (url, call_id)
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(url, call_id)
+        item.deep = len(queue.items) >= BODIES_KEPT
+        queue.insert(item)
+        self._set_depth(self._depth + 1)
+        if queue.task is None and self._state is _State.RUNNING:
+            queue.task = asyncio.create_task(self._run(queue), name=f"webhook {call_id} {url}")
+        return queue
+
+    def _set_depth(self, n: int) -> None:
+        self._depth = n
+        self._observer.spool_depth(n)
+
+    def _persisted(self, items: list[tuple[_Queue, _Item]], future: asyncio.Future[InsertResult]) -> None:
+        """On the loop, once an insert is done: check the spool's size, free bodies not due soon."""
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error("webhook spool write failed: %r; the event is kept in memory only", error)
+            return
+        result = future.result()
+        self._check_size(result.used_bytes, refused=not result.accepted)
+        for queue, item in items:
+            head = queue.in_flight and queue.items[0] is item
+            if not result.accepted:
+                if not head and item in queue.items:  # the head's own task drops it (_wait_persisted)
+                    queue.items.remove(item)
+                    self._set_depth(self._depth - 1)
+                    self._dropped(queue, item)
+            elif item.deep and not head:
+                item.body = None
+
+    def _dropped(self, queue: _Queue, item: _Item) -> None:
+        logger.error(
+            "webhook spool full: event %d (%s) of call %s for %s dropped",
+            item.seq,
+            item.kind,
+            queue.call_id,
+            queue.url,
+            extra={"call_id": queue.call_id},
+        )
+        self._observer.dropped("spool_full")
+
+    def _check_size(self, used: int, *, refused: bool = False) -> None:
+        """Log loudly, at most every SPOOL_WARN_INTERVAL each: near the limit, and at it."""
+        limit = self._s.spool_max_bytes
+        now = time.monotonic()
+        if refused:
+            if now - self._last_full_log >= SPOOL_WARN_INTERVAL:
+                self._last_full_log = now
+                logger.error(
+                    "webhook spool FULL (%d of %d bytes): new events are refused until receivers catch up",
+                    used,
+                    limit,
+                )
+        elif used >= limit * self._s.spool_warn_fraction and now - self._last_warn_log >= SPOOL_WARN_INTERVAL:
+            self._last_warn_log = now
+            logger.warning(
+                "webhook spool at %.0f%% of its limit (%d of %d bytes): receivers are not keeping up; "
+                "events will be refused when it is full",
+                100.0 * used / limit,
+                used,
+                limit,
+            )
+
+    async def _run(self, queue: _Queue) -> None:
+        """Send the queue's head until it is done, then the next, until the queue is empty."""
+        try:
+            while queue.items:
+                queue.in_flight = True
+                item = queue.items[0]
+                await self._deliver(queue, item)
+                queue.items.pop(0)
+                queue.in_flight = False
+                self._set_depth(self._depth - 1)
+        finally:
+            queue.in_flight = False
+            queue.task = None
+            if not queue.items and self._queues.get((queue.url, queue.call_id)) is queue:
+                del self._queues[(queue.url, queue.call_id)]
+
+    async def _deliver(self, queue: _Queue, item: _Item) -> None:
+        """Return when `item` is delivered, rejected or dropped. Only cancellation raises."""
+        if item.persisted is not None and not await self._wait_persisted(queue, item):
+            return
+        failures = 0
+        while True:
+            retry_after: float | None = None
+            body = item.body
+            if body is None:
+                try:
+                    body = await self._spool_op(self._spool.body, queue.url, queue.call_id, item.seq)
+                except Exception:
+                    logger.exception(
+                        "cannot read event %d of call %s from the spool", item.seq, queue.call_id
+                    )
+                    reason = "spool read failed"
+                else:
+                    if body is None:
+                        logger.error("event %d of call %s vanished from the spool", item.seq, queue.call_id)
+                        return
+            if body is not None:
+                verdict, retry_after, reason = await self._attempt(queue, item, body)
+                if verdict != "retry":
+                    return
+            failures += 1
+            delay = policy.backoff(
+                failures,
+                self._s.backoff_initial_seconds,
+                self._s.backoff_max_seconds,
+                retry_after,
+                self._rand,
+            )
+            logger.warning(
+                "webhook %s: event %d (%s) of call %s failed (%s), attempt %d; retrying in %.1fs",
+                queue.url,
+                item.seq,
+                item.kind,
+                queue.call_id,
+                reason,
+                item.attempts,
+                delay,
+                extra={"call_id": queue.call_id},
+            )
+            await asyncio.sleep(delay)
+
+    async def _wait_persisted(self, queue: _Queue, item: _Item) -> bool:
+        """Wait for the spool write of `item`; False if the spool refused it (the item is dropped)."""
+        assert item.persisted is not None
+        try:
+            async with asyncio.timeout(self._s.spool_op_timeout_seconds):
+                result = await asyncio.shield(item.persisted)
+        except TimeoutError:
+            logger.error(
+                "webhook spool write of event %d of call %s is slow; sending it from memory",
+                item.seq,
+                queue.call_id,
+            )
+            return True
+        except Exception:
+            return True  # logged by _persisted; send from memory
+        if not result.accepted:
+            self._dropped(queue, item)
+        return result.accepted
+
+    async def _attempt(
+        self, queue: _Queue, item: _Item, body: bytes
+    ) -> tuple[policy.Verdict, float | None, str]:
+        """One POST of `item`; the verdict, a Retry-After delay if any, and a reason for the log."""
+        assert self._session is not None
+        item.attempts += 1
+        now = time.time()
+        if item.attempts == 1 and item.kind == "utterance":
+            self._observer.sent(now - item.event_time)
+        headers = payload.request_headers(
+            secret=self._s.secret,
+            timestamp=int(now),
+            body=body,
+            event_id=item.event_id,
+            event_type=item.kind,
+            attempt=item.attempts,
+            bearer_token=self._s.bearer_token,
+            basic_auth=self._s.basic_auth,
+        )
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self._s.timeout_seconds):
+                async with self._session.post(
+                    queue.url, data=body, headers=headers, allow_redirects=False
+                ) as response:
+                    status = response.status
+                    retry_after_value = response.headers.get("Retry-After")
+                    detail = await response.content.read(DETAIL_BYTES)
+        except TimeoutError:
+            self._observer.attempt("timeout", time.monotonic() - started)
+            return "retry", None, f"no answer within {self._s.timeout_seconds:g}s"
+        except (aiohttp.ClientError, OSError) as exc:
+            self._observer.attempt("connect_error", time.monotonic() - started)
+            return "retry", None, f"{type(exc).__name__}: {exc}"
+        self._observer.attempt(policy.outcome(status), time.monotonic() - started)
+        verdict = policy.verdict(status)
+        if verdict == "delivered":
+            await self._finish(queue, item, self._spool.delete, queue.url, queue.call_id, item.seq)
+            if item.kind == "utterance":
+                self._observer.delivered(time.time() - item.event_time)
+            return verdict, None, f"HTTP {status}"
+        text = detail.decode("utf-8", errors="replace").strip()
+        if verdict == "reject":
+            logger.error(
+                "webhook %s rejected event %d (%s) of call %s with HTTP %d, final: %s",
+                queue.url,
+                item.seq,
+                item.kind,
+                queue.call_id,
+                status,
+                text[:200],
+                extra={"call_id": queue.call_id},
+            )
+            self._observer.rejected(status)
+            await self._finish(
+                queue, item, self._spool.reject, queue.url, queue.call_id, item.seq, status, text
+            )
+            return verdict, None, f"HTTP {status}"
+        return verdict, policy.parse_retry_after(retry_after_value, time.time()), f"HTTP {status}"
+
+    async def _finish(self, queue: _Queue, item: _Item, fn: Callable[..., None], *args: Any) -> None:
+        """Record the end of `item` in the spool before the call's next event goes out."""
+        try:
+            await self._spool_op(fn, *args)
+        except Exception:
+            # Sent but still spooled: after a restart the receiver sees this event_id once more.
+            logger.exception(
+                "webhook spool: cannot record event %d of call %s as done", item.seq, queue.call_id
+            )
+
+    # --- spool thread --------------------------------------------------------------------------------
+
+    def _spool_future(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        assert self._executor is not None
+        return asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _spool_op(self, fn: Callable[..., T], *args: Any, bound: float | None = None) -> T:
+        """Run `fn(*args)` on the spool thread; TimeoutError after `bound` (the operation still runs)."""
+        seconds = self._s.spool_op_timeout_seconds if bound is None else bound
+        future: Awaitable[T] = self._spool_future(fn, *args)
+        async with asyncio.timeout(seconds):
+            return await future
+
+    async def _claim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._s.claim_interval_seconds)
+            try:
+                claimed = await self._spool_op(self._spool.claim_orphans)
+                used = await self._spool_op(self._spool.used_bytes)
+            except TimeoutError:
+                logger.error("webhook spool busy: orphan claim skipped")
+                continue
+            except Exception:
+                logger.exception("webhook spool: orphan claim failed")
+                continue
+            self._check_size(used)
+            if claimed and self._state is _State.RUNNING:
+                self._load(claimed)

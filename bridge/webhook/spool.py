@@ -1,0 +1,360 @@
+"""The webhook spool: one SQLite file (WAL mode) shared by every worker process.
+
+An event is written here, once per receiver URL, before its first attempt, and removed only when the
+receiver answers 2xx (or moved to the `rejected` table on a final 4xx). So at any moment the spool holds,
+for each (url, call), the undelivered suffix of that call's events.
+
+Ownership. Each open `Spool` is an *owner* with a random token, and holds an exclusive `flock` on
+``<spool>.owners/<token>.lock`` for as long as it is open. The kernel drops that lock when the process
+dies, SIGKILL included, so "owner alive" is "its lock file is locked" — no pid reuse to worry about.
+Every row names its owner; a process only delivers its own rows. `claim_orphans` takes over the rows of
+owners whose lock is free (dead, or closed cleanly with events left) and returns them in order. The
+lock file is renamed into place only once locked, so a live owner is never mistaken for a dead one.
+
+Durability: WAL with ``synchronous=FULL`` survives a killed process and a power cut. The size bound is
+the database's used pages; an insert that would pass `max_bytes` is refused as a whole.
+
+The class is synchronous and not thread-safe: `delivery.py` drives it from a single thread of its own,
+so the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import socket
+import sqlite3
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DEFAULT_BUSY_TIMEOUT = 10.0
+REJECTED_KEEP = 10_000  # rejected events kept for inspection, oldest dropped first
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event_time REAL NOT NULL,
+    spooled_at REAL NOT NULL,
+    owner TEXT NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (url, call_id, seq)
+);
+CREATE INDEX IF NOT EXISTS events_owner ON events (owner, url, call_id, seq);
+CREATE TABLE IF NOT EXISTS rejected (
+    id INTEGER PRIMARY KEY,
+    url TEXT NOT NULL,
+    call_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    event_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    event_time REAL NOT NULL,
+    rejected_at REAL NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL,
+    body BLOB NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One event for one receiver, to be spooled."""
+
+    url: str
+    call_id: str
+    seq: int
+    event_id: str
+    kind: str
+    event_time: float
+    body: bytes
+
+
+@dataclass(frozen=True)
+class SpooledEvent:
+    """A spooled event without its body (bodies are read one at a time, when sent)."""
+
+    url: str
+    call_id: str
+    seq: int
+    event_id: str
+    kind: str
+    event_time: float
+
+
+@dataclass(frozen=True)
+class RejectedEvent:
+    url: str
+    call_id: str
+    seq: int
+    event_id: str
+    status: int
+    detail: str
+
+
+@dataclass(frozen=True)
+class InsertResult:
+    accepted: bool  # False: the spool is full and nothing was written
+    used_bytes: int
+
+
+def _token() -> str:
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
+
+
+class Spool:
+    """The spool file, seen by one owner. Open with `open()`, release with `close()`."""
+
+    def __init__(self, path: str | Path, max_bytes: int, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.owner = _token()
+        self.owners_dir = self.path.with_name(self.path.name + ".owners")
+        self._busy_timeout = busy_timeout
+        self._db: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the file if needed, take this owner's lock, and check the schema."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.owners_dir.mkdir(exist_ok=True)
+        self._lock_fd = self._take_lock()
+        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=16777216")
+            db.execute("BEGIN IMMEDIATE")
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                db.execute(statement)
+            db.execute(
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+            (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            db.execute("COMMIT")
+        except BaseException:
+            db.close()
+            self._release_lock()
+            raise
+        if int(version) != SCHEMA_VERSION:
+            db.close()
+            self._release_lock()
+            raise sqlite3.DatabaseError(f"{self.path}: spool schema {version}, expected {SCHEMA_VERSION}")
+        self._db = db
+
+    def close(self) -> None:
+        """Close the file and release the lock: rows left become orphans for the next owner to claim."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._release_lock()
+
+    def _take_lock(self) -> int:
+        tmp = self.owners_dir / f".{self.owner}.tmp"
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(tmp, self.owners_dir / f"{self.owner}.lock")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is None:
+            return
+        try:
+            (self.owners_dir / f"{self.owner}.lock").unlink(missing_ok=True)
+        finally:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise sqlite3.ProgrammingError("spool is not open")
+        return self._db
+
+    # --- events --------------------------------------------------------------------------------------
+
+    def used_bytes(self) -> int:
+        """Bytes of the database in use (pages not on the free list)."""
+        (pages,) = self.db.execute("PRAGMA page_count").fetchone()
+        (free,) = self.db.execute("PRAGMA freelist_count").fetchone()
+        (size,) = self.db.execute("PRAGMA page_size").fetchone()
+        return int((pages - free) * size)
+
+    def insert(self, events: Sequence[NewEvent]) -> InsertResult:
+        """Write `events` in one transaction, owned by this owner, or none of them if the spool is full."""
+        db = self.db
+        incoming = sum(len(e.body) + len(e.url) + len(e.call_id) + 128 for e in events)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            used = self.used_bytes()
+            if used + incoming > self.max_bytes:
+                db.execute("ROLLBACK")
+                return InsertResult(False, used)
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO events (url, call_id, seq, event_id, kind, event_time, spooled_at, "
+                "owner, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (e.url, e.call_id, e.seq, e.event_id, e.kind, e.event_time, now, self.owner, e.body)
+                    for e in events
+                ],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return InsertResult(True, used + incoming)
+
+    def body(self, url: str, call_id: str, seq: int) -> bytes | None:
+        row = self.db.execute(
+            "SELECT body FROM events WHERE url = ? AND call_id = ? AND seq = ?", (url, call_id, seq)
+        ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def delete(self, url: str, call_id: str, seq: int) -> None:
+        """The receiver answered 2xx."""
+        self.db.execute("DELETE FROM events WHERE url = ? AND call_id = ? AND seq = ?", (url, call_id, seq))
+
+    def reject(self, url: str, call_id: str, seq: int, status: int, detail: str) -> None:
+        """The receiver answered a final 4xx: keep the event in `rejected`, out of the queue."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute(
+                "INSERT INTO rejected (url, call_id, seq, event_id, kind, event_time, rejected_at, status, "
+                "detail, body) SELECT url, call_id, seq, event_id, kind, event_time, ?, ?, ?, body "
+                "FROM events WHERE url = ? AND call_id = ? AND seq = ?",
+                (time.time(), status, detail, url, call_id, seq),
+            )
+            db.execute("DELETE FROM events WHERE url = ? AND call_id = ? AND seq = ?", (url, call_id, seq))
+            db.execute(
+                "DELETE FROM rejected WHERE id <= (SELECT MAX(id) FROM rejected) - ?", (REJECTED_KEEP,)
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def pending(self) -> list[SpooledEvent]:
+        """This owner's events, ordered by (url, call_id, seq)."""
+        return self._select("owner = ?", (self.owner,))
+
+    def _select(self, where: str, args: tuple[object, ...]) -> list[SpooledEvent]:
+        rows = self.db.execute(
+            "SELECT url, call_id, seq, event_id, kind, event_time FROM events "
+            f"WHERE {where} ORDER BY url, call_id, seq",
+            args,
+        ).fetchall()
+        return [SpooledEvent(*row) for row in rows]
+
+    def count(self) -> int:
+        """Events waiting, over every owner."""
+        (n,) = self.db.execute("SELECT COUNT(*) FROM events").fetchone()
+        return int(n)
+
+    def rejected(self) -> list[RejectedEvent]:
+        rows = self.db.execute(
+            "SELECT url, call_id, seq, event_id, status, detail FROM rejected ORDER BY id"
+        ).fetchall()
+        return [RejectedEvent(*row) for row in rows]
+
+    # --- orphans -------------------------------------------------------------------------------------
+
+    def claim_orphans(self) -> list[SpooledEvent]:
+        """Take over the rows of every dead owner; return them ordered by (url, call_id, seq)."""
+        db = self.db
+        owners = {
+            row[0] for row in db.execute("SELECT DISTINCT owner FROM events WHERE owner != ?", (self.owner,))
+        }
+        owners.update(self._lock_file_owners())
+        owners.discard(self.owner)
+        claimed: list[SpooledEvent] = []
+        for owner in sorted(owners):
+            claimed.extend(self._claim(owner))
+        claimed.sort(key=lambda e: (e.url, e.call_id, e.seq))
+        return claimed
+
+    def _lock_file_owners(self) -> Iterable[str]:
+        for entry in self.owners_dir.iterdir():
+            name = entry.name
+            if name.endswith(".lock"):
+                yield name[: -len(".lock")]
+            elif name.startswith(".") and name.endswith(".tmp"):
+                # Left by an owner that died while opening. A young one may be an owner opening now.
+                try:
+                    stale = time.time() - entry.stat().st_mtime > 60
+                except FileNotFoundError:
+                    continue
+                if stale:
+                    self._remove_if_unlocked(entry)
+
+    @staticmethod
+    def _remove_if_unlocked(path: Path) -> bool:
+        """Remove a lock file nobody holds; False if its owner is alive."""
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return True
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            path.unlink(missing_ok=True)
+            return True
+        finally:
+            os.close(fd)
+
+    def _claim(self, owner: str) -> list[SpooledEvent]:
+        path = self.owners_dir / f"{owner}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            fd = None  # closed cleanly, or never got as far as its lock: dead either way
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return []  # alive
+            db = self.db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                rows = self._select("owner = ?", (owner,))
+                db.execute("UPDATE events SET owner = ? WHERE owner = ?", (self.owner, owner))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            if fd is not None:
+                path.unlink(missing_ok=True)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        if rows:
+            logger.warning(
+                "claimed %d spooled webhook events of owner %s, which is gone; delivering them",
+                len(rows),
+                owner,
+            )
+        return rows
