@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -175,7 +176,15 @@ class SipEndpoint:
     def _setup(self) -> None:
         cfg = self._cfg
         self._ep = ep = pj.Endpoint()
-        ep.libCreate()
+        # pjlib prints its first lines to stdout before any log config applies; stdout may carry the
+        # JSON-lines sink, so those lines go to stderr instead.
+        saved = os.dup(1)
+        try:
+            os.dup2(2, 1)
+            ep.libCreate()
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
         ep_cfg = pj.EpConfig()
         ep_cfg.uaConfig.maxCalls = PJSUA_MAX_CALLS
         ep_cfg.uaConfig.threadCnt = 0
@@ -327,14 +336,18 @@ class SipEndpoint:
         op = pj.CallOpParam()
         op.statusCode = status
         op.reason = reason
-        for name, value in headers:
-            header = pj.SipHeader()
-            header.hName = name
-            header.hValue = value
-            op.txOption.headers.append(header)
+        if headers:
+            vector = pj.SipHeaderVector()
+            for name, value in headers:
+                header = pj.SipHeader()
+                header.hName = name
+                header.hValue = value
+                vector.append(header)
+            op.txOption.headers = vector
         self._rejected.append(call)
         try:
-            call.hangup(op)
+            # answer() with a final status carries txOption's headers (Retry-After); hangup() drops them.
+            call.answer(op)
         except pj.Error as exc:
             logger.warning("rejecting INVITE from %s with %d failed: %s", source, status, exc.info())
         logger.info("INVITE from %s refused: %d %s", source, status, reason)
