@@ -129,7 +129,7 @@ class Gap:
     def end(self) -> float:
         return self.start + self.duration
 
-    def to_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {"start": self.start, "duration": self.duration, "cause": self.cause}
 
 
@@ -213,6 +213,7 @@ class Session:
         self._header = wav_stream_header(audio.sample_rate) if datahdr == "WAVE" else b""
         self.state = State.OPEN
         self.stream_bytes = 0  # audio bytes sent on this stream
+        self.end_sent = False  # the empty frame went out (the state may have moved on to DONE since)
         self.separator_seen = False
         self.final: Final | None = None
         # Where the stream's audio lies on the call's timeline: stream byte → call byte, one entry per jump.
@@ -247,9 +248,15 @@ class Session:
         if self.state is not State.OPEN:
             raise InvalidState(f"cannot end the audio in state {self.state.name}")
         self.state = State.DRAINING
+        self.end_sent = True
         frames = [self._header] if self._header else []
         self._header = b""
         return [*frames, b""]
+
+    @property
+    def sent_until(self) -> int | None:
+        """Call-timeline byte position just after the last audio sent on this stream."""
+        return self._next_call_position
 
     def call_time(self, stream_seconds: float) -> float:
         """Map a time of this stream (seconds) onto the call's timeline (seconds)."""

@@ -151,7 +151,7 @@ def test_utterance_separator_final_sequence() -> None:
     assert session.state is State.DRAINING
     final = session.receive_text(json.dumps({"utterances": [json.loads(utt(0.5, 1.5))]}), 14.0)
     assert isinstance(final, Final) and isinstance(final.raw, dict)
-    assert session.state is State.DONE
+    assert session.state.name == "DONE"
     with pytest.raises(EngineProtocolError):
         session.receive_text(utt(2, 3), 15.0)
 
@@ -217,7 +217,7 @@ def test_times_map_onto_the_call_timeline() -> None:
     assert isinstance(event, Utterance)
     assert (event.start, event.end) == (30.25, 31.5)
     assert event.words[0].start == 30.25
-    assert json.loads(event.raw and json.dumps(event.raw))["start"] == 0.25  # raw untouched
+    assert event.raw["start"] == 0.25  # raw untouched
 
 
 def test_times_map_across_a_jump_in_the_audio() -> None:
