@@ -4,7 +4,8 @@ The signal is judged in 10 ms frames:
 - `vadtype=level`: a frame is active when its mean absolute sample value (signed 16-bit scale)
   exceeds `activitylevel` (default 175), as V-Blaze documents the level VAD;
 - `vadtype=energy` (V-Blaze's default; its algorithm is not documented): a frame is active when its
-  energy is 12 dB above a tracked noise floor and above -60 dBFS. `activitylevel` does not apply.
+  energy is 12 dB above a tracked noise floor and above -60 dBFS. The floor starts at the first
+  frame's energy, follows quieter frames at once and louder ones slowly. `activitylevel` does not apply.
 
 Every active frame counts as active `uttpadding` ms before and after it ("padding around active audio
 treated as active"). An utterance is a run of padded activity; it ends once `uttmaxsilence` ms of
@@ -74,7 +75,7 @@ class Segmenter:
         self._buf = np.zeros(0, dtype=np.int16)  # samples from frame index `_buf_frame` on
         self._buf_frame = 0
         self._n = 0  # frames judged so far
-        self._floor_db = -100.0
+        self._floor_db: float | None = None  # energy VAD noise floor, from the first frame on
         self._floor: int = 0  # no utterance may start before this frame (last cut)
         self._start: int | None = None  # first frame of the open utterance
         self._last_active = -1  # last active frame of the open utterance
@@ -111,7 +112,9 @@ class Segmenter:
         x = frame.astype(np.float64)
         if self.params.vadtype is VadType.LEVEL:
             return float(np.mean(np.abs(x))) > self.params.activitylevel
-        energy_db = 10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10)
+        energy_db = float(10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10))
+        if self._floor_db is None:
+            self._floor_db = energy_db
         active = energy_db > self._floor_db + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
         if energy_db < self._floor_db:
             self._floor_db = energy_db

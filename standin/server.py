@@ -336,6 +336,11 @@ class _Stream:
                         f"stream longer than {self.server.options.max_stream_secs:g} s; the rest was ignored"
                     )
                     break
+            elif msg.type is aiohttp.WSMsgType.ERROR:
+                logger.warning("stream %s: socket error: %r (code %s)", self._label, msg.data, ws.close_code)
+                self.server.status.count("broken pipe")
+                self.server.status.stream_errors += 1
+                return False
             else:
                 code = ws.close_code
                 logger.warning(
