@@ -4,8 +4,10 @@ The signal is judged in 10 ms frames:
 - `vadtype=level`: a frame is active when its mean absolute sample value (signed 16-bit scale)
   exceeds `activitylevel` (default 175), as V-Blaze documents the level VAD;
 - `vadtype=energy` (V-Blaze's default; its algorithm is not documented): a frame is active when its
-  energy is 12 dB above a tracked noise floor and above -60 dBFS. The floor starts at the first
-  frame's energy, follows quieter frames at once and louder ones slowly. `activitylevel` does not apply.
+  energy is 12 dB above the noise floor and above -60 dBFS. The floor is the lowest frame energy of
+  the last 3 s; the stream starts with a 3 s history at -65 dBFS, so speech in the very first frame
+  is heard and a loud noise at the start passes for speech for at most 3 s. `activitylevel` does not
+  apply.
 
 Every active frame counts as active `uttpadding` ms before and after it ("padding around active audio
 treated as active"). An utterance is a run of padded activity; it ends once `uttmaxsilence` ms of
@@ -21,6 +23,7 @@ Only audio that can still belong to an utterance is kept.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +41,8 @@ from standin.tags import (
 FRAME_MS = 10
 ENERGY_MARGIN_DB = 12.0
 ENERGY_FLOOR_DBFS = -60.0
+ENERGY_PRIOR_DBFS = -65.0
+ENERGY_WINDOW_FRAMES = 300
 
 
 @dataclass(frozen=True)
@@ -75,7 +80,7 @@ class Segmenter:
         self._buf = np.zeros(0, dtype=np.int16)  # samples from frame index `_buf_frame` on
         self._buf_frame = 0
         self._n = 0  # frames judged so far
-        self._floor_db: float | None = None  # energy VAD noise floor, from the first frame on
+        self._energies = deque([ENERGY_PRIOR_DBFS] * ENERGY_WINDOW_FRAMES, maxlen=ENERGY_WINDOW_FRAMES)
         self._floor: int = 0  # no utterance may start before this frame (last cut)
         self._start: int | None = None  # first frame of the open utterance
         self._last_active = -1  # last active frame of the open utterance
@@ -113,13 +118,8 @@ class Segmenter:
         if self.params.vadtype is VadType.LEVEL:
             return float(np.mean(np.abs(x))) > self.params.activitylevel
         energy_db = float(10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10))
-        if self._floor_db is None:
-            self._floor_db = energy_db
-        active = energy_db > self._floor_db + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
-        if energy_db < self._floor_db:
-            self._floor_db = energy_db
-        else:
-            self._floor_db += (energy_db - self._floor_db) * (0.0005 if active else 0.02)
+        self._energies.append(energy_db)
+        active = energy_db > min(self._energies) + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
         return bool(active)
 
     def _judge(self, active: bool) -> Cut | None:

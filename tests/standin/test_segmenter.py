@@ -81,3 +81,7 @@ def test_memory_is_bounded_to_the_open_utterance() -> None:
     seg = Segmenter(RATE, LEVEL)
     seg.feed(silence(60.0))
     assert len(seg._buf) <= 0.31 * RATE
+
+
+def test_energy_vad_hears_speech_in_the_first_frame() -> None:
+    assert run(np.concatenate([tone(1.0), silence(2.0)]), VadParams()) == [(0.0, 1.3)]

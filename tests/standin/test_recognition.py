@@ -1,0 +1,105 @@
+"""Real recognition with faster-whisper tiny.en: espeak-ng speech at 8 kHz comes back as words."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import wave
+from collections.abc import AsyncIterator
+
+import aiohttp
+import numpy as np
+import pytest
+
+from standin.recognizer import WhisperRecognizer
+from standin.server import ServerOptions, StandinServer, running
+from tests.fixtures.audio import silence, speech_wav, wav_bytes
+from tests.standin.wsclient import TIMEOUT, collect, connect, pieces, transcribe
+
+pytestmark = pytest.mark.slow
+
+SENTENCE = "Please call me back tomorrow morning about the billing question on my account."
+SECOND = "I would like to pay my bill with a credit card today."
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def recall(expected: str, got: str) -> float:
+    heard = set(words(got))
+    want = words(expected)
+    return sum(w in heard for w in want) / len(want)
+
+
+def samples(path: str) -> np.ndarray:
+    with wave.open(path) as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16)
+
+
+@pytest.fixture
+async def srv() -> AsyncIterator[StandinServer]:
+    async with running(ServerOptions(port=0), WhisperRecognizer(workers=2)) as server:
+        yield server
+
+
+async def test_a_spoken_sentence_comes_back(srv: StandinServer) -> None:
+    wav = speech_wav(SENTENCE, rate=8000).read_bytes()
+    doc = (await transcribe(srv.url, pieces(wav, 3200))).final_json()
+    events = [e for u in doc["utterances"] for e in u["events"]]
+    assert recall(SENTENCE, " ".join(e["word"] for e in events)) >= 0.7, events
+    for utt in doc["utterances"]:
+        assert utt["confidence"] == pytest.approx(
+            np.mean([e["confidence"] for e in utt["events"]]), abs=0.002
+        )
+        for e in utt["events"]:
+            assert utt["start"] <= e["start"] <= e["end"] <= utt["end"] and 0 < e["confidence"] <= 1
+    assert 0 < doc["confidence"] <= 1
+
+
+async def test_realtime_utterances_arrive_while_audio_is_sent(srv: StandinServer) -> None:
+    first = samples(str(speech_wav(SENTENCE, rate=8000)))
+    second = samples(str(speech_wav(SECOND, rate=8000, voice="en-gb-x-rp")))
+    signal = np.concatenate([silence(0.3), first, silence(2.0), second, silence(1.5)])
+    wav = wav_bytes(signal)
+    ws = await connect(srv.url, "realtime=true&vadtype=level&uttmaxsilence=500&uttpadding=250")
+    received: list[tuple[float, str]] = []
+
+    async def reader() -> None:
+        async for message in ws:
+            received.append((time.monotonic(), str(message)))
+
+    task = asyncio.create_task(reader())
+    status_latency = []
+    async with asyncio.timeout(TIMEOUT * 2), aiohttp.ClientSession() as http:
+        for chunk in pieces(wav, 1600):  # 0.1 s per chunk, sent at 4x real time
+            await ws.send(chunk)
+            await asyncio.sleep(0.025)
+            if len(status_latency) < 20:
+                t0 = time.monotonic()
+                async with http.get(srv.http_url + "/status") as r:
+                    assert r.status == 200
+                status_latency.append(time.monotonic() - t0)
+        sent_all = time.monotonic()
+        await ws.send(b"")
+        await task
+    assert max(status_latency) < 0.5  # recognition never blocks the event loop
+    texts = [m for _, m in received]
+    assert texts[-2] == "" and len(texts) == 4, texts
+    first_at, first_msg = received[0]
+    assert first_at < sent_all  # streamed while audio was still arriving
+    assert recall(SENTENCE, json.loads(first_msg)["text"]) >= 0.7
+    assert recall(SECOND, json.loads(texts[1])["text"]) >= 0.5
+    final = json.loads(texts[-1])
+    assert [u["metadata"]["uttid"] for u in final["utterances"]] == [0, 1]
+    s = await collect(ws)
+    assert s.close_code == 1000
+
+
+async def test_g711_speech_in_both_laws(srv: StandinServer) -> None:
+    for encoding in ("u-law", "a-law"):
+        wav = speech_wav(SENTENCE, rate=8000, encoding=encoding).read_bytes()
+        s = await transcribe(srv.url, pieces(wav, 160), query="output=text")
+        assert recall(SENTENCE, s.final) >= 0.7, s.final
