@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import yarl
 
 from bridge.config import (
     DEFAULT_SPOOL_MAX_BYTES,
@@ -63,6 +64,14 @@ DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
 SPOOL_WARN_INTERVAL = 30.0
 BODIES_KEPT = 8  # per queue, the first events keep their body in memory; the rest are read back when due
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
+
+
+def shown_url(url: str) -> str:
+    """`url` without user and password, for logs."""
+    try:
+        return str(yarl.URL(url).with_user(None))
+    except (ValueError, TypeError):
+        return "<invalid url>"
 
 
 class SinkStateError(BridgeError):
@@ -193,6 +202,11 @@ class _Queue:
     items: list[_Item] = field(default_factory=list)
     in_flight: bool = False  # items[0] is being sent: nothing may go before it
     task: asyncio.Task[None] | None = None
+
+    @functools.cached_property
+    def shown_url(self) -> str:
+        """The URL for logs, without credentials."""
+        return shown_url(self.url)
 
     def has(self, seq: int) -> bool:
         i = bisect.bisect_left(self.items, seq, key=lambda it: it.seq)
@@ -357,7 +371,9 @@ class WebhookSink:
             if queue is not None and queue.has(row.seq):
                 continue
             if row.url not in self._s.urls:
-                logger.warning("spooled event for %s, no longer configured: delivering it anyway", row.url)
+                logger.warning(
+                    "spooled event for %s, no longer configured: delivering it anyway", shown_url(row.url)
+                )
             self._enqueue(
                 row.url, row.call_id, _Item(row.seq, row.event_id, row.kind, row.event_time, None, None)
             )
@@ -404,7 +420,7 @@ class WebhookSink:
             item.seq,
             item.kind,
             queue.call_id,
-            queue.url,
+            queue.shown_url,
             extra={"call_id": queue.call_id},
         )
         self._observer.dropped("spool_full")
@@ -481,7 +497,7 @@ class WebhookSink:
             )
             logger.warning(
                 "webhook %s: event %d (%s) of call %s failed (%s), attempt %d; retrying in %.1fs",
-                queue.url,
+                queue.shown_url,
                 item.seq,
                 item.kind,
                 queue.call_id,
@@ -556,7 +572,7 @@ class WebhookSink:
         if verdict == "reject":
             logger.error(
                 "webhook %s rejected event %d (%s) of call %s with HTTP %d, final: %s",
-                queue.url,
+                queue.shown_url,
                 item.seq,
                 item.kind,
                 queue.call_id,

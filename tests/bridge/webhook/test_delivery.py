@@ -16,7 +16,7 @@ import pytest
 from bridge.config import WebhookConfig
 from bridge.errors import ConfigError
 from bridge.webhook import payload
-from bridge.webhook.delivery import SinkStateError, WebhookSettings, WebhookSink
+from bridge.webhook.delivery import SinkStateError, WebhookSettings, WebhookSink, shown_url
 from bridge.webhook.spool import NewEvent, Spool
 
 from .conftest import Observer, spool_rows
@@ -122,12 +122,21 @@ async def test_hanging_receiver_times_out_and_is_retried(
 
 
 async def test_receiver_down_then_up_loses_nothing(
-    receivers: Make, sinks: Make, settings: Make, spool_path: Path
+    receivers: Make, sinks: Make, settings: Make, spool_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    reads: list[int] = []
+    read_body = Spool.body
+
+    def counting_body(self: Spool, url: str, call_id: str, seq: int) -> bytes | None:
+        reads.append(seq)
+        return read_body(self, url, call_id, seq)
+
+    monkeypatch.setattr(Spool, "body", counting_body)
     port = free_port()
     observer = Observer()
     sink: WebhookSink = await sinks(settings(f"http://127.0.0.1:{port}/hook"), observer=observer)
-    events = call_events("a", utterances=3) + call_events("b", utterances=2)
+    # 'a' queues more events than the sink keeps bodies for in memory: the rest are read back from disk
+    events = call_events("a", utterances=20) + call_events("b", utterances=2)
     for event in events:
         sink.submit(event)
     await sink.wait_persisted(5)
@@ -136,7 +145,8 @@ async def test_receiver_down_then_up_loses_nothing(
     assert len(spool_rows(spool_path)) == len(events)
     receiver: Receiver = await receivers(port=port)
     await receiver.wait_for(lambda: len(receiver.processed) == len(events))
-    assert receiver.by_call() == {"a": list(range(6)), "b": list(range(5))}
+    assert receiver.by_call() == {"a": list(range(23)), "b": list(range(5))}
+    assert reads == list(range(8, 23))  # bodies beyond the first 8 of a queue were not kept in memory
     await receiver.wait_for(lambda: sink.pending == 0)
     assert spool_rows(spool_path) == []
 
@@ -322,6 +332,10 @@ async def test_submit_before_start_is_an_error(settings: Make) -> None:
     await sink.aclose(0.1)
 
 
+def test_credentials_are_not_logged() -> None:
+    assert shown_url("http://user:pw@127.0.0.1:8080/hook?x=1") == "http://127.0.0.1:8080/hook?x=1"
+
+
 def test_settings_from_config(tmp_path: Path) -> None:
     config = WebhookConfig(urls=("http://127.0.0.1:1/h",), bearer_env="TOKEN", spool_path=str(tmp_path / "s"))
     with pytest.raises(ConfigError, match="VBLAZE_BRIDGE_WEBHOOK_SECRET"):
@@ -330,3 +344,12 @@ def test_settings_from_config(tmp_path: Path) -> None:
         WebhookSettings.from_config(config, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "s"})
     s = WebhookSettings.from_config(config, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "s", "TOKEN": "t"})
     assert (s.secret, s.bearer_token, s.urls, s.spool_path) == (b"s", "t", config.urls, tmp_path / "s")
+
+
+async def test_basic_auth_from_url_credentials(receivers: Make, sinks: Make, settings: Make) -> None:
+    receiver: Receiver = await receivers()
+    url = receiver.url.replace("http://", "http://user:pw@")
+    sink: WebhookSink = await sinks(settings(url))
+    sink.submit(call_events("c", utterances=0)[0])
+    await receiver.wait_for(lambda: len(receiver.processed) == 1)
+    assert receiver.requests[0].headers["Authorization"] == "Basic dXNlcjpwdw=="
