@@ -15,7 +15,8 @@ no I/O) over ``websockets``. One instance per call:
 
 Failures:
 
-- Connect refused, timed out, 5xx/429 at the upgrade: logged, counted, retried with exponential backoff
+- Connect refused, timed out, 5xx/429 at the upgrade: logged (attempts 1, 2, 4, 8... at WARNING, the
+  others at DEBUG), counted, retried with exponential backoff
   and jitter (``reconnect_initial_seconds`` → ``reconnect_max_seconds``) for as long as the call lasts,
   the audio waiting in the buffer (``buffer_seconds``; beyond it the oldest goes, as a ``buffer_overflow``
   gap). Once connected the backlog is sent as fast as the socket takes it, then live audio follows.
@@ -349,10 +350,13 @@ class EngineStream:
             self._notify("connect_failed", cause)
             if isinstance(error, EngineRejected):
                 raise error from exc
-            self.log.warning(
+            attempt = self._attempt + 1
+            # Attempts 1, 2, 4, 8... at WARNING: a long outage does not flood the log.
+            self.log.log(
+                logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG,
                 "engine unreachable (%s, attempt %d): %s; %.1f s of audio waiting",
                 cause,
-                self._attempt + 1,
+                attempt,
                 error,
                 self._buffer.seconds(self._buffer.pending_bytes),
             )

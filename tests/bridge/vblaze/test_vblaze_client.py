@@ -21,10 +21,14 @@ from vblaze_scripted import (
     utterance_json,
 )
 from websockets.asyncio.server import ServerConnection
+from websockets.datastructures import Headers
+from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.http11 import Response
 
 from bridge.config import AudioConfig, EngineConfig
-from bridge.vblaze.client import EngineStream, StreamResult
-from bridge.vblaze.protocol import Gap, Utterance
+from bridge.errors import EngineRejected, EngineUnavailable, is_retryable
+from bridge.vblaze.client import EngineStream, StreamResult, classify_connect_error
+from bridge.vblaze.protocol import Gap, InvalidState, Utterance
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -104,6 +108,35 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+# -- connection errors, classified without sockets -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind", "cause"),
+    [
+        (
+            InvalidStatus(Response(503, "Service Unavailable", Headers(), b"busy")),
+            EngineUnavailable,
+            "unavailable",
+        ),
+        (InvalidStatus(Response(500, "Server Error", Headers(), b"")), EngineUnavailable, "unavailable"),
+        (InvalidStatus(Response(429, "Too Many Requests", Headers(), b"")), EngineUnavailable, "unavailable"),
+        (InvalidStatus(Response(400, "Bad Request", Headers(), b"bad tag")), EngineRejected, "rejected"),
+        (InvalidStatus(Response(404, "Not Found", Headers(), b"")), EngineRejected, "rejected"),
+        (ConnectionRefusedError(111, "refused"), EngineUnavailable, "refused"),
+        (TimeoutError(), EngineUnavailable, "timeout"),
+        (ConnectionResetError(104, "reset"), EngineUnavailable, "error"),
+        (InvalidMessage("did not receive a valid HTTP response"), EngineUnavailable, "error"),
+    ],
+)
+def test_classify_connect_error(exc: BaseException, kind: type[Exception], cause: str) -> None:
+    error, label = classify_connect_error(exc)
+    assert type(error) is kind and label == cause
+    assert is_retryable(error) is (kind is EngineUnavailable)
+    if isinstance(error, EngineRejected):
+        assert error.status in (400, 404)
 
 
 # -- happy path -----------------------------------------------------------------------------------
@@ -311,6 +344,24 @@ async def test_utterance_resent_by_the_new_stream_is_dropped() -> None:
     assert result.stats.duplicates == 1
 
 
+async def test_reset_in_the_middle_of_a_message_is_a_loss() -> None:
+    async def torn(ws: ServerConnection, conn: Any) -> None:
+        async for message in ws:
+            conn.audio += message
+            if len(conn.audio) >= 2 * BPS:
+                ws.transport.write(b"\x81\x64" + b'{"start": 0.0, ')  # announces 100 bytes, sends 15
+                ws.transport.abort()
+                return
+
+    audio = bursts(2)
+    async with ScriptedEngine([torn, segmenting_script()]) as engine, Call(engine_config(engine.url)) as call:
+        await feed(call.stream, audio)
+        result = await call.finish()
+    assert result.stats.losses == 1 and result.reason is None and result.gaps == ()
+    assert spans(result.utterances) == [(0.0, 1.0), (2.5, 3.5)]
+    assert bytes(engine.conns[1].audio) == audio  # nothing was acknowledged before the loss
+
+
 async def test_engine_lost_while_draining_reconnects_and_still_gets_the_final() -> None:
     async def close_at_end(ws: ServerConnection, conn: Any) -> None:
         async for message in ws:
@@ -397,6 +448,25 @@ async def test_callback_errors_do_not_stop_the_stream(caplog: pytest.LogCaptureF
         await asyncio.wait_for(task, 2)
     assert len(seen) == 2 and result.reason is None
     assert "on_utterance callback failed" in caplog.text
+
+
+async def test_observer_errors_and_late_audio() -> None:
+    class Broken:
+        def __getattr__(self, name: str) -> Any:
+            def fail(*args: Any) -> None:
+                raise RuntimeError(name)
+
+            return fail
+
+    async with ScriptedEngine([segmenting_script()]) as engine:
+        stream = EngineStream(engine_config(engine.url), AudioConfig(), "c", lambda u: None, Broken())
+        task = asyncio.create_task(stream.run())
+        await feed(stream, bursts(1))
+        result = await stream.finish()
+        await asyncio.wait_for(task, 2)
+    assert result.reason is None and len(result.utterances) == 1
+    with pytest.raises(InvalidState):
+        stream.push_audio(b"\x00\x00", time.monotonic())
 
 
 async def test_cancelling_run_aborts_the_socket_and_finish_still_answers() -> None:
