@@ -425,9 +425,12 @@ class _Stream:
         if self.ws.closed:
             raise _ClientGone("socket closed")
         try:
-            await self.ws.send_str(message)
+            async with asyncio.timeout(self.server.options.idle_timeout):
+                await self.ws.send_str(message)
         except ConnectionResetError as exc:
             raise _ClientGone(str(exc)) from exc
+        except TimeoutError:
+            raise _ClientGone("the client stopped reading") from None
 
     async def _delay(self) -> None:
         if self.faults.delay_ms:
