@@ -90,6 +90,7 @@ ENGINE_REJECTED = "engine_rejected"
 ENGINE_UNAVAILABLE = "engine_unavailable"
 FINAL_TIMEOUT = "final_timeout"
 CANCELLED = "cancelled"
+ERROR = "error"  # a bug in the bridge ended the stream
 
 
 class EngineObserver(Protocol):
@@ -163,8 +164,8 @@ class StreamResult:
     ``final`` is the engine's complete transcript (JSON object, or text), None if it never came; its
     times are those of the stream that sent it, which starts at ``final_offset`` seconds on the call's
     timeline (0 unless the stream was re-established). ``reason`` is None when the final arrived, else
-    ``final_timeout``, ``engine_unavailable``, ``engine_rejected`` or ``cancelled``. ``utterances`` are
-    all utterances delivered, on the call's timeline.
+    ``final_timeout``, ``engine_unavailable``, ``engine_rejected``, ``cancelled`` or ``error``.
+    ``utterances`` are all utterances delivered, on the call's timeline.
     """
 
     final: dict[str, Any] | str | None
@@ -302,7 +303,9 @@ class EngineStream:
             raise
         except Exception:
             self.log.exception("engine stream failed")
-            self._give_up()
+            if not self._complete:
+                self._reason = ERROR
+                self._report_gaps(self._buffer.abandon(ERROR))
             raise
         finally:
             self._deadline = None
