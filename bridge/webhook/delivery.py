@@ -7,10 +7,13 @@ other URLs have their own queues and never wait for it.
 
 Lifecycle::
 
-    sink = WebhookSink(settings, observer=metrics)
+    sink = make_webhook_sink(config)   # or WebhookSink(WebhookSettings.from_config(...), observer=...)
     await sink.start()        # open the spool, claim dead owners' events, resume their delivery
     sink.submit(event)        # from the call pipeline, on the loop: never blocks
     await sink.aclose(10.0)   # flush within the bound; what is left stays spooled for the next start
+
+`make_webhook_sink` has already called `begin()`, so `submit` works before `start()` has returned; its
+events are sent once the spool is open.
 
 Durability: `submit` hands the event to the spool thread at once; the first attempt waits for that
 write. Every spool operation runs on one thread of this sink's own (SQLite writes are small but
@@ -31,6 +34,7 @@ import enum
 import functools
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -45,6 +49,7 @@ import yarl
 from bridge.config import (
     DEFAULT_SPOOL_MAX_BYTES,
     DEFAULT_WEBHOOK_TIMEOUT,
+    Config,
     WebhookConfig,
 )
 from bridge.errors import BridgeError, ConfigError
@@ -178,9 +183,10 @@ class WebhookSettings:
 
 class _State(enum.IntEnum):
     NEW = 0
-    RUNNING = 1
-    CLOSING = 2
-    CLOSED = 3
+    STARTING = 1  # spool opening; submit queues, nothing is sent yet
+    RUNNING = 2
+    CLOSING = 3  # aclose: submit still spools, nothing new is sent
+    CLOSED = 4
 
 
 @dataclass(eq=False)
@@ -241,29 +247,49 @@ class WebhookSink:
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._depth = 0
         self._claimer: asyncio.Task[None] | None = None
+        self._startup: asyncio.Task[None] | None = None
         self._last_warn_log = -math.inf
         self._last_full_log = -math.inf
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Open the spool, claim events of dead owners (a crashed worker, this worker's previous life),
-        and start delivering every spooled event this sink now owns."""
+    def begin(self) -> None:
+        """Start without waiting (on the loop): `submit` may be called at once; its events are spooled
+        after the spool opens and sent once spooled events are resumed. Prefer `await start()`, which
+        raises if the spool cannot be opened; after `begin()` such a failure is logged and `submit`
+        then raises SinkStateError."""
         if self._state is not _State.NEW:
-            raise SinkStateError(f"start() in state {self._state.name}")
+            raise SinkStateError(f"begin() in state {self._state.name}")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-spool")
-        await self._spool_op(self._spool.open)
-        await self._spool_op(self._spool.claim_orphans)  # rows now ours; `pending` lists them with the rest
-        spooled = await self._spool_op(self._spool.pending)
+        self._state = _State.STARTING
+        self._startup = asyncio.create_task(self._startup_sequence(), name="webhook-start")
+        self._startup.add_done_callback(self._startup_done)
+
+    async def start(self) -> None:
+        """Open the spool, claim the events of dead owners (a crashed worker, this worker's previous
+        life) and start delivering every spooled event this sink now owns. Idempotent after `begin()`."""
+        if self._state is _State.NEW:
+            self.begin()
+        if self._startup is None:
+            raise SinkStateError(f"start() in state {self._state.name}")
+        async with asyncio.timeout(self._s.spool_op_timeout_seconds * 2):
+            await asyncio.shield(self._startup)
+
+    async def _startup_sequence(self) -> None:
+        spooled = await self._spool_op(self._spool_startup)
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=64),
                 timeout=aiohttp.ClientTimeout(total=None),  # bounded per attempt by asyncio.timeout
             )
+        if self._state is not _State.STARTING:
+            return  # closed meanwhile
         self._state = _State.RUNNING
         if spooled:
             logger.info("resuming delivery of %d spooled webhook events", len(spooled))
             self._load(spooled)
+        for queue in self._queues.values():  # events submitted while starting
+            self._ensure_task(queue)
         self._claimer = asyncio.create_task(self._claim_loop(), name="webhook-claim")
         logger.info(
             "webhook delivery started: %d receiver(s), spool %s (owner %s)",
@@ -271,6 +297,25 @@ class WebhookSink:
             self._s.spool_path,
             self._spool.owner,
         )
+
+    def _spool_startup(self) -> list[SpooledEvent]:
+        """On the spool thread: open, claim orphans (then ours), list what is ours to send."""
+        self._spool.open()
+        try:
+            self._spool.claim_orphans()
+            return self._spool.pending()
+        except BaseException:
+            self._spool.close()
+            raise
+
+    def _startup_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.error("webhook delivery could not start", exc_info=task.exception())
+        if self._state is _State.STARTING:
+            self._state = _State.CLOSED
+            if self._executor is not None:
+                self._executor.shutdown(wait=False)
 
     async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109 (the EventSink interface)
         """Deliver what can be delivered within `timeout` seconds, then stop. Undelivered events stay in
@@ -280,9 +325,14 @@ class WebhookSink:
         if self._state is _State.NEW:
             self._state = _State.CLOSED
             return
-        self._state = _State.CLOSING
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
+        if self._state is _State.STARTING and self._startup is not None:
+            await asyncio.wait({self._startup}, timeout=max(self._s.spool_op_timeout_seconds, timeout))
+        if self._state is not _State.RUNNING:  # start failed, or still stuck
+            self._state = _State.CLOSED
+            return
+        self._state = _State.CLOSING
         if self._claimer is not None:
             self._claimer.cancel()
         tasks = {q.task for q in self._queues.values() if q.task is not None}
@@ -328,7 +378,7 @@ class WebhookSink:
 
         During `aclose` the event is still spooled (for the next start) but not sent.
         """
-        if self._state not in (_State.RUNNING, _State.CLOSING):
+        if self._state not in (_State.STARTING, _State.RUNNING, _State.CLOSING):
             raise SinkStateError(f"submit() in state {self._state.name}")
         body = payload.encode(event)
         eid = payload.event_id(event.call_id, event.seq)
@@ -386,9 +436,14 @@ class WebhookSink:
         item.deep = len(queue.items) >= BODIES_KEPT
         queue.insert(item)
         self._set_depth(self._depth + 1)
-        if queue.task is None and self._state is _State.RUNNING:
-            queue.task = asyncio.create_task(self._run(queue), name=f"webhook {call_id} {url}")
+        self._ensure_task(queue)
         return queue
+
+    def _ensure_task(self, queue: _Queue) -> None:
+        if queue.task is None and queue.items and self._state is _State.RUNNING:
+            queue.task = asyncio.create_task(
+                self._run(queue), name=f"webhook {queue.call_id} {queue.shown_url}"
+            )
 
     def _set_depth(self, n: int) -> None:
         self._depth = n
@@ -625,3 +680,25 @@ class WebhookSink:
             self._check_size(used)
             if claimed and self._state is _State.RUNNING:
                 self._load(claimed)
+
+
+def make_webhook_sink(
+    config: Config,
+    *,
+    environ: Mapping[str, str] | None = None,
+    observer: DeliveryObserver | None = None,
+) -> WebhookSink:
+    """The worker's webhook sink, already begun (call on the worker's loop; see `WebhookSink.begin`).
+
+    Raises ConfigError if a secret is missing. Metrics go to `bridge.metrics.WebhookMetrics` unless
+    `observer` is given. The worker should still `await sink.start()` before taking calls, so that a
+    spool that cannot be opened stops the worker instead of its calls.
+    """
+    settings = WebhookSettings.from_config(config.webhook, os.environ if environ is None else environ)
+    if observer is None:
+        from bridge.metrics import WebhookMetrics
+
+        observer = WebhookMetrics()
+    sink = WebhookSink(settings, observer=observer)
+    sink.begin()
+    return sink

@@ -13,10 +13,16 @@ from typing import Any
 import jsonschema
 import pytest
 
-from bridge.config import WebhookConfig
+from bridge.config import Config, SinkConfig, WebhookConfig
 from bridge.errors import ConfigError
 from bridge.webhook import payload
-from bridge.webhook.delivery import SinkStateError, WebhookSettings, WebhookSink, shown_url
+from bridge.webhook.delivery import (
+    SinkStateError,
+    WebhookSettings,
+    WebhookSink,
+    make_webhook_sink,
+    shown_url,
+)
 from bridge.webhook.spool import NewEvent, Spool
 
 from .conftest import Observer, spool_rows
@@ -353,3 +359,37 @@ async def test_basic_auth_from_url_credentials(receivers: Make, sinks: Make, set
     sink.submit(call_events("c", utterances=0)[0])
     await receiver.wait_for(lambda: len(receiver.processed) == 1)
     assert receiver.requests[0].headers["Authorization"] == "Basic dXNlcjpwdw=="
+
+
+async def test_submit_right_after_begin_is_sent_once_started(
+    receivers: Make, settings: Make, spool_path: Path
+) -> None:
+    receiver: Receiver = await receivers()
+    config = Config(
+        sink=SinkConfig(kind="webhook"),
+        webhook=WebhookConfig(urls=(receiver.url,), spool_path=str(spool_path), backoff_initial_seconds=0.05),
+    )
+    observer = Observer()
+    sink = make_webhook_sink(
+        config, environ={"VBLAZE_BRIDGE_WEBHOOK_SECRET": "test-secret"}, observer=observer
+    )
+    try:
+        events = call_events("early", utterances=1)
+        for event in events:
+            sink.submit(event)  # the spool is not open yet
+        await sink.start()
+        await receiver.wait_for(lambda: receiver.by_call() == {"early": list(range(len(events)))})
+        assert all(r.signature_ok for r in receiver.requests)
+    finally:
+        await sink.aclose(1)
+
+
+async def test_start_fails_loudly_if_the_spool_cannot_be_opened(settings: Make, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    sink = WebhookSink(settings("http://127.0.0.1:9/hook", spool_path=blocker / "spool.sqlite3"))
+    with pytest.raises(OSError):
+        await sink.start()
+    with pytest.raises(SinkStateError):
+        sink.submit(call_events("c", utterances=0)[0])
+    await sink.aclose(0.5)
