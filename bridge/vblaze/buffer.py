@@ -32,8 +32,8 @@ REPLAY_EXCEEDED = "replay_exceeded"
 
 @dataclass(frozen=True)
 class Chunk:
-    """Audio to write: its call position, the bytes, and the monotonic arrival time of its newest part
-    (None when all of it was sent before, i.e. a replay)."""
+    """Audio to write: its call position, the bytes, and the monotonic arrival time of its oldest part
+    never sent before (None when all of it was sent before, i.e. a replay)."""
 
     position: int
     data: bytes
@@ -159,7 +159,7 @@ class AudioBuffer:
             take = min(want - taken, len(seg.data))
             piece = seg.data[:take]
             parts.append(piece)
-            if seg.fresh:
+            if seg.fresh and arrival is None:
                 arrival = seg.arrival
             self._keep_for_replay(_Segment(seg.position, piece, seg.arrival, False))
             if take == len(seg.data):

@@ -109,7 +109,8 @@ class EngineObserver(Protocol):
         """An established stream ended early: closed, send_timeout or ended_early."""
 
     def frame_sent(self, nbytes: int, latency_seconds: float) -> None:
-        """A chunk sent for the first time: its size and arrival → written-to-the-socket latency."""
+        """A chunk written: its frame size, and the latency from the arrival of its oldest audio not sent
+        before to the write's completion (replayed chunks are not reported)."""
 
     def utterance(self, latency_seconds: float) -> None:
         """An utterance delivered: arrival of the audio at its end → utterance received."""

@@ -33,7 +33,7 @@ def test_chunks_wait_for_a_whole_chunk_unless_flushing() -> None:
     assert buf.next_chunk() is None
     buf.push(b"\x00\x00" * 500, 1.1)
     chunk = buf.next_chunk()
-    assert chunk is not None and (chunk.position, len(chunk.data), chunk.arrival) == (0, 1600, 1.1)
+    assert chunk is not None and (chunk.position, len(chunk.data), chunk.arrival) == (0, 1600, 1.0)
     assert buf.next_chunk() is None
     chunk = buf.next_chunk(flush=True)
     assert chunk is not None and (chunk.position, len(chunk.data)) == (1600, 400)
