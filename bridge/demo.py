@@ -49,11 +49,15 @@ def speech_file(text: str, directory: Path, encoding: str = "u-law") -> Path:
     return out
 
 
-def sipp_scenario(audio: Path, directory: Path, hold_ms: int, pt: int = 0) -> Path:
+def sipp_scenario(
+    audio: Path, directory: Path, hold_ms: int, pt: int = 0, before_audio: str = "", after_audio: str = ""
+) -> Path:
+    """The sipp caller scenario for `audio`; `before_audio`/`after_audio` are extra scenario steps."""
     text = SIPP_SCENARIO.read_text()
+    text = text.replace("@BEFORE_AUDIO@", before_audio).replace("@AFTER_AUDIO@", after_audio)
     text = text.replace("@AUDIO@", str(audio)).replace("@PT@", str(pt))
     text = text.replace("@CODEC@", "PCMU" if pt == 0 else "PCMA").replace("@HOLD_MS@", str(hold_ms))
-    path = directory / f"uac_{audio.stem}_{hold_ms}.xml"
+    path = directory / f"uac_{audio.stem}_{hold_ms}_{abs(hash((before_audio, after_audio))) % 10**8}.xml"
     path.write_text(text)
     return path
 

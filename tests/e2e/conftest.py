@@ -178,9 +178,11 @@ def run_sipp(
     rate: int = 10,
     pt: int = 0,
     timeout: float = 120.0,
+    before_audio: str = "",
+    after_audio: str = "",
 ) -> SippResult:
     """Place `calls` calls (at most `concurrent` at once) that play `audio` as G.711 RTP."""
-    scenario = sipp_scenario(audio, workdir, hold_ms, pt)
+    scenario = sipp_scenario(audio, workdir, hold_ms, pt, before_audio, after_audio)
     local = free_port_block(1)
     media = free_port_block(2 * calls + 2, low=40000, high=60000)
     stats = workdir / f"sipp-{local}.csv"
