@@ -23,6 +23,8 @@ DEFAULT_CALLS_PER_WORKER = 4  # pjsua2-python's compile-time PJSUA_MAX_CALLS
 DEFAULT_RTP_FIRST_PORT = 20000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
+DEFAULT_INVITE_RATE = 20.0
+DEFAULT_INVITE_BURST = 40
 DEFAULT_SAMPLE_RATE: Literal[8000, 16000] = 8000
 DEFAULT_CHUNK_MS = 100
 DEFAULT_PORT_FRAME_MS = 100
@@ -58,6 +60,10 @@ class SipConfig(_Section):
     retry_after_seconds: int = Field(DEFAULT_RETRY_AFTER_SECONDS, ge=0, le=3600)
     rtp_timeout_seconds: float = Field(DEFAULT_RTP_TIMEOUT_SECONDS, ge=0)  # 0 = never hang up for silence
     allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources (403 otherwise); empty = everyone
+    invite_rate_per_source: float = Field(
+        DEFAULT_INVITE_RATE, ge=0
+    )  # INVITEs/s one source may send; 0 = no limit
+    invite_burst_per_source: int = Field(DEFAULT_INVITE_BURST, ge=1)  # INVITEs one source may send at once
     headers: tuple[str, ...] = ()  # SIP headers copied into call.started
 
     @field_validator("allow_from")
@@ -119,7 +125,18 @@ class EngineConfig(_Section):
     @field_validator("tags")
     @classmethod
     def _reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
-        reserved = {"realtime", "outstream", "datahdr", "encoding", "samprate", "sampwidth", "requestid"}
+        reserved = {
+            "realtime",
+            "outstream",
+            "output",
+            "utterance_fmt",
+            "datahdr",
+            "encoding",
+            "samprate",
+            "sampwidth",
+            "endian",
+            "requestid",
+        }
         clash = sorted(reserved & {k.lower() for k in value})
         if clash:
             raise ValueError(f"{', '.join(clash)} set by the bridge itself and cannot be overridden")

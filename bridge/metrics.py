@@ -53,6 +53,8 @@ CALL_RESULTS = (
     "rejected_acl",  # 403 or dropped: source not in sip.allow_from
     "rejected_engine",  # 503: engine unreachable and engine.on_unreachable = reject
     "failed",  # answered, then ended by an error of ours
+    "rejected_rate",  # 503: the source sent INVITEs faster than sip.invite_rate_per_source
+    "rejected_invalid",  # 400: an INVITE the bridge could not parse
     "worker_lost",  # the worker process died with the call up (counted by the supervisor)
     "other",
 )
@@ -69,8 +71,12 @@ GAP_CAUSES = (
     "engine_unavailable",  # gave up: the engine never came back before the call ended
     "final_timeout",  # no final transcript within engine.final_timeout_seconds
     "cancelled",  # the call was torn down (drain timeout, forced stop)
+    "error",  # the stream failed on an error of ours (logged with its traceback)
+    "worker_lost",  # the worker process died with the call up
     "other",
 )
+# SIP messages pjsip dropped before any call saw them (parse errors, oversized packets).
+SIP_DROP_REASONS = ("malformed", "oversized", "other")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
 RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
@@ -103,6 +109,14 @@ CALLS_ACTIVE = Gauge(
 CALLS = Counter(f"{PREFIX}_calls_total", "Calls by how they ended or were refused.", ["result"])
 INVITE_RESPONSES = Counter(
     f"{PREFIX}_invite_responses_total", "Responses sent to initial INVITEs, by status code.", ["code"]
+)
+SIP_MESSAGES_DROPPED = Counter(
+    f"{PREFIX}_sip_messages_dropped_total",
+    "SIP messages pjsip dropped before the bridge saw them, by reason.",
+    ["reason"],
+)
+RTP_TIMEOUTS = Counter(
+    f"{PREFIX}_rtp_timeouts_total", "Calls hung up after sip.rtp_timeout_seconds without RTP."
 )
 CAPACITY = Gauge(
     f"{PREFIX}_capacity_calls",
@@ -214,6 +228,8 @@ def _preinit() -> None:
         INVITE_RESPONSES.labels(code)
     for cause in DROP_CAUSES:
         AUDIO_FRAMES_DROPPED.labels(cause)
+    for reason in SIP_DROP_REASONS:
+        SIP_MESSAGES_DROPPED.labels(reason)
     for cause in GAP_CAUSES:
         AUDIO_GAPS.labels(cause)
         AUDIO_GAP_SECONDS.labels(cause)
@@ -267,6 +283,13 @@ class CallMetrics:
         """Frames received from pjsua2; call per batch, not necessarily per frame."""
         AUDIO_FRAMES.inc(frames)
         AUDIO_SECONDS.inc(seconds)
+
+    def sip_dropped(self, reason: str) -> None:
+        """pjsip dropped a message (called from the pjsua thread)."""
+        SIP_MESSAGES_DROPPED.labels(bounded(reason, SIP_DROP_REASONS)).inc()
+
+    def rtp_timeout(self) -> None:
+        RTP_TIMEOUTS.inc()
 
     def frames_dropped(self, frames: int, cause: str) -> None:
         AUDIO_FRAMES_DROPPED.labels(bounded(cause, DROP_CAUSES)).inc(frames)

@@ -48,6 +48,9 @@ class Worker:
         self.call_metrics = metrics.CallMetrics()
         self.engine_metrics = metrics.EngineMetrics()
         self.worker_metrics = metrics.WorkerMetrics()
+        self.endpoint = SipEndpoint(
+            config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip, self.call_metrics
+        )
         self.endpoint = SipEndpoint(config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip)
 
     # --- from the SIP threads -------------------------------------------------------------------------

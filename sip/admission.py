@@ -2,9 +2,10 @@
 
 Checked in this order, so the cheapest and most specific answer wins:
 1. source outside the allow-list → 403
-2. the worker is draining → 503 with Retry-After
-3. the worker is full → 503 with Retry-After
-4. no SDP offer, or no audio codec in common → 488
+2. the source sends INVITEs faster than its rate (a flood) → 503 with Retry-After
+3. the worker is draining → 503 with Retry-After
+4. the worker is full → 503 with Retry-After
+5. no SDP offer, or no audio codec in common → 488
 """
 
 from __future__ import annotations
@@ -52,13 +53,49 @@ def source_allowed(source_ip: str, allow_from: Sequence[str]) -> bool:
     return any(addr in ipaddress.ip_network(net, strict=False) for net in allow_from)
 
 
+class RateLimiter:
+    """A token bucket per source address: `rate` INVITEs a second, `burst` at once; 0 = no limit."""
+
+    def __init__(self, rate: float, burst: int, max_sources: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._max_sources = max_sources
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, at)
+
+    def allow(self, source: str, now: float) -> bool:
+        if self.rate <= 0:
+            return True
+        tokens, at = self._buckets.get(source, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate)
+        allowed = tokens >= 1.0
+        if allowed:
+            tokens -= 1.0
+        if len(self._buckets) >= self._max_sources and source not in self._buckets:
+            self._forget_full(now)
+        self._buckets[source] = (tokens, now)
+        return allowed
+
+    def _forget_full(self, now: float) -> None:
+        """Drop the sources whose buckets have refilled: they carry no information."""
+        for key, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * self.rate >= self.burst:
+                del self._buckets[key]
+
+
 def decide(
-    request: SipRequest, source_ip: str, active_calls: int, draining: bool, policy: Policy
+    request: SipRequest,
+    source_ip: str,
+    active_calls: int,
+    draining: bool,
+    policy: Policy,
+    within_rate: bool = True,
 ) -> Decision:
-    """Decide on one INVITE given the worker's state."""
+    """Decide on one INVITE given the worker's state (`within_rate`: the source's RateLimiter said yes)."""
     if not source_allowed(source_ip, policy.allow_from):
         return Reject(403, "Forbidden", "rejected_acl")
-    retry = (("Retry-After", str(policy.retry_after)),)
+    retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
+    if not within_rate:
+        return Reject(503, "Too Many Calls From This Source", "rejected_rate", retry)
     if draining:
         return Reject(503, "Draining", "rejected_draining", retry)
     if active_calls >= policy.capacity:

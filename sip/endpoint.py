@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,8 @@ import pjsua2 as pj
 
 from bridge.config import Config
 from bridge.errors import SipError
-from sip.admission import Accept, Policy, decide
+from bridge.metrics import CallMetrics
+from sip.admission import Accept, Policy, RateLimiter, decide
 from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, InviteRejected, SipEvent
 from sip.media import AudioDeliver, FramePort, PortPool
 from sip.message import parse_request
@@ -40,6 +42,9 @@ logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
 POLL_MS = 10
+RTP_CHECK_SECONDS = 1.0
+# pjsip's log lines for messages it drops before any callback sees them.
+DROPPED_MESSAGE_MARKERS = (("Error processing", "malformed"), ("too large", "oversized"))
 RTP_PORTS_PER_WORKER = 40
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 MEDIA_STATUS = {
@@ -57,18 +62,36 @@ class _Entry:
     call: _Call
     port: FramePort | None = None
     hangup_requested: bool = False
+    end_reason: str | None = None
     confirmed: bool = False
+    media_index: int | None = None
+    expect_rtp: bool = False
+    rx_packets: int = 0
+    rx_changed: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
-    """pjsua's log lines into Python logging (they come from several pjsua threads)."""
+    """pjsua's log lines into Python logging (they come from several pjsua threads); messages pjsip
+    dropped before any callback saw them are counted."""
+
+    def __init__(self, metrics: CallMetrics) -> None:
+        super().__init__()
+        self._metrics = metrics
 
     def write(self, entry: Any) -> None:
+        msg = str(entry.msg)
         level = logging.WARNING if entry.level <= 2 else logging.DEBUG
         if entry.level <= 1:
             level = logging.ERROR
-        logging.getLogger("pjsua").log(level, "%s", entry.msg.rstrip())
+        if entry.level <= 3:
+            for marker, reason in DROPPED_MESSAGE_MARKERS:
+                if marker in msg:
+                    self._metrics.sip_dropped(reason)
+                    level = logging.WARNING
+                    msg = msg.split("\n", 1)[0]  # not the whole packet
+                    break
+        logging.getLogger("pjsua").log(level, "%s", msg.rstrip())
 
 
 class _Call(pj.Call):  # type: ignore[misc]
@@ -105,8 +128,12 @@ class SipEndpoint:
         rtp_port: int,
         on_event: Callable[[SipEvent], None],
         on_audio: AudioDeliver,
+        metrics: CallMetrics | None = None,
     ) -> None:
         self._cfg = config
+        self._metrics = metrics if metrics is not None else CallMetrics()
+        self._limiter = RateLimiter(config.sip.invite_rate_per_source, config.sip.invite_burst_per_source)
+        self._next_rtp_check = 0.0
         self.port = port
         self._rtp_port = rtp_port
         self._on_event = on_event
@@ -190,7 +217,7 @@ class SipEndpoint:
         ep_cfg.uaConfig.threadCnt = 0
         ep_cfg.uaConfig.mainThreadOnly = False
         ep_cfg.uaConfig.userAgent = "vblaze-bridge"
-        self._log_writer = _LogWriter()
+        self._log_writer = _LogWriter(self._metrics)
         ep_cfg.logConfig.writer = self._log_writer
         ep_cfg.logConfig.level = 3
         ep_cfg.logConfig.consoleLevel = 3
@@ -234,6 +261,10 @@ class SipEndpoint:
         while True:
             self._ep.libHandleEvents(POLL_MS)
             self._graveyard.clear()
+            now = time.monotonic()
+            if now >= self._next_rtp_check:
+                self._next_rtp_check = now + RTP_CHECK_SECONDS
+                self._check_rtp(now)
             while True:
                 try:
                     command, arg = self._commands.get_nowait()
@@ -257,6 +288,28 @@ class SipEndpoint:
             for entry in list(self._entries.values()):
                 entry.hangup_requested = True
                 self._hangup(entry.call, 200 if entry.confirmed else 503)
+
+    def _check_rtp(self, now: float) -> None:
+        """Hang up calls whose RTP stopped for sip.rtp_timeout_seconds while the media expects it."""
+        timeout = self._cfg.sip.rtp_timeout_seconds
+        if timeout <= 0:
+            return
+        for entry in list(self._entries.values()):
+            if entry.media_index is None or entry.hangup_requested:
+                continue
+            try:
+                packets = int(entry.call.getStreamStat(entry.media_index).rtcp.rxStat.pkt)
+            except pj.Error:
+                continue
+            if packets != entry.rx_packets or not entry.expect_rtp:
+                entry.rx_packets = packets
+                entry.rx_changed = now
+            elif now - entry.rx_changed >= timeout:
+                logger.warning("no RTP for %.0f s on call %d: hanging up", now - entry.rx_changed, entry.key)
+                self._metrics.rtp_timeout()
+                entry.hangup_requested = True
+                entry.end_reason = "rtp_timeout"
+                self._hangup(entry.call, 200 if entry.confirmed else 408)
 
     def _hangup(self, call: _Call, status: int) -> None:
         op = pj.CallOpParam()
@@ -293,7 +346,8 @@ class SipEndpoint:
             logger.warning("unparseable INVITE from %s", source)
             self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
             return
-        decision = decide(request, source_ip, len(self._entries), self._draining, self._policy)
+        within_rate = self._limiter.allow(source_ip, time.monotonic())
+        decision = decide(request, source_ip, len(self._entries), self._draining, self._policy, within_rate)
         if not isinstance(decision, Accept):
             self._reject(call, decision.status, decision.reason, decision.result, decision.headers, source)
             return
@@ -370,7 +424,9 @@ class SipEndpoint:
         if entry.port is not None:
             self._pool.give_back(entry.port)
             entry.port = None
-        if entry.hangup_requested:
+        if entry.end_reason is not None:
+            reason = entry.end_reason
+        elif entry.hangup_requested:
             reason = "local_hangup"
         elif entry.confirmed:
             reason = "remote_bye"
@@ -393,6 +449,11 @@ class SipEndpoint:
                 continue
             status = MEDIA_STATUS.get(media.status, "unknown")
             codec = ""
+            entry.media_index = media.index
+            entry.expect_rtp = bool(media.dir & pj.PJMEDIA_DIR_DECODING) and media.status in (
+                pj.PJSUA_CALL_MEDIA_ACTIVE,
+                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
+            )
             if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
                 if entry.port is None:
                     entry.port = self._pool.lend(entry.key)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sip.admission import Accept, Policy, Reject, decide, source_allowed
+from sip.admission import Accept, Policy, RateLimiter, Reject, decide, source_allowed
 from sip.message import parse_request
 from sip.sdp import parse_offer
 
@@ -102,3 +102,26 @@ def test_admission_acl_comes_first() -> None:
     assert not source_allowed("not-an-ip", policy.allow_from)
     decision = decide(parse_request(invite()), "192.0.2.1", 5, True, policy)
     assert isinstance(decision, Reject) and decision.status == 403
+
+
+def test_rate_limiter_is_a_token_bucket_per_source() -> None:
+    limiter = RateLimiter(rate=2.0, burst=3)
+    assert [limiter.allow("a", 0.0) for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b", 0.0)  # other sources have their own bucket
+    assert not limiter.allow("a", 0.1)
+    assert limiter.allow("a", 0.6)  # 1.2 tokens refilled after 0.6 s at 2/s
+    assert RateLimiter(rate=0, burst=1).allow("a", 0.0)
+
+
+def test_rate_limiter_forgets_idle_sources_when_full() -> None:
+    limiter = RateLimiter(rate=10.0, burst=1, max_sources=2)
+    limiter.allow("a", 0.0)
+    limiter.allow("b", 0.0)
+    limiter.allow("c", 10.0)  # a and b refilled long ago: forgotten
+    assert set(limiter._buckets) == {"c"}
+
+
+def test_admission_flood_gets_503() -> None:
+    decision = decide(parse_request(invite()), "127.0.0.1", 0, False, POLICY, within_rate=False)
+    assert isinstance(decision, Reject) and (decision.status, decision.result) == (503, "rejected_rate")
+    assert ("Retry-After", "7") in decision.headers
