@@ -1,4 +1,7 @@
-"""Command line: `vblaze-bridge run|worker|check-config|demo`. Parses arguments and wires; nothing more."""
+"""Command line: `vblaze-bridge run|worker|check-config|dispatcher-list|demo`.
+
+Parses arguments and wires; nothing more.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +24,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--ready-fd", type=int, default=None)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, default=Path("config.yaml"))
+    dlist = sub.add_parser("dispatcher-list", help="print Kamailio's dispatcher.list for the worker pool")
+    dlist.add_argument("--config", type=Path, default=Path("config.yaml"))
+    dlist.add_argument("--host-extra", action="append", default=[], metavar="HOST[:FIRST_PORT[:WORKERS]]")
+    dlist.add_argument("--address", default=None, help="this host's workers' address if sip.host is 0.0.0.0")
     demo = sub.add_parser("demo", help="stand-in engine + bridge + one sample call")
     demo.add_argument("--text", default=None, help="the sentence the sample call speaks")
     return parser
@@ -41,6 +48,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "dispatcher-list":
+        from bridge.dispatcher import dispatcher_list, parse_host
+
+        try:
+            hosts = [parse_host(spec, config) for spec in args.host_extra]
+            print(dispatcher_list(config, hosts, address=args.address, source=str(args.config)), end="")
+        except ConfigError as exc:
+            print(f"vblaze-bridge: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "worker":
         from bridge.worker import main as worker_main
 
