@@ -1,0 +1,88 @@
+"""The floor for bench/load.py: one bare pjsua2 worker that answers calls and forwards nothing.
+
+It is the bridge's own SIP stack (`sip.endpoint.SipEndpoint`: same pjsua2 settings, ports, codecs,
+admission and 100 ms frame ports read through ctypes) with the rest of the bridge taken away: no
+asyncio loop, no engine stream, no events, no metrics. Audio frames are only counted. On SIGTERM it
+stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seconds"}` to `--out`
+(expected: whole frames in the time from media up to hang-up, call by call).
+
+    python bench/floor_worker.py --config CONFIG --index I --out floor-I.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bridge.config import load_config
+from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
+from sip.events import CallEnded, CallMedia, SipEvent
+
+
+class Counts:
+    def __init__(self, frame_seconds: float) -> None:
+        self.frame_seconds = frame_seconds
+        self.frames = 0
+        self.expected_frames = 0
+        self.calls = 0
+        self.call_seconds = 0.0
+        self._media_at: dict[int, float] = {}
+        self._lock = threading.Lock()
+
+    def audio(self, key: int, pcm: bytes | None, arrival: float) -> None:
+        self.frames += 1  # only pjmedia's clock thread calls this
+
+    def event(self, event: SipEvent) -> None:
+        with self._lock:
+            if isinstance(event, CallMedia) and event.key not in self._media_at:
+                self._media_at[event.key] = time.monotonic()
+            elif isinstance(event, CallEnded):
+                started = self._media_at.pop(event.key, None)
+                self.calls += 1
+                if started is not None:
+                    seconds = time.monotonic() - started
+                    self.call_seconds += seconds
+                    self.expected_frames += int(seconds / self.frame_seconds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    config = load_config(args.config)
+    counts = Counts(config.audio.port_frame_ms / 1000)
+    port = config.sip.first_port + args.index
+    rtp_port = config.sip.rtp_first_port + args.index * RTP_PORTS_PER_WORKER
+    endpoint = SipEndpoint(config, port, rtp_port, counts.event, counts.audio)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    endpoint.start()
+    while not stop.wait(1.0):
+        pass
+    endpoint.stop()
+    args.out.write_text(
+        json.dumps(
+            {
+                "frames": counts.frames,
+                "expected_frames": counts.expected_frames,
+                "calls": counts.calls,
+                "call_seconds": counts.call_seconds,
+            }
+        )
+    )
+    os._exit(0)  # see sip.endpoint: the frame ports must not be destroyed after the library
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,659 @@
+"""Load benchmark: K concurrent SIP calls through Kamailio into the bridge, against a bare pjsua2 floor.
+
+One run, two phases on the same machine, one after the other:
+
+1. **bridge**: the stand-in engine (`--recognizer vad-only`), the bridge (`vblaze-bridge run`, K/4
+   workers) and Kamailio in front of it (`deploy/kamailio/kamailio.cfg`, list from
+   `bridge.dispatcher`). sipp places K calls through Kamailio at `--rate` calls/s; each plays real
+   speech (espeak-ng, G.711 µ-law, looped) as RTP for `--seconds`, then hangs up.
+2. **floor**: the same number of bare pjsua2 processes (`bench/floor_worker.py`: the bridge's own
+   `sip.endpoint.SipEndpoint`, audio counted and thrown away), behind their own Kamailio, same calls.
+
+Figures (one table): calls ok / failed (sipp), audio frames per second per stream and frames lost
+(expected from each call's duration at `audio.port_frame_ms`, minus those received, plus the bridge's
+dropped counter), CPU of every process of the pool (utime + stime deltas from /proc over the steady
+phase, in cores), PSS per call (smaps_rollup, summed over the pool, at the steady phase), and the
+latency percentiles of the bridge's own histograms (scraped from its /metrics), with bridge/floor
+ratios. sipp, Kamailio and the stand-in run on the same cores and are not counted.
+
+    .venv/bin/python bench/load.py                      # 200 calls x 30 s (about 4 minutes)
+    .venv/bin/python bench/load.py --calls 40 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import yaml  # noqa: E402
+
+from bridge.config import parse_config  # noqa: E402
+from bridge.demo import free_port, sipp_scenario, speech_file, start_standin, wait_for_sip  # noqa: E402
+from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
+
+KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+RTP_PORTS_PER_WORKER = 40  # sip.endpoint.RTP_PORTS_PER_WORKER, without importing pjsua2 here
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SPEECH = (
+    "Thank you for calling the support line, my name is Alex, how can I help you today? "
+    "I am calling about my order number four two seven, which was supposed to arrive last week. "
+    "The tracking page says it was delivered, but nothing came to my door, and my neighbours saw nothing. "
+    "Could you please check with the courier and send a replacement, or refund the full amount to my card? "
+)
+
+
+# --- Kamailio in front of a pool (also used by tests/e2e/test_kamailio.py) ---------------------------
+
+
+@dataclass
+class Kamailio:
+    """A Kamailio child process running deploy/kamailio/kamailio.cfg on 127.0.0.1:`port` (UDP)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    log_path: Path
+    ctl_socket: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def destinations(self) -> dict[str, str]:
+        """URI -> flags from `kamcmd dispatcher.list` (A active, I inactive, P probing, D disabled)."""
+        out = subprocess.run(
+            ["kamcmd", "-s", f"unix:{self.ctl_socket}", "dispatcher.list"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        ).stdout
+        flags: dict[str, str] = {}
+        uri = None
+        for line in out.splitlines():
+            line = line.strip()
+            if line.startswith("URI:"):
+                uri = line.split(":", 1)[1].strip()
+            elif line.startswith("FLAGS:") and uri is not None:
+                flags[uri] = line.split(":", 1)[1].strip()
+                uri = None
+        return flags
+
+    def wait_destinations(self, want: int, active: bool = True, timeout: float = 30.0) -> dict[str, str]:
+        """Wait until `want` destinations are active (or, with active=False, inactive)."""
+        deadline = time.monotonic() + timeout
+        flags: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"kamailio exited with {self.proc.returncode}:\n{self.log()[-3000:]}")
+            flags = self.destinations()
+            count = sum(1 for f in flags.values() if f.startswith("A") == active)
+            if len(flags) and count >= want:
+                return flags
+            time.sleep(0.2)
+        raise RuntimeError(
+            f"kamailio: fewer than {want} destinations {'' if active else 'in'}active: {flags}"
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def start_kamailio(
+    list_text: str, workdir: Path, port: int | None = None, ping_interval: int = 1
+) -> Kamailio:
+    """Write the dispatcher list, start Kamailio in the foreground and wait until it answers SIP."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    list_path = workdir / "dispatcher.list"
+    list_path.write_text(list_text)
+    port = port or free_port(socket.SOCK_DGRAM)
+    ctl = workdir / "kamailio_ctl"
+    argv = kamailio_args(
+        str(KAMAILIO_CFG),
+        str(list_path),
+        f"udp:127.0.0.1:{port}",
+        runtime_dir=str(workdir),
+        ctl_socket=str(ctl),
+        ping_interval=ping_interval,
+    )
+    log_path = workdir / "kamailio.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=workdir, start_new_session=True)
+    kam = Kamailio(proc, port, workdir, log_path, ctl)
+    try:
+        wait_for_sip(port, timeout=15)
+    except RuntimeError:
+        kam.stop()
+        raise RuntimeError(f"kamailio did not start:\n{kam.log()[-3000:]}") from None
+    return kam
+
+
+# --- sipp through the proxy --------------------------------------------------------------------------
+
+
+def proxied_scenario(text: str) -> str:
+    """A sipp caller scenario that follows Record-Route: ACK and BYE go to the answering worker's
+    Contact ([next_url]) with the proxy's Route set ([routes]), through the proxy."""
+    text = text.replace('<recv response="200" rtd="true"/>', '<recv response="200" rtd="true" rrs="true"/>')
+    for method in ("ACK", "BYE"):
+        text = text.replace(
+            f"{method} sip:[service]@[remote_ip]:[remote_port] SIP/2.0", f"{method} [next_url] SIP/2.0"
+        )
+    text = text.replace(
+        "      Call-ID: [call_id]\n      CSeq: 1 ACK",
+        "      [routes]\n      Call-ID: [call_id]\n      CSeq: 1 ACK",
+    )
+    text = re.sub(r"(      Call-ID: \[call_id\]\n)(      CSeq: \d+ BYE)", r"      [routes]\n\1\2", text)
+    if text.count("[routes]") != 2 or text.count("[next_url]") != 2:
+        raise ValueError("the sipp scenario template changed; proxied_scenario cannot rewrite it")
+    return text
+
+
+def proxied_scenario_file(audio: Path, directory: Path, hold_ms: int, loop: bool = False) -> Path:
+    """`bridge.demo.sipp_scenario` for `audio`, rewritten for a proxy; `loop` repeats the audio."""
+    plain = sipp_scenario(audio, directory, hold_ms)
+    text = proxied_scenario(plain.read_text())
+    if loop:
+        text = text.replace(f'rtp_stream="{audio},1,', f'rtp_stream="{audio},-1,')
+    path = plain.with_name(plain.stem + ("_proxied_loop.xml" if loop else "_proxied.xml"))
+    path.write_text(text)
+    return path
+
+
+def sipp_command(
+    scenario: Path,
+    target_port: int,
+    stats: Path,
+    *,
+    calls: int,
+    concurrent: int,
+    rate: float,
+    local_port: int,
+    media_port: int,
+) -> list[str]:
+    return [
+        "sipp", "-sf", str(scenario), "-m", str(calls), "-l", str(concurrent), "-r", str(rate),
+        "-i", "127.0.0.1", "-p", str(local_port), "-mp", str(media_port), "-s", "svc", "-nostdin",
+        "-trace_stat", "-stf", str(stats), "-fd", "1", "-timeout_error", "-max_socket", "4096",
+        f"127.0.0.1:{target_port}",
+    ]  # fmt: skip
+
+
+def sipp_stats(path: Path) -> dict[str, str]:
+    """The last line of sipp's -trace_stat CSV, by column."""
+    if not path.exists():
+        return {}
+    lines = path.read_text().splitlines()
+    if len(lines) < 2:
+        return {}
+    return dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+
+
+# --- process figures from /proc -----------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    out: list[int] = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        for task in task_dir.iterdir():
+            text = (task / "children").read_text()
+            out.extend(int(p) for p in text.split())
+    except OSError:
+        pass
+    return out
+
+
+def cpu_ticks(pids: Iterable[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total
+
+
+def pss_bytes(pids: Iterable[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
+        if match:
+            total += int(match.group(1)) * 1024
+    return total
+
+
+# --- Prometheus text -------------------------------------------------------------------------------
+
+
+def scrape(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Samples by metric name from a Prometheus text exposition."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return parse_prometheus(text)
+
+
+def parse_prometheus(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)", line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2) or ""))
+        out.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return out
+
+
+def total(samples: dict[str, list[tuple[dict[str, str], float]]], name: str) -> float:
+    return sum(value for _, value in samples.get(name, []))
+
+
+def histogram_quantiles(
+    samples: dict[str, list[tuple[dict[str, str], float]]], name: str, qs: Sequence[float]
+) -> tuple[list[float | None], int]:
+    """Quantiles of a histogram (summed over label sets) by linear interpolation within buckets."""
+    buckets: dict[float, float] = {}
+    for labels, value in samples.get(f"{name}_bucket", []):
+        le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+        buckets[le] = buckets.get(le, 0.0) + value
+    edges = sorted(buckets)
+    count = buckets.get(math.inf, 0.0)
+    if not edges or count <= 0:
+        return [None for _ in qs], 0
+    result: list[float | None] = []
+    for q in qs:
+        rank = q * count
+        lower, below = 0.0, 0.0
+        value: float | None = None
+        for edge in edges:
+            cum = buckets[edge]
+            if cum >= rank:
+                if math.isinf(edge):
+                    value = lower  # beyond the last finite bucket: report its edge (a lower bound)
+                else:
+                    inside = cum - below
+                    value = lower + (edge - lower) * ((rank - below) / inside if inside else 1.0)
+                break
+            lower, below = (edge if not math.isinf(edge) else lower), cum
+        result.append(value)
+    return result, int(count)
+
+
+# --- the two phases ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    name: str
+    calls_ok: int = 0
+    calls_failed: int = 0
+    frames: float = 0.0
+    expected_frames: float = 0.0
+    dropped: float = 0.0
+    call_seconds: float = 0.0
+    cpu_cores: float = 0.0
+    cpu_window: float = 0.0
+    pss: int = 0
+    processes: int = 0
+    latency: dict[str, tuple[list[float | None], int]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def pool_config(
+    workdir: Path, name: str, calls: int, engine_url: str, metrics_port: int, frame_ms: int
+) -> tuple[Path, dict[str, Any]]:
+    from tests.e2e.conftest import free_port_block
+
+    workers = math.ceil(calls / 4)
+    sip_port = free_port_block(workers, low=15000, high=26000)
+    rtp_port = free_port_block(RTP_PORTS_PER_WORKER * workers, low=26000, high=50000)
+    config: dict[str, Any] = {
+        "sip": {
+            "first_port": sip_port,
+            "workers": workers,
+            "rtp_first_port": rtp_port,
+            "transports": ["udp"],
+            "codecs": ["PCMU", "PCMA"],
+        },
+        "audio": {"port_frame_ms": frame_ms, "chunk_ms": frame_ms},
+        "engine": {"url": engine_url, "final_timeout_seconds": 30},
+        "sink": {"kind": "jsonl", "jsonl_path": str(workdir / f"{name}-events.jsonl")},
+        "metrics": {"port": metrics_port},
+        "logging": {"level": "WARNING"},
+        "drain": {"timeout_seconds": 5},
+    }
+    parse_config(config, name)  # fail here, before starting anything, if the layout is wrong
+    path = workdir / f"{name}-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path, config
+
+
+def start_pool(
+    kind: str, config_path: Path, config: dict[str, Any], workdir: Path
+) -> list[subprocess.Popen[bytes]]:
+    """The bridge (one supervisor) or the floor (one bare process per worker), waited until up."""
+    log = (workdir / f"{kind}.log").open("ab")
+    workers = config["sip"]["workers"]
+    procs: list[subprocess.Popen[bytes]] = []
+    if kind == "bridge":
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "bridge", "run", "--config", str(config_path)],
+                stdout=log,
+                stderr=log,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        )
+    else:
+        for index in range(workers):
+            procs.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        str(ROOT / "bench" / "floor_worker.py"),
+                        "--config",
+                        str(config_path),
+                        "--index",
+                        str(index),
+                        "--out",
+                        str(workdir / f"floor-{index}.json"),
+                    ],
+                    stdout=log,
+                    stderr=log,
+                    cwd=ROOT,
+                    start_new_session=True,
+                )
+            )
+    first = config["sip"]["first_port"]
+    for index in range(workers):
+        wait_for_sip(first + index, timeout=180)
+    return procs
+
+
+def pool_pids(kind: str, procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    if kind == "bridge":
+        return [procs[0].pid, *children_of(procs[0].pid)]
+    return [p.pid for p in procs]
+
+
+def stop_pool(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 90.0) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def run_phase(
+    kind: str,
+    args: argparse.Namespace,
+    workdir: Path,
+    audio: Path,
+    engine_url: str,
+) -> Phase:
+    phase = Phase(kind)
+    metrics_port = free_port() if kind == "bridge" else 0
+    config_path, config = pool_config(workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms)
+    print(f"[{kind}] starting {config['sip']['workers']} workers...", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    procs = start_pool(kind, config_path, config, workdir)
+    print(f"[{kind}] pool up in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    kam: Kamailio | None = None
+    sipp: subprocess.Popen[bytes] | None = None
+    try:
+        kam = start_kamailio(dispatcher_list(parse_config(config, kind)), workdir / f"kamailio-{kind}")
+        kam.wait_destinations(config["sip"]["workers"])
+        scenario = proxied_scenario_file(audio, workdir, args.seconds * 1000, loop=True)
+        stats = workdir / f"{kind}-sipp.csv"
+        cmd = sipp_command(
+            scenario, kam.port, stats, calls=args.calls, concurrent=args.calls, rate=args.rate,
+            local_port=free_port(socket.SOCK_DGRAM), media_port=free_port_block_media(args.calls),
+        )  # fmt: skip
+        pids = pool_pids(kind, procs)
+        phase.processes = len(pids)
+        with (workdir / f"{kind}-sipp.log").open("ab") as sipp_log:
+            sipp = subprocess.Popen(
+                cmd, stdout=sipp_log, stderr=sipp_log, cwd=workdir, start_new_session=True
+            )
+        ramp = args.calls / args.rate
+        # Steady phase: from every call up (ramp + 2 s) to 2 s before the first call hangs up.
+        start_at = time.monotonic() + ramp + 2.0
+        end_at = time.monotonic() + args.seconds - 2.0
+        if end_at - start_at < 3:
+            phase.notes.append("calls too short for a steady phase: CPU is over the whole run")
+            start_at, end_at = time.monotonic() + 1.0, time.monotonic() + args.seconds + ramp
+        time.sleep(max(0.0, start_at - time.monotonic()))
+        c0, w0 = cpu_ticks(pids), time.monotonic()
+        pss_samples = []
+        while time.monotonic() < end_at:
+            pss_samples.append(pss_bytes(pids))
+            time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
+        c1, w1 = cpu_ticks(pids), time.monotonic()
+        phase.cpu_cores = (c1 - c0) / CLK_TCK / (w1 - w0)
+        phase.cpu_window = w1 - w0
+        phase.pss = max(pss_samples) if pss_samples else 0
+        sipp.wait(timeout=args.seconds + ramp + 120)
+        st = sipp_stats(stats)
+        phase.calls_ok = int(st.get("SuccessfulCall(C)", 0))
+        phase.calls_failed = int(st.get("FailedCall(C)", 0))
+        if kind == "bridge":
+            frame_s = args.frame_ms / 1000
+            ended = wait_ended(Path(config["sink"]["jsonl_path"]), phase.calls_ok, timeout=60)
+            phase.call_seconds = sum(ended)
+            phase.expected_frames = sum(int(d / frame_s) for d in ended)
+            samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+            phase.frames = total(samples, "vblaze_bridge_audio_frames_total")
+            phase.dropped = total(samples, "vblaze_bridge_audio_frames_dropped_total")
+            for hop in (
+                "audio_to_socket_seconds",
+                "speech_end_to_utterance_seconds",
+            ):
+                phase.latency[hop] = histogram_quantiles(samples, f"vblaze_bridge_{hop}", (0.5, 0.9, 0.99))
+    finally:
+        if sipp is not None and sipp.poll() is None:
+            os.killpg(sipp.pid, signal.SIGKILL)
+            sipp.wait(timeout=10)
+        if kam is not None:
+            kam.stop()
+        stop_pool(procs)
+    if kind == "floor":
+        for index in range(config["sip"]["workers"]):
+            path = workdir / f"floor-{index}.json"
+            if path.exists():
+                data = json.loads(path.read_text())
+                phase.frames += data["frames"]
+                phase.expected_frames += data["expected_frames"]
+                phase.call_seconds += data["call_seconds"]
+    return phase
+
+
+def free_port_block_media(calls: int) -> int:
+    from tests.e2e.conftest import free_port_block
+
+    return free_port_block(2 * calls + 4, low=50000, high=64000)
+
+
+def wait_ended(path: Path, count: int, timeout: float) -> list[float]:
+    """Durations of the calls whose call.ended is in the JSON-lines file, once `count` are (bounded)."""
+    deadline = time.monotonic() + timeout
+    durations: list[float] = []
+    while time.monotonic() < deadline:
+        durations = []
+        if path.exists():
+            for line in path.read_text().splitlines():
+                if '"call.ended"' in line:
+                    event = json.loads(line)
+                    durations.append(float(event["data"]["duration"]))
+        if len(durations) >= count:
+            break
+        time.sleep(0.5)
+    return durations
+
+
+# --- the table -----------------------------------------------------------------------------------------
+
+
+def _ms(values: list[float | None]) -> str:
+    return "/".join("-" if v is None else f"{v * 1000:.2f}" for v in values)
+
+
+def _s(values: list[float | None]) -> str:
+    return "/".join("-" if v is None else f"{v:.2f}" for v in values)
+
+
+def table(args: argparse.Namespace, bridge: Phase, floor: Phase | None) -> str:
+    def ratio(a: float, b: float | None) -> str:
+        return f"{a / b:.2f}x" if b else "-"
+
+    rows: list[tuple[str, str, str, str]] = []
+
+    def per_stream(p: Phase) -> str:
+        return f"{p.frames / p.call_seconds:.2f}" if p.call_seconds else "-"
+
+    def lost(p: Phase) -> str:
+        missing = max(0.0, p.expected_frames - p.frames)
+        return f"{missing:.0f} of {p.expected_frames:.0f}" + (
+            f" (+{p.dropped:.0f} dropped)" if p.name == "bridge" else ""
+        )
+
+    f = floor
+    rows.append(
+        (
+            "calls ok / failed",
+            f"{bridge.calls_ok} / {bridge.calls_failed}",
+            f"{f.calls_ok} / {f.calls_failed}" if f else "-",
+            "",
+        )
+    )
+    rows.append(("frames/s per stream", per_stream(bridge), per_stream(f) if f else "-", ""))
+    rows.append(("frames lost", lost(bridge), lost(f) if f else "-", ""))
+    rows.append(("processes", str(bridge.processes), str(f.processes) if f else "-", ""))
+    rows.append(
+        (
+            "CPU, cores (steady)",
+            f"{bridge.cpu_cores:.3f}",
+            f"{f.cpu_cores:.3f}" if f else "-",
+            ratio(bridge.cpu_cores, f.cpu_cores if f else None),
+        )
+    )
+    rows.append(
+        (
+            "CPU per call, % of a core",
+            f"{100 * bridge.cpu_cores / args.calls:.2f}",
+            f"{100 * f.cpu_cores / args.calls:.2f}" if f else "-",
+            "",
+        )
+    )
+    mb = 1024 * 1024
+    rows.append(
+        (
+            "PSS per call, MB",
+            f"{bridge.pss / args.calls / mb:.2f}",
+            f"{f.pss / args.calls / mb:.2f}" if f else "-",
+            ratio(bridge.pss, f.pss if f else None),
+        )
+    )
+    qs, n = bridge.latency.get("audio_to_socket_seconds", ([None] * 3, 0))
+    rows.append((f"frame->socket p50/p90/p99 ms (n={n})", _ms(qs), "-", ""))
+    qs, n = bridge.latency.get("speech_end_to_utterance_seconds", ([None] * 3, 0))
+    rows.append((f"speech end->utterance p50/p90/p99 s (n={n})", _s(qs), "-", ""))
+    widths = [max(len(r[i]) for r in [("", "bridge", "floor", "ratio"), *rows]) for i in range(4)]
+    head = (
+        f"{args.calls} calls x {args.seconds} s, {args.rate:g} calls/s, {args.frame_ms} ms frames, "
+        f"{os.cpu_count()} cores"
+    )
+    lines = [head, ""]
+    for r in [("", "bridge", "floor", "bridge/floor"), *rows]:
+        lines.append(
+            "  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(max(widths[i], 12)) for i in range(4))
+        )
+    for p in (bridge, f):
+        if p is not None:
+            lines.extend(f"note ({p.name}): {note}" for note in p.notes)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=200, help="concurrent calls K (workers = K/4)")
+    parser.add_argument("--seconds", type=int, default=30, help="length of each call")
+    parser.add_argument("--rate", type=float, default=20.0, help="new calls per second while ramping up")
+    parser.add_argument("--frame-ms", type=int, default=100, help="audio.port_frame_ms (and chunk_ms)")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare pjsua2 pool")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
+    args = parser.parse_args(argv)
+    for tool in ("sipp", "kamailio", "kamcmd", "espeak-ng", "sox"):
+        if subprocess.run(["which", tool], capture_output=True, check=False).returncode:
+            print(f"bench: {tool} is not installed (make setup)", file=sys.stderr)
+            return 2
+    workdir = Path(tempfile.mkdtemp(prefix="vblaze-bench-"))
+    print(f"work directory: {workdir}", file=sys.stderr)
+    audio = speech_file(SPEECH, workdir)
+    standin, url = start_standin(["--recognizer", "vad-only", "--max-streams", str(args.calls + 16)])
+    try:
+        bridge = run_phase("bridge", args, workdir, audio, url)
+        floor = None if args.no_floor else run_phase("floor", args, workdir, audio, url)
+    finally:
+        standin.send_signal(signal.SIGTERM)
+        try:
+            standin.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            standin.kill()
+    print(table(args, bridge, floor))
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "args": vars(args) | {"json": str(args.json)},
+                    "bridge": bridge.__dict__,
+                    "floor": floor.__dict__ if floor else None,
+                },
+                indent=2,
+                default=str,
+            )
+        )
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(workdir)], check=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

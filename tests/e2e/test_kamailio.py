@@ -1,0 +1,153 @@
+"""A real Kamailio (deploy/kamailio/kamailio.cfg) on 127.0.0.1 in front of the worker pool.
+
+sipp calls Kamailio's one address; Kamailio picks a worker by call load, and ACK and BYE come back
+through it by the Record-Route (sipp's scenario follows the route set, see bench/load.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.load import Kamailio, proxied_scenario_file, sipp_command, sipp_stats, start_kamailio
+from bridge.config import load_config
+from bridge.dispatcher import dispatcher_list
+from tests.e2e.conftest import Standin, free_port_block, speech
+
+pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
+
+COUNT = "one two three four five six seven eight nine ten"
+
+
+@pytest.fixture
+def kamailio(tmp_path: Path) -> Iterator[Any]:
+    started: list[Kamailio] = []
+
+    def factory(list_text: str, **kwargs: Any) -> Kamailio:
+        kam = start_kamailio(list_text, tmp_path / f"kamailio-{len(started)}", **kwargs)
+        started.append(kam)
+        return kam
+
+    yield factory
+    for kam in started:
+        kam.stop()
+
+
+def sipp(
+    port: int, audio: Path, workdir: Path, *, calls: int, hold_ms: int, rate: float = 10
+) -> tuple[subprocess.Popen[str], Path]:
+    """Start sipp placing `calls` calls at once through the proxy on `port`; returns it and its stats."""
+    scenario = proxied_scenario_file(audio, workdir, hold_ms)
+    local = free_port_block(1)
+    stats = workdir / f"sipp-{local}.csv"
+    cmd = sipp_command(
+        scenario, port, stats, calls=calls, concurrent=calls, rate=rate, local_port=local,
+        media_port=free_port_block(2 * calls + 2, low=40000, high=60000),
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return proc, stats
+
+
+def finish(proc: subprocess.Popen[str], stats: Path, timeout: float) -> dict[str, int]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate(timeout=10)
+        raise AssertionError(f"sipp did not finish within {timeout} s: {out[-2000:]}") from None
+    st = sipp_stats(stats)
+    return {"ok": int(st.get("SuccessfulCall(C)", 0)), "failed": int(st.get("FailedCall(C)", 0))}
+
+
+def worker_of(events: list[dict[str, Any]]) -> int:
+    return int(events[0]["data"]["worker"])
+
+
+def test_one_address_for_the_pool_and_a_stopped_worker_costs_only_its_own_calls(
+    standin_vad: Standin, make_bridge: Any, kamailio: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    bridge = make_bridge(standin_vad.url, workers=4)
+    config = load_config(bridge.config_path)
+    kam = kamailio(dispatcher_list(config))
+    kam.wait_destinations(4)
+    audio = speech(COUNT, speech_dir, "count")
+
+    # 8 calls at once through one address: more than a worker holds, spread by call load.
+    first, first_stats = sipp(kam.port, audio, tmp_path, calls=8, hold_ms=18000)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and len(bridge.calls()) < 8:
+        time.sleep(0.1)
+    before = bridge.calls()
+    assert len(before) == 8, kam.log()[-3000:]
+    load = Counter(worker_of(events) for events in before.values())
+    assert max(load.values()) <= config.sip.calls_per_worker and len(load) >= 2, load
+
+    # Stop one worker that holds calls. SIGSTOP: the supervisor does not restart a stopped process.
+    victim = max(load, key=lambda w: load[w])
+    victim_uri = f"sip:127.0.0.1:{bridge.sip_port + victim}"
+    pgrep = subprocess.run(
+        ["pgrep", "-f", f"bridge worker --config {bridge.config_path} --index {victim}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    (pid,) = [int(p) for p in pgrep.stdout.split()]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        flags = kam.wait_destinations(1, active=False, timeout=10)
+        assert flags[victim_uri].startswith("I"), flags  # inactive after one unanswered OPTIONS
+        assert f"worker down: {victim_uri}" in kam.log()
+
+        # New calls fill the three live workers (2 free slots each) and none goes to the stopped one.
+        second, second_stats = sipp(kam.port, audio, tmp_path, calls=6, hold_ms=5000)
+        assert finish(second, second_stats, 60) == {"ok": 6, "failed": 0}, kam.log()[-3000:]
+        # The first batch: only the calls on the stopped worker fail (their BYE times out).
+        assert finish(first, first_stats, 60) == {"ok": 8 - load[victim], "failed": load[victim]}
+    finally:
+        os.kill(pid, signal.SIGKILL)
+
+    survivors = 8 - load[victim] + 6
+    calls = bridge.wait_ended(survivors, timeout=60)
+    new = {cid: events for cid, events in calls.items() if cid not in before}
+    assert len(new) == 6 and all(worker_of(events) != victim for events in new.values())
+    log = kam.log()
+    for cid in new:
+        assert f"dispatch {cid} to {victim_uri}" not in log
+    for cid, events in calls.items():
+        if worker_of(events) == victim:
+            continue
+        ended = events[-1]
+        assert ended["kind"] == "call.ended", (cid, events)
+        assert ended["data"]["reason"] == "remote_bye"  # sipp's BYE reached the worker by the route set
+        assert ended["data"]["transcript"] is not None and ended["data"]["gaps"] == []
+    assert len([c for c in calls.values() if worker_of(c) != victim]) == survivors
+
+
+def test_an_unanswering_worker_fails_over_within_the_timer(
+    standin_vad: Standin, make_bridge: Any, kamailio: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    """Probing is slowed to once an hour, so only the INVITE's own timeout can find the dead worker."""
+    bridge = make_bridge(standin_vad.url, workers=1)
+    dead = free_port_block(1)  # nothing listens there
+    text = dispatcher_list(load_config(bridge.config_path))
+    text += f"1 sip:127.0.0.1:{dead} 0 0 duid=dead;maxload=4\n"
+    kam = kamailio(text, ping_interval=3600)
+    audio = speech(COUNT, speech_dir, "count")
+    started = time.monotonic()
+    proc, stats = sipp(kam.port, audio, tmp_path, calls=2, hold_ms=3000)
+    assert finish(proc, stats, 60) == {"ok": 2, "failed": 0}, kam.log()[-3000:]
+    assert time.monotonic() - started < 3 + 2 + 5  # hold + fr_timer + slack
+    log = kam.log()
+    assert f"sip:127.0.0.1:{dead} did not answer; marked inactive" in log
+    assert f"to sip:127.0.0.1:{bridge.sip_port} after 408" in log
+    calls = bridge.wait_ended(2)
+    assert all(events[-1]["data"]["reason"] == "remote_bye" for events in calls.values())
