@@ -20,6 +20,7 @@ from typing import Any
 
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventKind, EventSink
+from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics, EngineMetrics
 from bridge.vblaze.client import EngineStream
@@ -40,6 +41,7 @@ class CallPipeline:
         worker: int,
         call_metrics: CallMetrics,
         engine_metrics: EngineMetrics,
+        ledger: CallLedger,
     ) -> None:
         self.info = started
         self.call_id = started.call_id or f"key-{started.key}"
@@ -57,6 +59,8 @@ class CallPipeline:
         self._silence = bytes(self._frame_bytes)
         self._audio_seconds = 0.0
         self._metrics = call_metrics
+        self._ledger = ledger
+        self._entry = LedgerEntry(self.call_id, 0, self._answered_wall)
         self._engine_metrics = engine_metrics
         self.log = call_logger(logger, self.call_id)
         self.stream = EngineStream(
@@ -154,6 +158,8 @@ class CallPipeline:
 
     def _on_utterance(self, utt: Utterance) -> None:
         self._utterances += 1
+        self._entry.utterances = self._utterances
+        self._entry.last_end = max(self._entry.last_end, utt.end)
         latency: dict[str, float] = {}
         if self._first_frame_mono is not None:
             speech_end = self._first_frame_mono + utt.end
@@ -179,3 +185,8 @@ class CallPipeline:
         event = BridgeEvent(kind=kind, call_id=self.call_id, seq=self._seq, time=time.time(), data=data)
         self._seq += 1
         self._sink.submit(event)
+        if kind == "call.ended":
+            self._ledger.forget(self.call_id)
+        else:
+            self._entry.next_seq = self._seq
+            self._ledger.update(self._entry)

@@ -161,8 +161,23 @@ class WebhookConfig(_Section):
     timeout_seconds: float = Field(DEFAULT_WEBHOOK_TIMEOUT, gt=0)  # per attempt
     backoff_initial_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(60.0, gt=0)
+    basic_auth_env: str | None = None  # environment variable holding user:password for HTTP basic auth
     spool_path: str = "var/spool.sqlite3"
     spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, ge=1024 * 1024)
+    spool_warn_fraction: float = Field(0.8, gt=0, le=1)  # warn when the spool is this full
+    claim_interval_seconds: float = Field(
+        10.0, gt=0
+    )  # how often a worker adopts spooled events of dead workers
+
+    @model_validator(mode="after")
+    def _backoff(self) -> WebhookConfig:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError("webhook.backoff_max_seconds must be >= webhook.backoff_initial_seconds")
+        return self
+
+
+class StateConfig(_Section):
+    directory: str = "var/state"  # where each worker records its calls in progress (see bridge/ledger.py)
 
 
 class MetricsConfig(_Section):
@@ -185,6 +200,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     sink: SinkConfig = SinkConfig()
     webhook: WebhookConfig = WebhookConfig()
+    state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     drain: DrainConfig = DrainConfig()

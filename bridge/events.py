@@ -33,8 +33,14 @@ class BridgeEvent:
 
 
 class EventSink(Protocol):
-    """Where a call's events go. `submit` never blocks and never drops silently."""
+    """Where a call's events go. `submit` never blocks and never drops silently.
+
+    `start` runs once before the first call (a webhook sink opens its spool there and raises if it
+    cannot); `aclose` delivers what it can within the bound.
+    """
+
+    async def start(self) -> None: ...
 
     def submit(self, event: BridgeEvent) -> None: ...
 
-    async def aclose(self, timeout: float) -> None: ...
+    async def aclose(self, timeout: float) -> None: ...  # noqa: ASYNC109 (a bound, not an await timeout)

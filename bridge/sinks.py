@@ -29,6 +29,9 @@ class JsonLinesSink:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
             self._own = True
 
+    async def start(self) -> None:
+        """Nothing to open: the file is opened in the constructor."""
+
     def submit(self, event: BridgeEvent) -> None:
         line = json.dumps(asdict(event), ensure_ascii=False, separators=(",", ":")) + "\n"
         data = line.encode()

@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 import uvloop
@@ -20,7 +21,8 @@ import uvloop
 from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
-from bridge.events import EventSink
+from bridge.events import BridgeEvent, EventSink
+from bridge.ledger import CallLedger, lost_call_ended
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
 from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
@@ -45,6 +47,7 @@ class Worker:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self.sink: EventSink = make_sink(config)
+        self.ledger = CallLedger(config.state.directory, index)
         self.call_metrics = metrics.CallMetrics()
         self.engine_metrics = metrics.EngineMetrics()
         self.worker_metrics = metrics.WorkerMetrics()
@@ -73,7 +76,7 @@ class Worker:
             self.call_metrics.invite_response(200)
             self.call_metrics.call_answered()
             call = CallPipeline(
-                event, self.cfg, self.sink, self.index, self.call_metrics, self.engine_metrics
+                event, self.cfg, self.sink, self.index, self.call_metrics, self.engine_metrics, self.ledger
             )
             self.calls[event.key] = call
             self._idle.clear()
@@ -110,12 +113,23 @@ class Worker:
 
     # --- life -----------------------------------------------------------------------------------------------
 
+    def _end_lost_calls(self) -> None:
+        """End the calls a previous worker of this index left behind when it died."""
+        now = time.time()
+        for entry in self.ledger.take_orphans():
+            logger.error("call %s was lost with the previous worker %d", entry.call_id, self.index)
+            data = lost_call_ended(entry, now)
+            self.engine_metrics.gap(data["gaps"][0]["duration"], "worker_lost")
+            self.sink.submit(BridgeEvent("call.ended", entry.call_id, entry.next_seq, now, data))
+
     def request_stop(self) -> None:
         if self._stop.is_set():
             self._force.set()
         self._stop.set()
 
     async def run(self, ready: Any = None) -> None:
+        await self.sink.start()
+        self._end_lost_calls()
         await self._loop.run_in_executor(None, self.endpoint.start)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)

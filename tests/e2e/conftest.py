@@ -139,6 +139,8 @@ def make_bridge(tmp_path: Path) -> Iterator[Any]:
             "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
             "metrics": {"port": 0},
             "drain": {"timeout_seconds": 5},
+            "state": {"directory": str(tmp_path / f"state-{len(started)}")},
+            "webhook": {"spool_path": str(tmp_path / f"spool-{len(started)}.sqlite3")},
         }
         for name, values in sections.items():
             config.setdefault(name, {}).update(values)
