@@ -154,6 +154,37 @@ def split_multipart(content_type: str, body: str, _depth: int = 0) -> list[Part]
     return parts
 
 
+def framing_issues(content_type: str, body: str) -> tuple[str, ...]:
+    """How a multipart body's framing departs from RFC 2046, for logs (empty: it does not).
+
+    "no close delimiter" matters beyond logs: pjsip 2.15 then finds no SDP in the INVITE and
+    answers it as an offerless INVITE (its own offer, sendrecv), measured with the PyPI wheel. A
+    missing boundary parameter, a `Boundary` in another case, LF-only lines and padding after a
+    delimiter it tolerates.
+    """
+    if not is_multipart(content_type):
+        return ()
+    issues: list[str] = []
+    declared = (parse_header_value(content_type).param("boundary") or "").strip()
+    lines = body.splitlines(keepends=True)
+    boundary = declared
+    if not declared:
+        issues.append("no boundary parameter")
+    elif not any(_delimiter(line, declared) for line in lines):
+        issues.append("boundary parameter not used in the body")
+        boundary = ""
+    boundary = boundary or _guess_boundary(lines) or ""
+    if not boundary:
+        return (*issues, "no delimiter line")
+    if not any(_delimiter(line, boundary) == "close" for line in lines):
+        issues.append("no close delimiter")
+    if any(line.endswith("\n") and not line.endswith("\r\n") for line in lines):
+        issues.append("LF line endings")
+    if any(_delimiter(line, boundary) and line.rstrip("\r\n") != line.rstrip() for line in lines):
+        issues.append("padding after a delimiter")
+    return tuple(issues)
+
+
 def find_part(parts: list[Part], content_type: str) -> Part | None:
     """The first part of this content type (exact, lower case), or None."""
     wanted = content_type.lower()

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sip.message import SipRequest
-from sip.multipart import find_part, is_multipart, split_multipart
+from sip.multipart import find_part, framing_issues, is_multipart, split_multipart
 from sip.sdp import AudioOffer, Offer
 
 RECORDING_NS = "urn:ietf:params:xml:ns:recording:1"
@@ -267,12 +267,22 @@ def _resolve(refs: list[str], streams: list[Stream]) -> list[str]:
 
 @dataclass(frozen=True)
 class SiprecBody:
-    """The SDP and metadata of a (possibly) SIPREC request; `problems` say what was off, for logs."""
+    """The SDP and metadata of a (possibly) SIPREC request.
+
+    `problems`: what was missing or unreadable; `framing`: how the multipart framing departs from
+    RFC 2046 (see `sip.multipart.framing_issues`). Both for logs and `call.started`.
+    """
 
     sdp: str
     metadata_xml: str | None
     metadata: Metadata | None
     problems: tuple[str, ...] = ()
+    framing: tuple[str, ...] = ()
+
+    @property
+    def offer_hidden_from_pjsip(self) -> bool:
+        """pjsip 2.15 will not find this SDP (measured: a multipart body without close delimiter)."""
+        return bool(self.sdp) and "no close delimiter" in self.framing
 
 
 def parse_body(request: SipRequest) -> SiprecBody:
@@ -301,6 +311,7 @@ def parse_body(request: SipRequest) -> SiprecBody:
         metadata_xml=meta_part.body if meta_part else None,
         metadata=metadata,
         problems=tuple(problems),
+        framing=framing_issues(content_type, request.body),
     )
 
 
