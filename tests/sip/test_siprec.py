@@ -1,0 +1,286 @@
+"""SIPREC without sockets: detection, rs-metadata in several SBC styles, streams mapped to roles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sip.message import SipRequest, parse_request
+from sip.sdp import parse_offer
+from sip.siprec import (
+    MetadataError,
+    SiprecRules,
+    answer_direction,
+    is_siprec,
+    map_streams,
+    parse_body,
+    parse_metadata,
+    requires_siprec,
+    siprec_evidence,
+)
+from tests.fixtures.siprec_caller import (
+    AGENT_AOR,
+    CALLER_AOR,
+    METADATA_STYLES,
+    metadata_xml,
+    multipart_body,
+    offer_sdp,
+    style_labels,
+)
+
+AGENTS = SiprecRules(agent_patterns=(r"^sip:2\d{3}@", r"\b2\d{3}\b"))
+
+
+def request(
+    style: str | None = "rfc",
+    *,
+    labels: tuple[str | None, ...] | None = None,
+    direction: str = "sendonly",
+    headers: str = "Supported: siprec\r\n",
+    contact: str = "<sip:src@10.0.0.1>;+sip.src",
+    close: bool = True,
+    meta: str | None = None,
+) -> SipRequest:
+    own = style_labels(style or "rfc")
+    labels = labels if labels is not None else own
+    sdp = offer_sdp([4000 + 2 * i for i in range(len(labels))], list(labels), direction)
+    metadata = meta if meta is not None else (metadata_xml(style, own) if style else None)
+    ctype, body = multipart_body(sdp, metadata, style or "rfc", close)
+    return parse_request(
+        "INVITE sip:srs@127.0.0.1:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bK1\r\nFrom: <sip:src@10.0.0.1>;tag=1\r\n"
+        f"To: <sip:srs@127.0.0.1>\r\nCall-ID: x@y\r\nCSeq: 1 INVITE\r\nContact: {contact}\r\n{headers}"
+        f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+    )
+
+
+def roles(req: SipRequest, rules: SiprecRules = AGENTS) -> list[tuple[str | None, str, int]]:
+    parsed = parse_body(req)
+    return [
+        (r.label, r.role, r.channel) for r in map_streams(parse_offer(parsed.sdp), parsed.metadata, rules)
+    ]
+
+
+# --- detection -------------------------------------------------------------------------------------
+
+
+def test_evidence_of_siprec() -> None:
+    assert siprec_evidence(request(headers="Require: siprec\r\n")) == (
+        "Require: siprec",
+        "multipart body with rs-metadata",
+        "Contact +sip.src",
+    )
+    assert siprec_evidence(request(None, headers="Supported: timer, SIPREC\r\n", contact="<sip:a@b>")) == (
+        "Supported: siprec",
+    )
+    assert requires_siprec(request(headers="Require: timer,siprec\r\n"))
+    assert not requires_siprec(request())
+
+
+def test_plain_call_is_not_siprec() -> None:
+    plain = parse_request(
+        "INVITE sip:svc@h SIP/2.0\r\nContact: <sip:a@b;transport=udp>\r\nSupported: timer, 100rel\r\n"
+        "Content-Type: application/sdp\r\n\r\n" + offer_sdp([4000], [None], "sendrecv")
+    )
+    assert not is_siprec(plain)
+    body = parse_body(plain)
+    assert body.metadata is None and body.problems == () and body.sdp.startswith("v=0")
+    (only,) = map_streams(parse_offer(body.sdp), None, AGENTS)
+    assert (only.role, only.channel) == ("mixed", 0)
+
+
+# --- metadata in SBC styles ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["rfc", "cisco", "oracle", "avaya"])
+def test_metadata_styles_name_who_sends_what(style: str) -> None:
+    meta = parse_metadata(metadata_xml(style))
+    assert len(meta.participants) == 2  # vendor elements named <participant> are not counted
+    l0, l1 = style_labels(style)
+    for label, who in ((l0, CALLER_AOR), (l1, AGENT_AOR)):
+        stream = meta.stream_for_label(label)
+        assert stream is not None
+        (sender,) = meta.senders(stream.stream_id)
+        assert who in (sender.aor, sender.name)
+
+
+def test_rfc_metadata_ids() -> None:
+    meta = parse_metadata(METADATA_STYLES["rfc"].format(l0="1", l1="2", caller="sip:a@x", agent="sip:b@x"))
+    assert meta.datamode == "complete"
+    assert meta.group_id == "7+OTCyoxTmqmqyA/1weDAg=="
+    assert meta.session_ids == ("hVpd7YQgRW2nD22h7q60JQ==",)
+    assert meta.sip_session_ids[0].startswith("ab30317f")
+    assert meta.participants[0].name == "Customer"
+    assert meta.participants[0].recv == ("i1Pz3to5hGk8fuXl+PbwCw==",)
+
+
+def test_metaswitch_single_stream_has_two_senders() -> None:
+    meta = parse_metadata(metadata_xml("metaswitch"))
+    stream = meta.stream_for_label("1")
+    assert stream is not None
+    assert [p.aor for p in meta.senders(stream.stream_id)] == [CALLER_AOR, AGENT_AOR]
+
+
+def test_metadata_missing_pieces_and_bytes() -> None:
+    meta = parse_metadata(b"<recording xmlns='urn:ietf:params:xml:ns:recording:1'><participant/></recording>")
+    assert meta.participants[0].participant_id == "#0"
+    assert meta.participants[0].aor is None and meta.streams == ()
+    wrapped = parse_metadata(
+        "<envelope><x:recording xmlns:x='urn:ietf:params:xml:ns:recording:1'/></envelope>"
+    )
+    assert wrapped.participants == ()
+
+
+@pytest.mark.parametrize(
+    ("xml", "message"),
+    [
+        ('<!DOCTYPE r [<!ENTITY a "aaaa">]><recording>&a;</recording>', "DTD"),
+        ("<recording><participant></recording>", "well-formed"),
+        ("<other/>", "not <recording>"),
+        ("<recording>" + "x" * 300_000 + "</recording>", "bytes"),
+    ],
+)
+def test_metadata_refused(xml: str, message: str) -> None:
+    with pytest.raises(MetadataError, match=message):
+        parse_metadata(xml)
+
+
+def test_bad_metadata_still_gives_the_sdp() -> None:
+    body = parse_body(request(meta="<recording><oops></recording>"))
+    assert body.metadata is None
+    assert body.sdp.startswith("v=0")
+    assert any("well-formed" in p for p in body.problems)
+
+
+def test_framing_quirks_reported() -> None:
+    oracle = parse_body(request("oracle"))
+    assert oracle.metadata is not None and oracle.sdp.startswith("v=0")
+    assert "LF line endings" in oracle.framing and "padding after a delimiter" in oracle.framing
+    assert not oracle.offer_hidden_from_pjsip
+    unclosed = parse_body(request("cisco", close=False))
+    assert unclosed.metadata is not None
+    assert unclosed.offer_hidden_from_pjsip
+
+
+# --- roles -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["rfc", "cisco", "oracle", "avaya"])
+def test_metadata_and_agent_pattern_decide(style: str) -> None:
+    l0, l1 = style_labels(style)
+    assert roles(request(style)) == [(l0, "caller", 0), (l1, "agent", 1)]
+    # the agent's stream first in the SDP: metadata still puts each on the right channel
+    assert roles(request(style, labels=(l1, l0))) == [(l1, "agent", 1), (l0, "caller", 0)]
+
+
+def test_reason_names_participant_and_rule() -> None:
+    parsed = parse_body(request("rfc"))
+    caller, agent = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert agent.reason == (
+        f"metadata: participant Agent 2001 <{AGENT_AOR}> sends stream label '2'; "
+        "agent by rule 'agent_patterns' ('^sip:2\\\\d{3}@')"
+    )
+    assert caller.reason.startswith(f"metadata: participant Customer <{CALLER_AOR}> sends stream label '1'")
+    assert caller.reason.endswith("caller because the other stream is the agent")
+    assert caller.participant is not None and caller.participant.aor == CALLER_AOR
+    assert caller.stream_id == "UAAMm5GRQKSCMVvLyl4rFw=="
+    json.dumps([caller.as_dict(), agent.as_dict()])
+
+
+def test_caller_pattern_alone_decides() -> None:
+    rules = SiprecRules(caller_patterns=(r"^sip:\+1555",))
+    assert roles(request("cisco", labels=("2", "1")), rules) == [("2", "agent", 1), ("1", "caller", 0)]
+
+
+def test_no_patterns_falls_back_to_label_then_mline() -> None:
+    by_label = SiprecRules(agent_labels=("1",))
+    assert roles(request("rfc"), by_label) == [("1", "agent", 1), ("2", "caller", 0)]
+    parsed = parse_body(request("rfc", labels=("2", "1")))
+    first, _ = map_streams(parse_offer(parsed.sdp), parsed.metadata, SiprecRules())
+    assert (first.role, first.channel) == ("caller", 0)  # wrong speaker, but the reason says why
+    assert first.reason == (
+        "mline: stream label '2' is audio m-line 0; caller by m-line order (not decided by "
+        "metadata: no agent_patterns or caller_patterns configured; label: no agent_labels or "
+        "caller_labels configured)"
+    )
+    assert first.participant is not None and first.participant.aor == AGENT_AOR  # still named
+
+
+def test_missing_labels_fall_back_to_mline_order() -> None:
+    parsed = parse_body(request("rfc", labels=(None, None)))
+    first, second = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert (first.role, second.role) == ("caller", "agent")
+    assert "m-line 0 (no label) not in metadata" in first.reason
+    assert first.reason.startswith("mline: m-line 0 (no label) is audio m-line 0; caller by m-line order")
+    swapped = SiprecRules(mline_order=("agent", "caller"))
+    assert roles(request("rfc", labels=(None, None)), swapped) == [(None, "agent", 1), (None, "caller", 0)]
+
+
+def test_one_labelled_stream_is_enough() -> None:
+    # the second m-line carries a label the metadata does not know: the first decides both
+    assert roles(request("rfc", labels=("2", "zzz"))) == [("2", "agent", 1), ("zzz", "caller", 0)]
+
+
+def test_conflict_does_not_decide() -> None:
+    everyone = SiprecRules(agent_patterns=(r"^sip:",))
+    parsed = parse_body(request("rfc"))
+    first, _ = map_streams(parse_offer(parsed.sdp), parsed.metadata, everyone)
+    assert first.role == "caller"
+    assert "metadata: every stream matched agent" in first.reason
+
+
+def test_undecided_without_mline_strategy() -> None:
+    rules = SiprecRules(order=("metadata",))
+    result = roles(request("rfc"), rules)
+    assert result == [("1", "unknown", 0), ("2", "unknown", 1)]
+
+
+def test_single_mixed_stream() -> None:
+    parsed = parse_body(request("metaswitch", labels=("1",)))
+    (mixed,) = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert (mixed.role, mixed.channel, mixed.label) == ("mixed", 0, "1")
+    assert [p.aor for p in mixed.participants] == [CALLER_AOR, AGENT_AOR]
+    assert mixed.reason.startswith("single audio stream: mixed recording on channel 0; metadata: sent by")
+
+
+def test_hold_keeps_the_mapping() -> None:
+    parsed = parse_body(request("rfc", direction="inactive"))
+    result = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert [(r.role, r.direction) for r in result] == [("caller", "inactive"), ("agent", "inactive")]
+    assert [answer_direction(d) for d in ("sendonly", "sendrecv", "inactive", "recvonly")] == [
+        "recvonly",
+        "recvonly",
+        "inactive",
+        "inactive",
+    ]
+
+
+def test_reinvite_with_new_metadata_after_transfer() -> None:
+    # the call moves to agent 2002, and the SRC now sends the agent's stream first
+    meta = metadata_xml("cisco", agent="sip:2002@pbx.callcentre.example")
+    parsed = parse_body(request("cisco", labels=("2", "1"), meta=meta))
+    agent, caller = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert (agent.role, agent.channel) == ("agent", 1)
+    assert agent.participant is not None and agent.participant.aor == "sip:2002@pbx.callcentre.example"
+    assert caller.role == "caller"
+
+
+def test_three_streams() -> None:
+    offer = parse_offer(offer_sdp([4000, 4002, 4004], ["1", "2", "3"]))
+    result = map_streams(offer, None, SiprecRules())
+    assert [(r.role, r.channel) for r in result] == [("caller", 0), ("agent", 1), ("unknown", 2)]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"order": ("metadata", "guess")}, "siprec.order"),
+        ({"order": ()}, "siprec.order"),
+        ({"agent_patterns": ("(",)}, "siprec.agent_patterns"),
+        ({"mline_order": ("caller", "caller")}, "siprec.mline_order"),
+    ],
+)
+def test_rules_checked(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        SiprecRules(**kwargs)  # type: ignore[arg-type]
