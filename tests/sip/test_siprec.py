@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
+import struct
+import threading
+import time
 
 import pytest
 
@@ -26,6 +31,7 @@ from tests.fixtures.siprec_caller import (
     metadata_xml,
     multipart_body,
     offer_sdp,
+    run_siprec_call,
     style_labels,
 )
 
@@ -284,3 +290,75 @@ def test_three_streams() -> None:
 def test_rules_checked(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         SiprecRules(**kwargs)  # type: ignore[arg-type]
+
+
+# --- the test SRC itself, against a scripted recorder on 127.0.0.1 --------------------------------
+
+
+def test_siprec_caller_sends_two_paced_streams() -> None:
+    sip = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rtp = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2)]
+    for sock in (sip, *rtp):
+        sock.bind(("127.0.0.1", 0))
+    seen: dict[str, list[str]] = {"methods": [], "invite": []}
+    packets: list[list[tuple[float, int, int, int, bytes]]] = [[], []]
+    stop = threading.Event()
+
+    def srs() -> None:
+        answer = offer_sdp([s.getsockname()[1] for s in rtp], [None, None], "recvonly")
+        while not stop.is_set():
+            ready, _, _ = select.select([sip, *rtp], [], [], 0.05)
+            for index, sock in enumerate(rtp):
+                if sock in ready:
+                    data = sock.recv(2048)
+                    _, _, seq, ts, ssrc = struct.unpack("!BBHII", data[:12])
+                    packets[index].append((time.monotonic(), seq, ts, ssrc, data[12:]))
+            if sip not in ready:
+                continue
+            data, peer = sip.recvfrom(65535)
+            text = data.decode()
+            method = text.split(" ", 1)[0]
+            seen["methods"].append(method)
+            if method == "ACK":
+                continue
+            if method == "INVITE":
+                seen["invite"].append(text)
+            head = "\r\n".join(
+                line
+                for line in text.split("\r\n\r\n", 1)[0].split("\r\n")[1:]
+                if line.split(":", 1)[0].lower() in ("via", "from", "call-id", "cseq")
+            )
+            to = next(line for line in text.split("\r\n") if line.lower().startswith("to:"))
+            body = answer if method == "INVITE" else ""
+            reply = (
+                f"SIP/2.0 200 OK\r\n{head}\r\n{to};tag=srs\r\nContact: <sip:srs@127.0.0.1>\r\n"
+                f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}"
+            )
+            sip.sendto(reply.encode(), peer)
+
+    thread = threading.Thread(target=srs, daemon=True)
+    thread.start()
+    try:
+        started = time.monotonic()
+        result = run_siprec_call(
+            sip.getsockname()[1], b"\x01" * 8000, b"\x02" * 4000, lead_silence=0.1, tail_silence=0.1
+        )
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(5)
+        for sock in (sip, *rtp):
+            sock.close()
+    assert (result.status, result.bye_status) == (200, 200)
+    assert seen["methods"] == ["INVITE", "ACK", "BYE"]
+    assert "Content-Type: multipart/mixed" in seen["invite"][0]
+    assert result.packets == (61, 61)  # 0.1 s + 1 s of the longer file + 20 ms + 0.1 s
+    assert 1.1 < elapsed < 2.0  # paced in real time
+    caller, agent = packets
+    assert len(caller) == len(agent) == 61
+    assert caller[0][3] != agent[0][3]  # own SSRC
+    for stream in (caller, agent):
+        assert [(p[1] - stream[0][1]) % 65536 for p in stream] == list(range(61))
+        assert [(p[2] - stream[0][2]) % 2**32 for p in stream] == [160 * i for i in range(61)]
+    assert caller[10][4] == b"\x01" * 160 and agent[10][4] == b"\x02" * 160
+    assert agent[40][4] == b"\xff" * 160  # the shorter file is padded with silence
