@@ -57,9 +57,10 @@ def sipp_scenario(
     text = text.replace("@BEFORE_AUDIO@", before_audio).replace("@AFTER_AUDIO@", after_audio)
     text = text.replace("@AUDIO@", str(audio)).replace("@PT@", str(pt))
     text = text.replace("@CODEC@", "PCMU" if pt == 0 else "PCMA").replace("@HOLD_MS@", str(hold_ms))
-    path = directory / f"uac_{audio.stem}_{hold_ms}_{abs(hash((before_audio, after_audio))) % 10**8}.xml"
-    path.write_text(text)
-    return path
+    fd, name = tempfile.mkstemp(prefix=f"uac_{audio.stem}_", suffix=".xml", dir=directory)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    return Path(name)
 
 
 def start_standin(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:

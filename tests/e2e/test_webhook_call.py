@@ -80,4 +80,4 @@ def test_sipp_call_reaches_the_webhook_signed_ordered_and_valid(
     kinds = [env["type"] for env in receiver.processed]
     assert kinds[0] == "call.started" and kinds[-1] == "call.ended"
     text = " ".join(env["data"]["text"] for env in receiver.processed if env["type"] == "utterance")
-    assert len(words_of(text) & WORDS) >= 0.7 * len(WORDS), text
+    assert len(words_of(text) & WORDS) >= 0.6 * len(WORDS), text

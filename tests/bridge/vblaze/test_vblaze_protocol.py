@@ -6,6 +6,7 @@ import json
 import struct
 
 import pytest
+from pydantic import ValidationError
 
 from bridge.config import AudioConfig, EngineConfig
 from bridge.errors import ConfigError, EngineProtocolError
@@ -73,8 +74,10 @@ def test_headers_wave_datahdr_and_tag_values() -> None:
 
 
 def test_headers_refuse_bridge_tags() -> None:
-    engine = EngineConfig(tags={"Output": "text"})
-    with pytest.raises(ConfigError, match=r"engine\.tags\.output"):
+    with pytest.raises(ValidationError, match="output set by the bridge"):
+        EngineConfig(tags={"Output": "text"})  # the config refuses it first ...
+    engine = EngineConfig.model_construct(tags={"Output": "text"})
+    with pytest.raises(ConfigError, match=r"engine\.tags\.output"):  # ... and the protocol again
         request_headers(engine, AUDIO, "x")
 
 
