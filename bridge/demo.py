@@ -22,9 +22,11 @@ from typing import Any
 import yaml
 
 DEFAULT_TEXT = (
-    "Thank you for calling the support line. My order number is four two seven. "
-    "The parcel never arrived, and I would like a refund please."
+    "Hello, I am calling about my order. | "
+    "The parcel never arrived at my house. | "
+    "Could you please send me a new one today?"
 )
+PAUSE_SECONDS = 1.2  # silence between the "|"-separated sentences, so each becomes an utterance
 SIPP_SCENARIO = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "sipp" / "uac_speech.xml"
 READY_TIMEOUT = 60.0
 CALL_TIMEOUT = 120.0
@@ -38,12 +40,30 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def speech_file(text: str, directory: Path, encoding: str = "u-law") -> Path:
-    """Speak `text` with espeak-ng and convert it to headerless 8 kHz G.711 for sipp's rtp_stream."""
-    wav = directory / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), text], check=True)
+    """Speak `text` with espeak-ng and convert it to headerless 8 kHz G.711 for sipp's rtp_stream.
+
+    Sentences separated by "|" are spoken apart, with PAUSE_SECONDS of silence between them.
+    """
+    parts = []
+    for index, sentence in enumerate(p.strip() for p in text.split("|") if p.strip()):
+        wav = directory / f"speech-{index}.wav"
+        subprocess.run(["espeak-ng", "-v", "en-us", "-s", "150", "-w", str(wav), sentence], check=True)
+        parts.append(str(wav))
+    joined = directory / "speech.wav"
+    if len(parts) == 1:
+        os.replace(parts[0], joined)
+    else:
+        pad = ["pad", "0", str(PAUSE_SECONDS)]
+        # Each sentence padded with silence at its end, then all concatenated.
+        padded = []
+        for part in parts:
+            out = part.replace(".wav", "-pad.wav")
+            subprocess.run(["sox", part, out, *pad], check=True)
+            padded.append(out)
+        subprocess.run(["sox", *padded, str(joined)], check=True)
     out = directory / ("speech.ul" if encoding == "u-law" else "speech.al")
     subprocess.run(
-        ["sox", str(wav), "-r", "8000", "-c", "1", "-t", "ul" if encoding == "u-law" else "al", str(out)],
+        ["sox", str(joined), "-r", "8000", "-c", "1", "-t", "ul" if encoding == "u-law" else "al", str(out)],
         check=True,
     )
     return out
@@ -87,7 +107,9 @@ def _print_event(event: dict[str, Any]) -> None:
     kind = event["kind"]
     data = event["data"]
     if kind == "utterance":
-        print(f"  [{data['start']:6.2f}-{data['end']:6.2f}] {data['text']}", flush=True)
+        late = data.get("latency", {}).get("speech_end_to_utterance_seconds")
+        after = f"  (+{late:.2f} s after the words were spoken)" if late is not None else ""
+        print(f"  [{data['start']:6.2f}-{data['end']:6.2f} s] {data['text']}{after}", flush=True)
     elif kind == "call.started":
         print(f"call started: {data['from']} -> {data['to']}", flush=True)
     elif kind == "call.ended":
@@ -119,6 +141,7 @@ def run_demo(text: str | None) -> int:
                 "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
                 "metrics": {"port": 0},
                 "logging": {"level": "WARNING"},
+                "state": {"directory": str(work / "state")},
             }
             config_path = work / "config.yaml"
             config_path.write_text(yaml.safe_dump(config))

@@ -1,10 +1,11 @@
 """Each worker's record of its calls in progress, so that a worker that dies still ends its calls.
 
-The worker rewrites a small JSON file (`<state.directory>/worker-<index>.calls.json`) after each
+The worker rewrites a small JSON file (`<state.directory>/worker-<sip port>.calls.json`) after each
 event a call emits: call id, the next `seq`, when the call started, its utterance count and where its
 last utterance ended. A replacement worker of the same index reads the file at start and emits
 `call.ended` with reason `worker_lost` for every call listed, numbered after the last event the
-receiver got, with the audio after the last utterance reported as a gap. The file is replaced
+receiver got, with the audio after the last utterance reported as a gap. The file is named after the
+worker's SIP port, which no two bridges on one host can share. The file is replaced
 atomically (write, then rename), which survives SIGKILL; it is not fsynced, so a power loss may lose it.
 """
 
@@ -31,8 +32,8 @@ class LedgerEntry:
 
 
 class CallLedger:
-    def __init__(self, directory: str | Path, worker: int) -> None:
-        self.path = Path(directory) / f"worker-{worker}.calls.json"
+    def __init__(self, directory: str | Path, sip_port: int) -> None:
+        self.path = Path(directory) / f"worker-{sip_port}.calls.json"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._entries: dict[str, LedgerEntry] = {}
 

@@ -47,7 +47,7 @@ class Worker:
         self._idle.set()
         self._loop = asyncio.get_running_loop()
         self.sink: EventSink = make_sink(config)
-        self.ledger = CallLedger(config.state.directory, index)
+        self.ledger = CallLedger(config.state.directory, self.port)
         self.call_metrics = metrics.CallMetrics()
         self.engine_metrics = metrics.EngineMetrics()
         self.worker_metrics = metrics.WorkerMetrics()
