@@ -57,9 +57,9 @@ def speech_file(text: str, directory: Path, encoding: str = "u-law") -> Path:
         # Each sentence padded with silence at its end, then all concatenated.
         padded = []
         for part in parts:
-            out = part.replace(".wav", "-pad.wav")
-            subprocess.run(["sox", part, out, *pad], check=True)
-            padded.append(out)
+            padded_part = part.replace(".wav", "-pad.wav")
+            subprocess.run(["sox", part, padded_part, *pad], check=True)
+            padded.append(padded_part)
         subprocess.run(["sox", *padded, str(joined)], check=True)
     out = directory / ("speech.ul" if encoding == "u-law" else "speech.al")
     subprocess.run(
