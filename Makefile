@@ -45,3 +45,27 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info var
+
+# Kamailio on one SIP address (KAMAILIO_LISTEN) in front of the bridge, started next to it with a
+# dispatcher list generated from CONFIG (deploy/kamailio/, docs/kamailio.md). Ctrl-C stops both.
+CONFIG ?= config.yaml
+KAMAILIO_LISTEN ?= udp:127.0.0.1:5060
+KAMAILIO_DIR ?= var/kamailio
+HOSTS_EXTRA ?=
+.PHONY: kamailio bench-load
+kamailio: setup
+	@mkdir -p $(KAMAILIO_DIR)
+	$(BIN)/vblaze-bridge dispatcher-list --config $(CONFIG) $(HOSTS_EXTRA) > $(KAMAILIO_DIR)/dispatcher.list
+	@cat $(KAMAILIO_DIR)/dispatcher.list
+	$(BIN)/vblaze-bridge run --config $(CONFIG) & bridge=$$!; \
+	trap 'kill -TERM $$bridge 2>/dev/null; wait $$bridge' EXIT; \
+	kamailio -f deploy/kamailio/kamailio.cfg -DD -E -m 64 -M 8 \
+	  -w $(abspath $(KAMAILIO_DIR)) -Y $(abspath $(KAMAILIO_DIR)) -A LISTEN=$(KAMAILIO_LISTEN) \
+	  -A 'DS_LIST="$(abspath $(KAMAILIO_DIR))/dispatcher.list"' \
+	  -A 'CTL_SOCKET="unix:$(abspath $(KAMAILIO_DIR))/kamailio_ctl"'
+
+# Load benchmark: K calls through Kamailio into the bridge, then into a bare pjsua2 pool (the floor).
+# BENCH_ARGS="--calls 40 --seconds 30" for a smaller run; the default is 200 calls x 30 s.
+BENCH_ARGS ?=
+bench-load: setup
+	$(BIN)/python bench/load.py $(BENCH_ARGS)

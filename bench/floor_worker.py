@@ -7,6 +7,11 @@ stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seco
 (expected: whole frames in the time from media up to hang-up, call by call).
 
     python bench/floor_worker.py --config CONFIG --index I --out floor-I.json
+    python bench/floor_worker.py --config CONFIG --fork --out floor-{index}.json
+
+`--fork` starts every worker of the config from this one process with os.fork(), after pjsua2 and the
+bridge's modules are imported (and before any pjsua2 object exists): the fork-server lever, measured
+against one fresh interpreter per worker.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ class Counts:
         self._media_at: dict[int, float] = {}
         self._lock = threading.Lock()
 
-    def audio(self, key: int, pcm: bytes | None, arrival: float) -> None:
+    def audio(self, key: int, *rest: object) -> None:
+        """sip.media.AudioDeliver (its arguments after the call's key are not looked at)."""
         self.frames += 1  # only pjmedia's clock thread calls this
 
     def event(self, event: SipEvent) -> None:
@@ -53,16 +59,47 @@ class Counts:
                     self.expected_frames += int(seconds / self.frame_seconds)
 
 
+def fork_all(config_path: Path, out: str) -> None:
+    """Fork one child per worker of the config; pass SIGTERM on and wait for them."""
+    config = load_config(config_path)
+    children = []
+    for index in range(config.sip.workers):
+        pid = os.fork()
+        if pid == 0:
+            run(config_path, index, Path(out.format(index=index)))
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for child in children:
+        os.waitpid(child, 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--index", type=int, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--index", type=int, default=0)
+    parser.add_argument("--fork", action="store_true", help="run every worker, forked from this process")
+    parser.add_argument("--out", required=True, help="JSON file; with --fork, {index} is the worker's")
     args = parser.parse_args()
-    config = load_config(args.config)
+    if args.fork:
+        fork_all(args.config, args.out)
+    else:
+        run(args.config, args.index, Path(args.out))
+
+
+def run(config_path: Path, index: int, out: Path) -> None:
+    config = load_config(config_path)
     counts = Counts(config.audio.port_frame_ms / 1000)
-    port = config.sip.first_port + args.index
-    rtp_port = config.sip.rtp_first_port + args.index * RTP_PORTS_PER_WORKER
+    port = config.sip.first_port + index
+    rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
     endpoint = SipEndpoint(config, port, rtp_port, counts.event, counts.audio)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -71,7 +108,7 @@ def main() -> None:
     while not stop.wait(1.0):
         pass
     endpoint.stop()
-    args.out.write_text(
+    out.write_text(
         json.dumps(
             {
                 "frames": counts.frames,

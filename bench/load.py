@@ -358,9 +358,10 @@ def pool_config(
 
 
 def start_pool(
-    kind: str, config_path: Path, config: dict[str, Any], workdir: Path
+    kind: str, config_path: Path, config: dict[str, Any], workdir: Path, fork: bool = False
 ) -> list[subprocess.Popen[bytes]]:
-    """The bridge (one supervisor) or the floor (one bare process per worker), waited until up."""
+    """The bridge (one supervisor), or the floor (one bare process per worker, or with `fork` one
+    parent that forks them all), waited until every worker answers SIP."""
     log = (workdir / f"{kind}.log").open("ab")
     workers = config["sip"]["workers"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -374,6 +375,10 @@ def start_pool(
                 start_new_session=True,
             )
         )
+    elif fork:
+        floor = [sys.executable, str(ROOT / "bench" / "floor_worker.py"), "--config", str(config_path)]
+        floor += ["--fork", "--out", str(workdir / "floor-{index}.json")]
+        procs.append(subprocess.Popen(floor, stdout=log, stderr=log, cwd=ROOT, start_new_session=True))
     else:
         for index in range(workers):
             procs.append(
@@ -400,10 +405,12 @@ def start_pool(
     return procs
 
 
-def pool_pids(kind: str, procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
-    if kind == "bridge":
-        return [procs[0].pid, *children_of(procs[0].pid)]
-    return [p.pid for p in procs]
+def pool_pids(procs: Sequence[subprocess.Popen[bytes]]) -> list[int]:
+    """Every process started and its children (the bridge's workers, the forked floor's)."""
+    out: list[int] = []
+    for proc in procs:
+        out += [proc.pid, *children_of(proc.pid)]
+    return out
 
 
 def stop_pool(procs: Sequence[subprocess.Popen[bytes]], timeout: float = 90.0) -> None:
@@ -431,7 +438,10 @@ def run_phase(
     config_path, config = pool_config(workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms)
     print(f"[{kind}] starting {config['sip']['workers']} workers...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    procs = start_pool(kind, config_path, config, workdir)
+    fork = kind == "floor" and args.floor_fork
+    if fork:
+        phase.notes.append("workers forked from one parent that had imported pjsua2 and the bridge")
+    procs = start_pool(kind, config_path, config, workdir, fork=fork)
     print(f"[{kind}] pool up in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
     kam: Kamailio | None = None
     sipp: subprocess.Popen[bytes] | None = None
@@ -439,12 +449,14 @@ def run_phase(
         kam = start_kamailio(dispatcher_list(parse_config(config, kind)), workdir / f"kamailio-{kind}")
         kam.wait_destinations(config["sip"]["workers"])
         scenario = proxied_scenario_file(audio, workdir, args.seconds * 1000, loop=True)
+        if args.sendonly:  # the answer becomes recvonly: the pool sends no RTP back
+            scenario.write_text(scenario.read_text().replace("a=sendrecv", "a=sendonly"))
         stats = workdir / f"{kind}-sipp.csv"
         cmd = sipp_command(
             scenario, kam.port, stats, calls=args.calls, concurrent=args.calls, rate=args.rate,
             local_port=free_port(socket.SOCK_DGRAM), media_port=free_port_block_media(args.calls),
         )  # fmt: skip
-        pids = pool_pids(kind, procs)
+        pids = pool_pids(procs)
         phase.processes = len(pids)
         with (workdir / f"{kind}-sipp.log").open("ab") as sipp_log:
             sipp = subprocess.Popen(
@@ -458,13 +470,16 @@ def run_phase(
             phase.notes.append("calls too short for a steady phase: CPU is over the whole run")
             start_at, end_at = time.monotonic() + 1.0, time.monotonic() + args.seconds + ramp
         time.sleep(max(0.0, start_at - time.monotonic()))
-        c0, w0 = cpu_ticks(pids), time.monotonic()
+        c0, top0, w0 = cpu_ticks(pids), cpu_ticks(pids[:1]), time.monotonic()
         pss_samples = []
         while time.monotonic() < end_at:
             pss_samples.append(pss_bytes(pids))
             time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
         c1, w1 = cpu_ticks(pids), time.monotonic()
         phase.cpu_cores = (c1 - c0) / CLK_TCK / (w1 - w0)
+        if kind == "bridge":
+            top = (cpu_ticks(pids[:1]) - top0) / CLK_TCK / (w1 - w0)
+            phase.notes.append(f"the supervisor alone: {top:.3f} cores of {phase.cpu_cores:.3f}")
         phase.cpu_window = w1 - w0
         phase.pss = max(pss_samples) if pss_samples else 0
         sipp.wait(timeout=args.seconds + ramp + 120)
@@ -536,73 +551,65 @@ def _s(values: list[float | None]) -> str:
     return "/".join("-" if v is None else f"{v:.2f}" for v in values)
 
 
-def table(args: argparse.Namespace, bridge: Phase, floor: Phase | None) -> str:
-    def ratio(a: float, b: float | None) -> str:
-        return f"{a / b:.2f}x" if b else "-"
-
-    rows: list[tuple[str, str, str, str]] = []
-
-    def per_stream(p: Phase) -> str:
-        return f"{p.frames / p.call_seconds:.2f}" if p.call_seconds else "-"
+def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -> str:
+    """One table: a column per phase that ran, and bridge/floor ratios where both did."""
+    mb = 1024 * 1024
 
     def lost(p: Phase) -> str:
         missing = max(0.0, p.expected_frames - p.frames)
-        return f"{missing:.0f} of {p.expected_frames:.0f}" + (
-            f" (+{p.dropped:.0f} dropped)" if p.name == "bridge" else ""
-        )
+        dropped = f" (+{p.dropped:.0f} dropped)" if p.name == "bridge" else ""
+        return f"{missing:.0f} of {p.expected_frames:.0f}{dropped}"
 
-    f = floor
-    rows.append(
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.2f}x" if bridge is not None and floor is not None and b else ""
+
+    def latency(p: Phase, hop: str, ms: bool) -> str:
+        qs, _ = p.latency.get(hop, ([None] * 3, 0))
+        return _ms(qs) if ms else _s(qs)
+
+    figures: list[tuple[str, Any, bool]] = [  # label, figure of a phase, with a ratio
+        ("calls ok / failed", lambda p: f"{p.calls_ok} / {p.calls_failed}", False),
         (
-            "calls ok / failed",
-            f"{bridge.calls_ok} / {bridge.calls_failed}",
-            f"{f.calls_ok} / {f.calls_failed}" if f else "-",
-            "",
-        )
-    )
-    rows.append(("frames/s per stream", per_stream(bridge), per_stream(f) if f else "-", ""))
-    rows.append(("frames lost", lost(bridge), lost(f) if f else "-", ""))
-    rows.append(("processes", str(bridge.processes), str(f.processes) if f else "-", ""))
-    rows.append(
+            "frames/s per stream",
+            lambda p: f"{p.frames / p.call_seconds:.2f}" if p.call_seconds else "-",
+            False,
+        ),
+        ("frames lost", lost, False),
+        ("processes", lambda p: str(p.processes), False),
+        ("CPU, cores (steady)", lambda p: f"{p.cpu_cores:.3f}", True),
+        ("CPU per call, % of a core", lambda p: f"{100 * p.cpu_cores / args.calls:.2f}", False),
+        ("PSS per call, MB", lambda p: f"{p.pss / args.calls / mb:.2f}", True),
+        ("frame->socket p50/p90/p99 ms", lambda p: latency(p, "audio_to_socket_seconds", True), False),
         (
-            "CPU, cores (steady)",
-            f"{bridge.cpu_cores:.3f}",
-            f"{f.cpu_cores:.3f}" if f else "-",
-            ratio(bridge.cpu_cores, f.cpu_cores if f else None),
-        )
-    )
-    rows.append(
-        (
-            "CPU per call, % of a core",
-            f"{100 * bridge.cpu_cores / args.calls:.2f}",
-            f"{100 * f.cpu_cores / args.calls:.2f}" if f else "-",
-            "",
-        )
-    )
-    mb = 1024 * 1024
-    rows.append(
-        (
-            "PSS per call, MB",
-            f"{bridge.pss / args.calls / mb:.2f}",
-            f"{f.pss / args.calls / mb:.2f}" if f else "-",
-            ratio(bridge.pss, f.pss if f else None),
-        )
-    )
-    qs, n = bridge.latency.get("audio_to_socket_seconds", ([None] * 3, 0))
-    rows.append((f"frame->socket p50/p90/p99 ms (n={n})", _ms(qs), "-", ""))
-    qs, n = bridge.latency.get("speech_end_to_utterance_seconds", ([None] * 3, 0))
-    rows.append((f"speech end->utterance p50/p90/p99 s (n={n})", _s(qs), "-", ""))
-    widths = [max(len(r[i]) for r in [("", "bridge", "floor", "ratio"), *rows]) for i in range(4)]
+            "speech end->utterance p50/p90/p99 s",
+            lambda p: latency(p, "speech_end_to_utterance_seconds", False),
+            False,
+        ),
+    ]
+    raw = {"CPU, cores (steady)": lambda p: p.cpu_cores, "PSS per call, MB": lambda p: float(p.pss)}
+    rows = [("", "bridge", "floor", "bridge/floor")]
+    for label, fig, with_ratio in figures:
+        cells = [
+            fig(p) if p is not None and (p.name == "bridge" or "->" not in label) else "-"
+            for p in (bridge, floor)
+        ]
+        r = ""
+        if with_ratio and bridge is not None and floor is not None:
+            r = ratio(raw[label](bridge), raw[label](floor))
+        rows.append((label, cells[0], cells[1], r))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
     head = (
         f"{args.calls} calls x {args.seconds} s, {args.rate:g} calls/s, {args.frame_ms} ms frames, "
-        f"{os.cpu_count()} cores"
+        f"{'sendonly offers, ' if args.sendonly else ''}{os.cpu_count()} cores"
     )
     lines = [head, ""]
-    for r in [("", "bridge", "floor", "bridge/floor"), *rows]:
+    for row in rows:
         lines.append(
-            "  ".join(r[i].ljust(widths[i]) if i == 0 else r[i].rjust(max(widths[i], 12)) for i in range(4))
+            "  ".join(
+                row[0].ljust(widths[0]) if i == 0 else row[i].rjust(max(widths[i], 12)) for i in range(4)
+            )
         )
-    for p in (bridge, f):
+    for p in (bridge, floor):
         if p is not None:
             lines.extend(f"note ({p.name}): {note}" for note in p.notes)
     return "\n".join(lines)
@@ -616,7 +623,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=30, help="length of each call")
     parser.add_argument("--rate", type=float, default=20.0, help="new calls per second while ramping up")
     parser.add_argument("--frame-ms", type=int, default=100, help="audio.port_frame_ms (and chunk_ms)")
-    parser.add_argument("--no-floor", action="store_true", help="skip the bare pjsua2 pool")
+    parser.add_argument(
+        "--phases", default="bridge,floor", help="which pools to run, in order (bridge, floor or both)"
+    )
+    parser.add_argument(
+        "--sendonly", action="store_true", help="callers offer a=sendonly, so workers answer recvonly"
+    )
+    parser.add_argument(
+        "--floor-fork", action="store_true", help="fork the floor's workers from one imported parent"
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
     args = parser.parse_args(argv)
@@ -629,8 +644,9 @@ def main(argv: list[str] | None = None) -> int:
     audio = speech_file(SPEECH, workdir)
     standin, url = start_standin(["--recognizer", "vad-only", "--max-streams", str(args.calls + 16)])
     try:
-        bridge = run_phase("bridge", args, workdir, audio, url)
-        floor = None if args.no_floor else run_phase("floor", args, workdir, audio, url)
+        phases = {name.strip() for name in args.phases.split(",")}
+        bridge = run_phase("bridge", args, workdir, audio, url) if "bridge" in phases else None
+        floor = run_phase("floor", args, workdir, audio, url) if "floor" in phases else None
     finally:
         standin.send_signal(signal.SIGTERM)
         try:
@@ -643,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
             json.dumps(
                 {
                     "args": vars(args) | {"json": str(args.json)},
-                    "bridge": bridge.__dict__,
+                    "bridge": bridge.__dict__ if bridge else None,
                     "floor": floor.__dict__ if floor else None,
                 },
                 indent=2,
