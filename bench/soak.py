@@ -146,15 +146,16 @@ def main() -> int:
             work,
         )
         scenario = sipp_scenario(audio, work, args.call_seconds * 1000)
-        # New calls a little faster than calls end: sipp's -l keeps each worker at CALLS_PER_WORKER.
-        period_ms = args.call_seconds * 1000 // (CALLS_PER_WORKER + 1)
+        # New calls offered every second; sipp's -l keeps each worker at CALLS_PER_WORKER, so an ended
+        # call is replaced at once. -m bounds the run: the calls that fit in --minutes.
+        total = max(1, int(args.minutes * 60 / args.call_seconds * CALLS_PER_WORKER))
         duration = args.minutes * 60
         media = free_block(2 * workers * 8, 40000, 60000)
         for index in range(workers):
             procs.append(
                 subprocess.Popen(
                     ["sipp", "-sf", str(scenario), "-l", str(CALLS_PER_WORKER),
-                     "-r", "1", "-rp", str(period_ms), "-m", str(max(1, int(duration * 1000 / period_ms))),
+                     "-r", "1", "-rp", "1000", "-m", str(total),
                      "-i", "127.0.0.1", "-p", str(free_block(1, 27000 + index * 20, 29000)),
                      "-mp", str(media + index * 16), "-s", "soak", "-nostdin",
                      "-trace_stat", "-stf", str(work / f"sipp-{index}.csv"), f"127.0.0.1:{sip_port + index}"],
