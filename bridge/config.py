@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from sip.siprec import SiprecRules
 
 DEFAULT_SIP_HOST = "127.0.0.1"
 DEFAULT_SIP_FIRST_PORT = 5080
@@ -41,6 +42,9 @@ DEFAULT_METRICS_PORT = 9400
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label", "mline")
+DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
+DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
 
 MAX_CALLS_PER_WORKER = 4
 
@@ -194,6 +198,39 @@ class DrainConfig(_Section):
     timeout_seconds: float = Field(DEFAULT_DRAIN_SECONDS, ge=0)  # calls may finish this long after SIGTERM
 
 
+class SiprecConfig(_Section):
+    """SIPREC recording sessions (see `sip.siprec`): how streams map to caller and agent, how they go out."""
+
+    accept_require: bool = True  # accept INVITEs with `Require: siprec` (pjsua answers them 420 otherwise)
+    order: tuple[Literal["metadata", "label", "mline"], ...] = (
+        DEFAULT_SIPREC_ORDER  # strategies tried in turn
+    )
+    agent_patterns: tuple[str, ...] = ()  # regexes on a participant's AOR or name that make it the agent
+    caller_patterns: tuple[str, ...] = ()  # regexes on a participant's AOR or name that make it the caller
+    agent_labels: tuple[str, ...] = ()  # a=label values of the agent's stream
+    caller_labels: tuple[str, ...] = ()  # a=label values of the caller's stream
+    mline_order: tuple[Literal["caller", "agent"], ...] = DEFAULT_SIPREC_MLINE_ORDER  # roles by m-line order
+    delivery: Literal["stereo", "streams"] = (
+        DEFAULT_SIPREC_DELIVERY  # one 2-channel engine stream, or one each
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> SiprecConfig:
+        self.rules()  # raises ValueError naming the key
+        return self
+
+    def rules(self) -> SiprecRules:
+        """The role-mapping rules of `sip.siprec` (which validates them)."""
+        return SiprecRules(
+            order=self.order,
+            agent_patterns=self.agent_patterns,
+            caller_patterns=self.caller_patterns,
+            agent_labels=self.agent_labels,
+            caller_labels=self.caller_labels,
+            mline_order=self.mline_order,
+        )
+
+
 class Config(_Section):
     sip: SipConfig = SipConfig()
     audio: AudioConfig = AudioConfig()
@@ -204,6 +241,7 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
     drain: DrainConfig = DrainConfig()
+    siprec: SiprecConfig = SiprecConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
