@@ -3,12 +3,13 @@
 `EngineStream` drives `protocol.Session` (the protocol, no I/O) and `buffer.AudioBuffer` (the call's audio,
 no I/O) over ``websockets``. One instance per call:
 
-- `run()` is the long-running task. It connects (``requestid`` = the call id), sends the buffered audio
+- `run()` is the long-running task. It connects (``requestid`` = the call id, or ``request_id`` when
+  given: a SIPREC call in ``streams`` delivery sends ``<call-id>;stream=<n>``), sends the buffered audio
   then live audio in chunks of ``audio.chunk_ms``, and hands each utterance to ``on_utterance`` on the
   loop as soon as it arrives. It returns once `finish()` is complete; cancelling it aborts the socket.
-- `push_audio(pcm, arrival)` never blocks: 16-bit little-endian mono PCM at ``audio.sample_rate`` goes
-  into the buffer; ``arrival`` is the `time.monotonic()` at which the frame reached the bridge.
-  Pushing after `finish()` raises `InvalidState`.
+- `push_audio(pcm, arrival)` never blocks: 16-bit little-endian PCM at ``audio.sample_rate`` (mono, or
+  interleaved stereo when ``channels=2``; see `protocol`) goes into the buffer; ``arrival`` is the
+  `time.monotonic()` at which the frame reached the bridge. Pushing after `finish()` raises `InvalidState`.
 - `finish()` (at hangup) flushes the audio, sends the empty frame, collects the remaining utterances, the
   separator and the final transcript, lets the engine close the socket, and returns a `StreamResult`.
   Everything it does, reconnects included, is bounded by ``engine.final_timeout_seconds``.
@@ -206,6 +207,8 @@ class EngineStream:
         logger: logging.LoggerAdapter[Any] | None = None,
         *,
         rng: random.Random | None = None,
+        channels: int = 1,
+        request_id: str | None = None,
     ) -> None:
         self._engine = engine
         self._audio = audio
@@ -215,13 +218,15 @@ class EngineStream:
         extra = dict(logger.extra) if logger is not None and logger.extra else {"call_id": call_id}
         self.log = logging.LoggerAdapter(_logger, extra)
         self._rng = rng or random.Random()
-        self._headers = request_headers(engine, audio, call_id)
-        bps = audio.sample_rate * SAMPLE_WIDTH
+        self.channels = channels
+        self._headers = request_headers(engine, audio, request_id or call_id, channels)
+        bps = audio.sample_rate * SAMPLE_WIDTH * channels
         self._buffer = AudioBuffer(
             bytes_per_second=bps,
             chunk_bytes=bps * audio.chunk_ms // 1000,
             limit_bytes=int(engine.buffer_seconds * bps),
             replay_bytes=int(engine.replay_seconds * bps),
+            sample_width=SAMPLE_WIDTH * channels,
         )
         self.stats = StreamStats()
         self.utterances: list[Utterance] = []
@@ -408,7 +413,7 @@ class EngineStream:
     # -- one stream ----------------------------------------------------------------------------------
     async def _serve(self, ws: ClientConnection) -> None:
         """Run one stream until the final after the end of audio (returns) or its loss (EngineClosed)."""
-        session = Session(self._audio, self._engine.datahdr)
+        session = Session(self._audio, self._engine.datahdr, self.channels)
         self._session = session
         sender = asyncio.create_task(self._send_loop(ws, session), name=f"vblaze-send-{self.call_id}")
         sender.add_done_callback(lambda task: _abort_if_failed(task, ws))

@@ -5,10 +5,14 @@ to write; it never touches a socket, a clock or the event loop, so every rule be
 
 Contract:
 
-- `request_headers(engine, audio, request_id)` gives the upgrade request's ``X-Voci-*`` headers: the tags
-  the bridge sets itself (``realtime=true``, ``outstream=true``, ``output=json``, ``utterance_fmt=json``,
-  the audio format, ``requestid``) followed by ``engine.tags``. A tag in ``engine.tags`` that the bridge
-  sets itself raises `ConfigError` (call it once at startup to fail early).
+- `request_headers(engine, audio, request_id, channels)` gives the upgrade request's ``X-Voci-*`` headers:
+  the tags the bridge sets itself (``realtime=true``, ``outstream=true``, ``output=json``,
+  ``utterance_fmt=json``, the audio format, ``requestid``) followed by ``engine.tags``. A tag in
+  ``engine.tags`` that the bridge sets itself raises `ConfigError` (call it once at startup to fail early).
+- Stereo (``channels=2``, a SIPREC call: channel 0 the caller, 1 the agent) is 16-bit PCM interleaved
+  sample by sample. V-Blaze documents no tag that gives the channel count of raw PCM, so a stereo
+  stream always goes with ``datahdr=WAVE``, whose header says 2 channels, whatever ``engine.datahdr``
+  says (`stream_datahdr`); the engine transcribes each channel and tags utterances ``metadata.channel``.
 - `Session.send_audio(pcm, call_position)` returns the binary frame to write. The first frame of a
   ``datahdr=WAVE`` stream starts with the streaming WAV header (`wav_stream_header`). ``call_position`` is
   where the first byte of ``pcm`` lies on the call's timeline (bytes since the call was answered); when it
@@ -44,8 +48,8 @@ from bridge.errors import BridgeError, ConfigError, EngineProtocolError
 
 logger = logging.getLogger(__name__)
 
-SAMPLE_WIDTH = 2  # bytes per sample: 16-bit signed little-endian PCM, mono
-CHANNELS = 1
+SAMPLE_WIDTH = 2  # bytes per sample: 16-bit signed little-endian PCM
+CHANNELS = 1  # mono unless a stream asks for stereo
 ENCODING = "SPCM"  # V-Blaze's name for signed linear PCM (datahdr=NONE)
 STREAMING_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a WAV header whose length is not known yet
 HEADER_PREFIX = "X-Voci-"
@@ -149,7 +153,14 @@ def tag_value(value: str | int | float | bool) -> str:
     return str(value)
 
 
-def request_headers(engine: EngineConfig, audio: AudioConfig, request_id: str) -> list[tuple[str, str]]:
+def stream_datahdr(datahdr: str, channels: int) -> str:
+    """The ``datahdr`` a stream uses: WAVE for stereo (see the module docstring), else the configured one."""
+    return "WAVE" if channels > 1 else datahdr
+
+
+def request_headers(
+    engine: EngineConfig, audio: AudioConfig, request_id: str, channels: int = CHANNELS
+) -> list[tuple[str, str]]:
     """The ``X-Voci-*`` headers of the upgrade request for one stream of one call."""
     clash = sorted({k.lower() for k in engine.tags} & set(BRIDGE_TAGS))
     if clash:
@@ -160,9 +171,9 @@ def request_headers(engine: EngineConfig, audio: AudioConfig, request_id: str) -
         ("outstream", True),
         ("output", "json"),
         ("utterance_fmt", "json"),
-        ("datahdr", engine.datahdr),
+        ("datahdr", stream_datahdr(engine.datahdr, channels)),
     ]
-    if engine.datahdr == "NONE":
+    if stream_datahdr(engine.datahdr, channels) == "NONE":
         tags += [
             ("encoding", ENCODING),
             ("samprate", audio.sample_rate),
@@ -208,9 +219,11 @@ def _number(value: Any) -> float | None:
 class Session:
     """One stream (one WebSocket) of one call. See the module docstring for the contract."""
 
-    def __init__(self, audio: AudioConfig, datahdr: str) -> None:
-        self.bytes_per_second = audio.sample_rate * SAMPLE_WIDTH * CHANNELS
-        self._header = wav_stream_header(audio.sample_rate) if datahdr == "WAVE" else b""
+    def __init__(self, audio: AudioConfig, datahdr: str, channels: int = CHANNELS) -> None:
+        self.channels = channels
+        self.bytes_per_second = audio.sample_rate * SAMPLE_WIDTH * channels
+        wave = stream_datahdr(datahdr, channels) == "WAVE"
+        self._header = wav_stream_header(audio.sample_rate, channels) if wave else b""
         self.state = State.OPEN
         self.stream_bytes = 0  # audio bytes sent on this stream
         self.end_sent = False  # the empty frame went out (the state may have moved on to DONE since)
