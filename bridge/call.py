@@ -8,6 +8,18 @@ arrived or the bound ran out, after emitting `call.ended`.
 The call's timeline: second 0 is the start of the first audio frame received; every frame the
 conference bridge delivers counts, with frames that carried no audio counted as silence, so the
 timeline advances with the wall clock and utterance times from the engine land on it directly.
+
+A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`):
+- one stream: a mixed recording, sent like a plain call; utterances carry role "mixed";
+- two streams, `siprec.delivery = stereo`: one engine stream with two channels, channel 0 the caller
+  and 1 the agent (`StreamRole.channel`). The SIP thread delivers each stream's frames on the same
+  conference clock; `StereoPairer` pairs them frame by frame and interleaves them, padding a side
+  with silence once it lags more than one frame. Utterances come back with `metadata.channel`;
+- two streams, `siprec.delivery = streams`: one engine stream per audio stream (``requestid``
+  ``<call-id>;stream=<n>``); an utterance's channel is its stream's role channel.
+SIPREC utterances carry `role`, `participant` and `stream`. New rs-metadata mid-call (re-INVITE or
+UPDATE) may remap the streams: utterances from then on carry the new roles, stereo channels follow
+the roles, and `call.ended` reports the latest mapping as `streams`.
 """
 
 from __future__ import annotations
@@ -15,19 +27,102 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+import numpy as np
 
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventKind, EventSink
 from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics, EngineMetrics
-from bridge.vblaze.client import EngineStream
+from bridge.vblaze.client import EngineStream, StreamResult
 from bridge.vblaze.protocol import Utterance
 from sip.events import CallStarted
+from sip.siprec import StreamRole
 
 logger = logging.getLogger(__name__)
+
+Delivery = Literal["mono", "stereo", "streams"]
+MAX_LAG_FRAMES = 1  # a stereo side further behind than this is padded with silence
+
+
+class StereoPairer:
+    """Two streams' frames in, interleaved 16-bit stereo frames out (no I/O).
+
+    `push(stream, pcm, arrival)` queues one frame of stream 0 or 1 and returns the stereo frames now
+    complete, each with the arrival time of its older half. A frame waits for its partner while the
+    other stream is at most `MAX_LAG_FRAMES` behind; beyond that it goes out with silence on the other
+    channel. `channels[stream]` is the output channel of each stream (0 or 1, different).
+    """
+
+    def __init__(self, channels: Sequence[int] = (0, 1)) -> None:
+        self._queues: tuple[deque[tuple[bytes, float]], deque[tuple[bytes, float]]] = (deque(), deque())
+        self.channels: tuple[int, int] = (0, 1)
+        self.set_channels(channels)
+        self.padded = 0  # frames sent with a silent side
+
+    def set_channels(self, channels: Sequence[int]) -> None:
+        first, second = (int(c) for c in channels[:2])
+        self.channels = (first, second) if {first, second} == {0, 1} else (0, 1)
+
+    def push(self, stream: int, pcm: bytes, arrival: float) -> list[tuple[bytes, float]]:
+        self._queues[stream].append((pcm, arrival))
+        out = []
+        first, second = self._queues
+        while first and second:
+            out.append(self._pair(first.popleft(), second.popleft()))
+        for mine, other in ((first, second), (second, first)):
+            while len(mine) > MAX_LAG_FRAMES and not other:
+                out.append(self._alone(mine is first, mine.popleft()))
+        return out
+
+    def flush(self) -> list[tuple[bytes, float]]:
+        """What is still queued, the missing side silent (at the end of the call)."""
+        first, second = self._queues
+        out = []
+        while first and second:
+            out.append(self._pair(first.popleft(), second.popleft()))
+        for is_first, queue in ((True, first), (False, second)):
+            while queue:
+                out.append(self._alone(is_first, queue.popleft()))
+        return out
+
+    def _alone(self, is_first: bool, frame: tuple[bytes, float]) -> tuple[bytes, float]:
+        self.padded += 1
+        silent = (b"", frame[1])
+        return self._pair(frame, silent) if is_first else self._pair(silent, frame)
+
+    def _pair(self, a: tuple[bytes, float], b: tuple[bytes, float]) -> tuple[bytes, float]:
+        left = np.frombuffer(a[0], dtype="<i2")
+        right = np.frombuffer(b[0], dtype="<i2")
+        n = max(len(left), len(right))
+        out = np.zeros(2 * n, dtype="<i2")
+        out[self.channels[0] :: 2][: len(left)] = left
+        out[self.channels[1] :: 2][: len(right)] = right
+        return out.tobytes(), min(a[1], b[1])
+
+
+def delivery_of(started: CallStarted, configured: str) -> Delivery:
+    """How a call's audio goes to the engine: mono (plain call, one SIPREC stream), stereo or streams."""
+    if started.siprec is None or len(started.siprec.roles) < 2:
+        return "mono"
+    return "streams" if configured == "streams" else "stereo"
+
+
+def mapping_change(old: Sequence[StreamRole], new: Sequence[StreamRole]) -> str | None:
+    """How `new` differs from `old`: "roles" (a stream changed role or channel), "participants" (same
+    roles, other senders named), or None."""
+    if [(r.index, r.role, r.channel) for r in old] != [(r.index, r.role, r.channel) for r in new]:
+        return "roles"
+
+    def named(roles: Sequence[StreamRole]) -> list[tuple[tuple[str | None, str | None], ...]]:
+        return [tuple((p.aor, p.name) for p in r.participants) for r in roles]
+
+    return "participants" if named(old) != named(new) else None
 
 
 class CallPipeline:
@@ -63,28 +158,96 @@ class CallPipeline:
         self._entry = LedgerEntry(self.call_id, 0, self._answered_wall)
         self._engine_metrics = engine_metrics
         self.log = call_logger(logger, self.call_id)
-        self.stream = EngineStream(
-            config.engine,
-            config.audio,
+        self.roles: tuple[StreamRole, ...] = started.siprec.roles if started.siprec else ()
+        self.delivery = delivery_of(started, config.siprec.delivery)
+        self._remaps = 0
+        self._pairer = StereoPairer([r.channel for r in self.roles]) if self.delivery == "stereo" else None
+        self._stream_seconds = [0.0] * max(len(self.roles), 1)
+        self._stream_first: list[float | None] = [None] * max(len(self.roles), 1)
+        if self.delivery == "streams":
+            self.streams = [self._engine_stream(index) for index in range(len(self.roles))]
+        else:
+            self.streams = [self._engine_stream(None)]
+        self.stream = self.streams[0]
+
+    def _engine_stream(self, index: int | None) -> EngineStream:
+        """The call's engine stream, or (index given) the one of audio stream `index`."""
+
+        def on_utterance(utt: Utterance) -> None:
+            self._on_utterance(utt, index)
+
+        return EngineStream(
+            self._cfg.engine,
+            self._cfg.audio,
             self.call_id,
-            on_utterance=self._on_utterance,
-            observer=engine_metrics,
+            on_utterance=on_utterance,
+            observer=self._engine_metrics,
             logger=self.log,
+            channels=2 if self.delivery == "stereo" else 1,
+            request_id=None if index is None else f"{self.call_id};stream={index}",
         )
 
     # --- fed by the worker, on the loop -------------------------------------------------------------
 
-    def audio(self, pcm: bytes | None, arrival: float) -> None:
-        """One port frame (None: the conference bridge had no audio for this frame)."""
-        if self._ended.is_set():
+    def audio(self, stream: int, pcm: bytes | None, arrival: float) -> None:
+        """One port frame of audio stream `stream` (pcm None: the conference bridge had no audio for it)."""
+        if self._ended.is_set() or stream >= len(self._stream_seconds):
             return
+        frame_seconds = self._cfg.audio.port_frame_ms / 1000
         if self._first_frame_mono is None:
-            self._first_frame_mono = arrival - self._cfg.audio.port_frame_ms / 1000
+            self._first_frame_mono = arrival - frame_seconds
         data = pcm if pcm else self._silence
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
-        self._audio_seconds += seconds
         self._metrics.audio_in(1, seconds)
-        self.stream.push_audio(data, arrival)
+        if self.delivery == "mono":
+            self._audio_seconds += seconds
+            self.stream.push_audio(data, arrival)
+        elif self._pairer is not None:
+            for frame, at in self._pairer.push(stream, data, arrival):
+                self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
+                self.stream.push_audio(frame, at)
+        else:
+            if self._stream_first[stream] is None:
+                # Line this stream up on the call's timeline if it started later than the first.
+                self._stream_first[stream] = arrival
+                late = round((arrival - frame_seconds - self._first_frame_mono) / frame_seconds)
+                for _ in range(max(late, 0)):
+                    self._stream_seconds[stream] += frame_seconds
+                    self.streams[stream].push_audio(self._silence, arrival)
+            self._stream_seconds[stream] += seconds
+            self._audio_seconds = max(self._stream_seconds)
+            self.streams[stream].push_audio(data, arrival)
+
+    def streams_changed(self, roles: tuple[StreamRole, ...], how: str) -> None:
+        """New rs-metadata mid-call: utterances from now on carry these roles."""
+        if len(roles) != len(self.roles):
+            self.log.warning("%s maps %d streams, the call has %d: ignored", how, len(roles), len(self.roles))
+            return
+        change = mapping_change(self.roles, roles)
+        self.roles = roles
+        if change is None:
+            self.log.info("%s with rs-metadata: streams unchanged", how)
+            return
+        if change == "participants":
+            names = "; ".join(
+                f"stream {r.index}: {', '.join(p.describe() for p in r.participants) or 'none'}"
+                for r in roles
+            )
+            self.log.info("%s with rs-metadata: roles unchanged, participants now %s", how, names)
+            return
+        self._remaps += 1
+        if self._pairer is not None:
+            self._pairer.set_channels([r.channel for r in roles])
+        for role in roles:
+            self.log.info(
+                "%s remapped stream %d (label %r) -> %s on channel %d: %s",
+                how,
+                role.index,
+                role.label,
+                role.role,
+                role.channel,
+                role.reason,
+            )
 
     def dtmf(self, digit: str) -> None:
         self._emit("dtmf", {"digit": digit, "at": round(self._timeline_now(), 3)})
@@ -108,6 +271,7 @@ class CallPipeline:
                 "worker": self._worker,
                 "remote": info.remote,
                 "codecs": list(info.codecs),
+                "siprec": {**info.siprec.as_dict(), "delivery": self.delivery} if info.siprec else None,
             },
         )
         self.log.info("call started from %s", info.from_uri)
@@ -115,13 +279,20 @@ class CallPipeline:
         gaps: list[dict[str, Any]] = []
         try:
             async with asyncio.TaskGroup() as group:
-                runner = group.create_task(self.stream.run(), name=f"engine-{self.call_id}")
+                runners = [
+                    group.create_task(stream.run(), name=f"engine-{self.call_id}-{index}")
+                    for index, stream in enumerate(self.streams)
+                ]
                 await self._ended.wait()
-                result = await self.stream.finish()
-                transcript = result.final
-                gaps = [gap.as_dict() for gap in result.gaps]
-                if not runner.done():
-                    runner.cancel()
+                if self._pairer is not None:
+                    for frame, at in self._pairer.flush():
+                        self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
+                        self.stream.push_audio(frame, at)
+                results = await asyncio.gather(*(stream.finish() for stream in self.streams))
+                transcript, gaps = self._outcome(results)
+                for runner in runners:
+                    if not runner.done():
+                        runner.cancel()
         except* Exception as group_error:
             for error in group_error.exceptions:
                 self.log.error("call pipeline failed", exc_info=error)
@@ -130,17 +301,20 @@ class CallPipeline:
                 )
         finally:
             duration = time.monotonic() - self._answered_mono
-            self._emit(
-                "call.ended",
-                {
-                    "reason": self._end_reason,
-                    "duration": round(duration, 3),
-                    "audio_seconds": round(self._audio_seconds, 3),
-                    "utterances": self._utterances,
-                    "transcript": transcript,
-                    "gaps": gaps,
-                },
-            )
+            ended: dict[str, Any] = {
+                "reason": self._end_reason,
+                "duration": round(duration, 3),
+                "audio_seconds": round(self._audio_seconds, 3),
+                "utterances": self._utterances,
+                "transcript": transcript,
+                "gaps": gaps,
+            }
+            if info.siprec is not None:
+                ended["streams"] = [role.as_dict() for role in self.roles]
+                ended["remaps"] = self._remaps
+            if self._pairer is not None and self._pairer.padded:
+                self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
+            self._emit("call.ended", ended)
             self.log.info(
                 "call ended (%s) after %.1f s, %d utterances, %d gaps",
                 self._end_reason,
@@ -156,7 +330,31 @@ class CallPipeline:
             return 0.0
         return time.monotonic() - self._first_frame_mono
 
-    def _on_utterance(self, utt: Utterance) -> None:
+    def _outcome(self, results: Sequence[StreamResult]) -> tuple[Any, list[dict[str, Any]]]:
+        """`call.ended`'s transcript and gaps: the engine's own for one engine stream; with one per audio
+        stream, {"streams": [{stream, role, channel, transcript}]} and gaps tagged with their stream."""
+        if self.delivery != "streams":
+            return results[0].final, [gap.as_dict() for gap in results[0].gaps]
+        transcripts = []
+        gaps = []
+        for index, result in enumerate(results):
+            role = self.roles[index]
+            transcripts.append(
+                {"stream": index, "role": role.role, "channel": role.channel, "transcript": result.final}
+            )
+            gaps += [{**gap.as_dict(), "stream": index} for gap in result.gaps]
+        return {"streams": transcripts}, gaps
+
+    def _role_of(self, utt: Utterance, stream: int | None) -> StreamRole | None:
+        if not self.roles:
+            return None
+        if stream is not None:
+            return self.roles[stream] if stream < len(self.roles) else None
+        if self.delivery == "mono":
+            return self.roles[0]
+        return next((r for r in self.roles if r.channel == utt.channel), None)
+
+    def _on_utterance(self, utt: Utterance, stream: int | None = None) -> None:
         self._utterances += 1
         self._entry.utterances = self._utterances
         self._entry.last_end = max(self._entry.last_end, utt.end)
@@ -164,22 +362,28 @@ class CallPipeline:
         if self._first_frame_mono is not None:
             speech_end = self._first_frame_mono + utt.end
             latency["speech_end_to_utterance_seconds"] = round(utt.received_at - speech_end, 4)
-        self._emit(
-            "utterance",
-            {
-                "text": utt.text,
-                "words": [
-                    {"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
-                    for w in utt.words
-                ],
-                "start": utt.start,
-                "end": utt.end,
-                "confidence": utt.confidence,
-                "channel": utt.channel,
-                "engine": utt.raw,
-                "latency": latency,
-            },
-        )
+        data: dict[str, Any] = {
+            "text": utt.text,
+            "words": [
+                {"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
+                for w in utt.words
+            ],
+            "start": utt.start,
+            "end": utt.end,
+            "confidence": utt.confidence,
+            "channel": utt.channel,
+            "engine": utt.raw,
+            "latency": latency,
+        }
+        if self.info.siprec is not None:
+            role = self._role_of(utt, stream)
+            participant = role.participant if role else None
+            if role is not None and stream is not None:
+                data["channel"] = role.channel
+            data["role"] = role.role if role else "unknown"
+            data["participant"] = participant.as_dict() if participant else None
+            data["stream"] = role.index if role else stream
+        self._emit("utterance", data)
 
     def _emit(self, kind: EventKind, data: dict[str, Any]) -> None:
         event = BridgeEvent(kind=kind, call_id=self.call_id, seq=self._seq, time=time.time(), data=data)

@@ -26,7 +26,7 @@ from bridge.ledger import CallLedger, lost_call_ended
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
 from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
-from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, InviteRejected, SipEvent
+from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams, InviteRejected, SipEvent
 
 logger = logging.getLogger(__name__)
 
@@ -54,22 +54,21 @@ class Worker:
         self.endpoint = SipEndpoint(
             config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip, self.call_metrics
         )
-        self.endpoint = SipEndpoint(config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip)
 
     # --- from the SIP threads -------------------------------------------------------------------------
 
     def _from_sip(self, event: SipEvent) -> None:
         self._loop.call_soon_threadsafe(self._on_sip_event, event)
 
-    def _audio_from_sip(self, key: int, pcm: bytes | None, arrival: float) -> None:
-        self._loop.call_soon_threadsafe(self._on_audio, key, pcm, arrival)
+    def _audio_from_sip(self, key: int, stream: int, pcm: bytes | None, arrival: float) -> None:
+        self._loop.call_soon_threadsafe(self._on_audio, key, stream, pcm, arrival)
 
     # --- on the loop --------------------------------------------------------------------------------------
 
-    def _on_audio(self, key: int, pcm: bytes | None, arrival: float) -> None:
+    def _on_audio(self, key: int, stream: int, pcm: bytes | None, arrival: float) -> None:
         call = self.calls.get(key)
         if call is not None:
-            call.audio(pcm, arrival)
+            call.audio(stream, pcm, arrival)
 
     def _on_sip_event(self, event: SipEvent) -> None:
         if isinstance(event, CallStarted):
@@ -90,7 +89,7 @@ class Worker:
         else:
             self._on_call_event(event)
 
-    def _on_call_event(self, event: CallEnded | CallDtmf | CallMedia) -> None:
+    def _on_call_event(self, event: CallEnded | CallDtmf | CallMedia | CallStreams) -> None:
         found = self.calls.get(event.key)
         if found is None:
             return
@@ -98,6 +97,16 @@ class Worker:
             found.ended(event.reason)
         elif isinstance(event, CallDtmf):
             found.dtmf(event.digit)
+        elif isinstance(event, CallStreams):
+            found.streams_changed(event.roles, event.reason)
+        elif found.info.siprec is not None:
+            found.log.info(
+                "media stream %d %s, %s (%s)",
+                event.stream,
+                event.status,
+                "receiving" if event.direction == "decoding" else "not receiving",
+                event.codec or "no codec",
+            )
         else:
             found.log.info("media %s (%s)", event.status, event.codec or "no codec")
 

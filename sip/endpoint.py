@@ -14,10 +14,28 @@ Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline
 - the null sound device drives the conference clock (`setNoDev()` delivers no frames);
 - calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
 - `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports).
+
+SIPREC (RFC 7866; the decisions are `sip.siprec`'s, measured facts of the wheel here):
+- pjsua finds the SDP inside a multipart body itself and answers `a=recvonly` to `a=sendonly`; with
+  `CallOpParam(True)` and `opt.audioCount = 2` it answers both audio m-lines, each reporting
+  REMOTE_HOLD with direction DECODING, and `getAudioMedia(0/1)` deliver the two streams apart. A
+  SIPREC call takes one FramePort per stream (at most two): 4 calls × 2 streams + 8 ports + the
+  master port fit in `maxMediaPorts` = 24.
+- a multipart body without its close delimiter hides the SDP from pjsip (it would answer with its own
+  sendrecv offer and no media would flow): refused with 488.
+- `Require: siprec` is answered 420 before `onIncomingCall` unless "siprec" is in the endpoint's
+  Supported capabilities; pjsua2 has no API for that, so `siprec.accept_require` adds it through
+  the library's C symbols (`_add_supported_siprec`). Every response then lists it in Supported.
+- mid-call metadata: a re-INVITE reaches `onCallRxReinvite` (`rdata.wholeMsg`), an UPDATE only
+  `onCallTsxState` (RX_MSG event of the UPDATE transaction). Hold by `a=inactive` leaves both
+  streams REMOTE_HOLD with direction NONE; `onCallMediaState` fires after each, so connecting the
+  ports is idempotent.
 """
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import itertools
 import logging
 import os
@@ -32,15 +50,37 @@ import pjsua2 as pj
 
 from bridge.config import Config
 from bridge.errors import SipError
+from bridge.logs import call_logger
 from bridge.metrics import CallMetrics
 from sip.admission import Accept, Policy, RateLimiter, decide
-from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, InviteRejected, SipEvent
+from sip.events import (
+    CallDtmf,
+    CallEnded,
+    CallMedia,
+    CallStarted,
+    CallStreams,
+    InviteRejected,
+    SipEvent,
+    SiprecSession,
+)
 from sip.media import AudioDeliver, FramePort, PortPool
-from sip.message import parse_request
+from sip.message import SipRequest, parse_request
+from sip.multipart import is_multipart
+from sip.sdp import Offer, parse_offer
+from sip.siprec import (
+    METADATA_TYPE,
+    SiprecRules,
+    StreamRole,
+    map_streams,
+    parse_body,
+    parse_metadata,
+    siprec_evidence,
+)
 
 logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
+MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
 POLL_MS = 10
 RTP_CHECK_SECONDS = 1.0
 # pjsip's log lines for messages it drops before any callback sees them.
@@ -60,15 +100,51 @@ MEDIA_STATUS = {
 class _Entry:
     key: int
     call: _Call
-    port: FramePort | None = None
+    ports: dict[int, FramePort] = field(default_factory=dict)  # stream index -> port lent to it
     hangup_requested: bool = False
     end_reason: str | None = None
     confirmed: bool = False
-    media_index: int | None = None
+    media_indexes: tuple[int, ...] = ()  # pjsua media index of each audio stream connected
     expect_rtp: bool = False
     rx_packets: int = 0
     rx_changed: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)
+    call_id: str = ""
+    siprec_offer: Offer | None = None  # the audio m-lines answered, for a SIPREC call
+    streams: int = 1  # audio streams the bridge answered and connects
+
+
+class _PjStr(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_char_p), ("slen", ctypes.c_long)]
+
+
+def _add_supported_siprec() -> None:
+    """Add "siprec" to the endpoint's Supported capabilities, so `Require: siprec` is not refused 420.
+
+    pjsua2 does not wrap `pjsip_endpt_add_capability`; the extension module exports it (and
+    `pjsua_get_pjsip_endpt`), and dlopen of the already loaded module returns the same library.
+    Must run on the pjsua thread after libStart. pjsip copies the tag string.
+    """
+    lib = ctypes.CDLL(pj._pjsua2.__file__)
+    lib.pjsua_get_pjsip_endpt.restype = ctypes.c_void_p
+    lib.pjsua_get_pjsip_endpt.argtypes = []
+    add = lib.pjsip_endpt_add_capability
+    add.restype = ctypes.c_int
+    add.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_uint,
+        ctypes.POINTER(_PjStr),
+    ]
+    endpt = lib.pjsua_get_pjsip_endpt()
+    if not endpt:
+        raise SipError("pjsua has no SIP endpoint yet")
+    tag = _PjStr(b"siprec", len(b"siprec"))
+    status = add(endpt, None, pj.PJSIP_H_SUPPORTED, None, 1, ctypes.byref(tag))
+    if status != 0:
+        raise SipError(f"pjsip_endpt_add_capability(Supported: siprec) failed with status {status}")
 
 
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
@@ -108,6 +184,20 @@ class _Call(pj.Call):  # type: ignore[misc]
     def onDtmfDigit(self, prm: Any) -> None:
         self._owner._on_dtmf(self, str(prm.digit))
 
+    def onCallRxReinvite(self, prm: Any) -> None:
+        self._owner._on_midcall(self, str(prm.rdata.wholeMsg), "re-INVITE")
+
+    def onCallTsxState(self, prm: Any) -> None:
+        event = prm.e
+        if event.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        state = event.body.tsxState
+        if state.type != pj.PJSIP_EVENT_RX_MSG or str(state.tsx.method) != "UPDATE":
+            return
+        if state.tsx.role != pj.PJSIP_ROLE_UAS:
+            return
+        self._owner._on_midcall(self, str(state.src.rdata.wholeMsg), "UPDATE")
+
 
 class _Account(pj.Account):  # type: ignore[misc]
     def __init__(self, owner: SipEndpoint) -> None:
@@ -144,6 +234,7 @@ class SipEndpoint:
             retry_after=config.sip.retry_after_seconds,
             allow_from=config.sip.allow_from,
         )
+        self._rules = config.siprec.rules()
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -237,6 +328,8 @@ class SipEndpoint:
             kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
             ep.transportCreate(kind, tcfg)
         ep.libStart()
+        if cfg.siprec.accept_require:
+            _add_supported_siprec()
         ep.audDevManager().setNullDev()
         self._set_codecs()
         acfg = pj.AccountConfig()
@@ -246,7 +339,9 @@ class SipEndpoint:
         acfg.mediaConfig.transportConfig.boundAddress = cfg.sip.host
         self._account = _Account(self)
         self._account.create(acfg, True)
-        self._pool = PortPool(PJSUA_MAX_CALLS, rate, cfg.audio.port_frame_ms, self._on_audio)
+        self._pool = PortPool(
+            MAX_SIPREC_STREAMS * PJSUA_MAX_CALLS, rate, cfg.audio.port_frame_ms, self._on_audio
+        )
         logger.info(
             "SIP endpoint listening on %s:%d (%s)", cfg.sip.host, self.port, "/".join(cfg.sip.transports)
         )
@@ -295,10 +390,12 @@ class SipEndpoint:
         if timeout <= 0:
             return
         for entry in list(self._entries.values()):
-            if entry.media_index is None or entry.hangup_requested:
+            if not entry.media_indexes or entry.hangup_requested:
                 continue
             try:
-                packets = int(entry.call.getStreamStat(entry.media_index).rtcp.rxStat.pkt)
+                packets = sum(
+                    int(entry.call.getStreamStat(index).rtcp.rxStat.pkt) for index in entry.media_indexes
+                )
             except pj.Error:
                 continue
             if packets != entry.rx_packets or not entry.expect_rtp:
@@ -347,17 +444,58 @@ class SipEndpoint:
             self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
             return
         within_rate = self._limiter.allow(source_ip, time.monotonic())
-        decision = decide(request, source_ip, len(self._entries), self._draining, self._policy, within_rate)
+        evidence = siprec_evidence(request)
+        admitted = request
+        body = None
+        roles: tuple[StreamRole, ...] = ()
+        offer = Offer(())
+        if evidence:
+            try:
+                body = parse_body(request)
+                offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
+                roles = tuple(map_streams(offer, body.metadata, self._rules))
+            except Exception:  # untrusted input must not escape a pjsua2 callback
+                logger.exception("SIPREC INVITE from %s could not be read", source)
+                self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
+                return
+            if body.offer_hidden_from_pjsip:
+                logger.warning(
+                    "SIPREC INVITE from %s: multipart body without close delimiter hides the SDP from pjsip",
+                    source,
+                )
+                self._reject(
+                    call, 488, "Multipart Body Without Close Delimiter", "rejected_codec", (), source
+                )
+                return
+            admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
+        decision = decide(admitted, source_ip, len(self._entries), self._draining, self._policy, within_rate)
         if not isinstance(decision, Accept):
             self._reject(call, decision.status, decision.reason, decision.result, decision.headers, source)
             return
         key = next(self._keys)
-        entry = _Entry(key=key, call=call)
-        self._entries[key] = entry
         call_id = request.header("call-id") or ""
+        entry = _Entry(key=key, call=call, call_id=call_id)
+        self._entries[key] = entry
         wanted = {h.lower() for h in self._cfg.sip.headers}
         headers = tuple((name, value) for name, value in request.headers if name in wanted)
-        op = pj.CallOpParam()
+        session = None
+        if body is None:
+            op = pj.CallOpParam()
+        else:
+            entry.siprec_offer = offer
+            entry.streams = len(roles)
+            metadata = body.metadata
+            session = SiprecSession(
+                evidence=evidence,
+                roles=roles,
+                session_ids=metadata.session_ids if metadata else (),
+                group_id=metadata.group_id if metadata else None,
+                problems=body.problems,
+                framing=body.framing,
+            )
+            _log_session(call_id, source, session)
+            op = pj.CallOpParam(True)  # True: `opt` starts from pjsua's defaults (see module docstring)
+            op.opt.audioCount = len(roles)
         op.statusCode = 200
         try:
             call.answer(op)
@@ -375,8 +513,24 @@ class SipEndpoint:
                 remote=source,
                 headers=headers,
                 codecs=decision.encodings,
+                siprec=session,
             )
         )
+
+    def _on_midcall(self, call: _Call, message: str, how: str) -> None:
+        """A re-INVITE or UPDATE of a SIPREC call: remap the streams if it carries rs-metadata."""
+        entry = self._entry_of(call)
+        if entry is None or entry.siprec_offer is None:
+            return
+        try:
+            roles = remap(parse_request(message), entry.siprec_offer, self._rules)
+        except Exception:  # untrusted input must not escape a pjsua2 callback
+            call_logger(logger, entry.call_id).exception("%s could not be read", how)
+            return
+        if roles is None:
+            return
+        call_logger(logger, entry.call_id).debug("%s carries rs-metadata", how)
+        self._on_event(CallStreams(key=entry.key, roles=roles, reason=how))
 
     def _reject(
         self,
@@ -421,9 +575,9 @@ class SipEndpoint:
         if entry is None:
             return
         del self._entries[entry.key]
-        if entry.port is not None:
-            self._pool.give_back(entry.port)
-            entry.port = None
+        for port in entry.ports.values():
+            self._pool.give_back(port)
+        entry.ports.clear()
         if entry.end_reason is not None:
             reason = entry.end_reason
         elif entry.hangup_requested:
@@ -444,28 +598,76 @@ class SipEndpoint:
         if entry is None:
             return
         info = call.getInfo()
-        for media in info.media:
-            if media.type != pj.PJMEDIA_TYPE_AUDIO:
-                continue
+        # The n-th audio entry of CallInfo.media is the n-th audio m-line: stream n.
+        audio = [media for media in info.media if media.type == pj.PJMEDIA_TYPE_AUDIO][: entry.streams]
+        indexes: list[int] = []
+        expect_rtp = False
+        for stream, media in enumerate(audio):
             status = MEDIA_STATUS.get(media.status, "unknown")
             codec = ""
-            entry.media_index = media.index
-            entry.expect_rtp = bool(media.dir & pj.PJMEDIA_DIR_DECODING) and media.status in (
-                pj.PJSUA_CALL_MEDIA_ACTIVE,
-                pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
-            )
-            if media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD):
-                if entry.port is None:
-                    entry.port = self._pool.lend(entry.key)
+            indexes.append(media.index)
+            flowing = media.status in (pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD)
+            expect_rtp = expect_rtp or (bool(media.dir & pj.PJMEDIA_DIR_DECODING) and flowing)
+            if flowing:
+                port = entry.ports.get(stream)
+                if port is None:
+                    port = entry.ports[stream] = self._pool.lend(entry.key, stream)
                 try:
-                    call.getAudioMedia(media.index).startTransmit(entry.port)
+                    call.getAudioMedia(media.index).startTransmit(port)  # idempotent
                     codec = str(call.getStreamInfo(media.index).codecName)
                 except pj.Error as exc:
                     logger.warning("connecting audio failed: %s", exc.info())
-            self._on_event(CallMedia(key=entry.key, codec=codec, status=status))
-            break
+            direction = "decoding" if media.dir & pj.PJMEDIA_DIR_DECODING else "none"
+            self._on_event(
+                CallMedia(key=entry.key, codec=codec, status=status, stream=stream, direction=direction)
+            )
+        entry.media_indexes = tuple(indexes)
+        entry.expect_rtp = expect_rtp
 
     def _on_dtmf(self, call: _Call, digit: str) -> None:
         entry = self._entry_of(call)
         if entry is not None:
             self._on_event(CallDtmf(key=entry.key, digit=digit))
+
+
+def _log_session(call_id: str, source: str, session: SiprecSession) -> None:
+    log = call_logger(logger, call_id)
+    log.info("SIPREC session from %s (%s)", source, "; ".join(session.evidence))
+    for role in session.roles:
+        log.info(
+            "SIPREC stream %d (label %r) -> %s on channel %d: %s",
+            role.index,
+            role.label,
+            role.role,
+            role.channel,
+            role.reason,
+        )
+    for problem in (*session.problems, *session.framing):
+        log.warning("SIPREC body: %s", problem)
+
+
+def remap(request: SipRequest, answered: Offer, rules: SiprecRules) -> tuple[StreamRole, ...] | None:
+    """The streams' roles after a mid-call request, or None when it carries no rs-metadata.
+
+    The body is multipart (SDP and metadata) or metadata alone (RFC 7866 allows an UPDATE with only
+    the metadata); without an SDP, or with fewer audio m-lines than were answered, the m-lines of
+    the answered offer stand.
+    """
+    content_type = request.header("content-type") or ""
+    if request.content_type() == METADATA_TYPE:
+        try:
+            metadata = parse_metadata(request.body)
+        except ValueError as exc:
+            logger.warning("unreadable rs-metadata in a mid-call request: %s", exc)
+            return None
+        offer = answered
+    elif is_multipart(content_type):
+        body = parse_body(request)
+        if body.metadata is None:
+            return None
+        metadata = body.metadata
+        audio = parse_offer(body.sdp).audio if body.sdp else ()
+        offer = Offer(audio[: len(answered.audio)]) if len(audio) >= len(answered.audio) else answered
+    else:
+        return None
+    return tuple(map_streams(offer, metadata, rules))

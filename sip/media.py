@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 import pjsua2 as pj
 
-# deliver(key, pcm or None when the bridge sent no audio frame, monotonic arrival time)
-AudioDeliver = Callable[[int, bytes | None, float], None]
+# deliver(key, stream index, pcm or None when the bridge sent no audio frame, monotonic arrival time);
+# the stream index is 0 for a plain call, 0 or 1 (audio m-line order) for a SIPREC call.
+AudioDeliver = Callable[[int, int, bytes | None, float], None]
 
 
 def frame_bytes(frame: pj.MediaFrame) -> bytes:
@@ -39,6 +40,7 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
     def __init__(self, deliver: AudioDeliver) -> None:
         super().__init__()
         self.key: int | None = None
+        self.stream = 0
         self._deliver = deliver
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
@@ -47,9 +49,9 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
             return
         arrival = time.monotonic()
         if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-            self._deliver(key, frame_bytes(frame), arrival)
+            self._deliver(key, self.stream, frame_bytes(frame), arrival)
         else:
-            self._deliver(key, None, arrival)
+            self._deliver(key, self.stream, None, arrival)
 
 
 class PortPool:
@@ -67,8 +69,9 @@ class PortPool:
             self._free.append(port)
             self._all.append(port)
 
-    def lend(self, key: int) -> FramePort:
+    def lend(self, key: int, stream: int = 0) -> FramePort:
         port = self._free.pop()
+        port.stream = stream
         port.key = key
         return port
 
