@@ -373,8 +373,9 @@ class SipEndpoint:
         if command == "hangup":
             entry = self._entries.get(arg)
             if entry is not None:
-                self._hangup(entry.call, 200 if entry.confirmed else 487)
+                # Before hangup(): pjsua may report DISCONNECTED from inside that call.
                 entry.hangup_requested = True
+                self._hangup(entry.call, 200 if entry.confirmed else 487)
         elif command == "draining":
             self._draining = bool(arg)
         elif command == "stop":
