@@ -46,6 +46,8 @@ from sip.siprec import StreamRole
 
 logger = logging.getLogger(__name__)
 
+METRICS_BATCH_FRAMES = 10  # audio frames counted per metrics update (1 s of 100 ms frames)
+
 Delivery = Literal["mono", "stereo", "streams"]
 MAX_LAG_FRAMES = 1  # a stereo side further behind than this is padded with silence
 
@@ -154,6 +156,8 @@ class CallPipeline:
         self._silence = bytes(self._frame_bytes)
         self._audio_seconds = 0.0
         self._metrics = call_metrics
+        self._unreported_frames = 0
+        self._unreported_seconds = 0.0
         self._ledger = ledger
         self._entry = LedgerEntry(self.call_id, 0, self._answered_wall)
         self._engine_metrics = engine_metrics
@@ -198,7 +202,10 @@ class CallPipeline:
             self._first_frame_mono = arrival - frame_seconds
         data = pcm if pcm else self._silence
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
-        self._metrics.audio_in(1, seconds)
+        self._unreported_frames += 1
+        self._unreported_seconds += seconds
+        if self._unreported_frames >= METRICS_BATCH_FRAMES:
+            self._report_audio()
         if self.delivery == "mono":
             self._audio_seconds += seconds
             self.stream.push_audio(data, arrival)
@@ -314,6 +321,7 @@ class CallPipeline:
                 ended["remaps"] = self._remaps
             if self._pairer is not None and self._pairer.padded:
                 self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
+            self._report_audio()
             self._emit("call.ended", ended)
             self.log.info(
                 "call ended (%s) after %.1f s, %d utterances, %d gaps",
@@ -324,6 +332,13 @@ class CallPipeline:
             )
 
     # --- helpers ------------------------------------------------------------------------------------------
+
+    def _report_audio(self) -> None:
+        """Frames counted in batches: a metric update per frame per call costs more than it tells."""
+        if self._unreported_frames:
+            self._metrics.audio_in(self._unreported_frames, self._unreported_seconds)
+            self._unreported_frames = 0
+            self._unreported_seconds = 0.0
 
     def _timeline_now(self) -> float:
         if self._first_frame_mono is None:

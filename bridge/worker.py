@@ -9,6 +9,7 @@ hung up and flushed; a second SIGTERM or SIGINT hangs everything up at once.
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import logging
 import os
@@ -46,6 +47,8 @@ class Worker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._loop = asyncio.get_running_loop()
+        self._frames: collections.deque[tuple[int, int, bytes | None, float]] = collections.deque()
+        self._drain_pending = False
         self.sink: EventSink = make_sink(config)
         self.ledger = CallLedger(config.state.directory, self.port)
         self.call_metrics = metrics.CallMetrics()
@@ -61,14 +64,27 @@ class Worker:
         self._loop.call_soon_threadsafe(self._on_sip_event, event)
 
     def _audio_from_sip(self, key: int, stream: int, pcm: bytes | None, arrival: float) -> None:
-        self._loop.call_soon_threadsafe(self._on_audio, key, stream, pcm, arrival)
+        """From pjmedia's clock thread: queue the frame; wake the loop only if no drain is pending, so
+        frames of several calls arriving together cost one wake-up, not one each."""
+        self._frames.append((key, stream, pcm, arrival))
+        if not self._drain_pending:
+            self._drain_pending = True
+            self._loop.call_soon_threadsafe(self._drain_frames)
 
     # --- on the loop --------------------------------------------------------------------------------------
 
-    def _on_audio(self, key: int, stream: int, pcm: bytes | None, arrival: float) -> None:
-        call = self.calls.get(key)
-        if call is not None:
-            call.audio(stream, pcm, arrival)
+    def _drain_frames(self) -> None:
+        self._drain_pending = False  # first: a frame queued from now on schedules another drain
+        frames = self._frames
+        while frames:
+            key, stream, pcm, arrival = frames.popleft()
+            call = self.calls.get(key)
+            if call is None:
+                continue
+            try:
+                call.audio(stream, pcm, arrival)
+            except Exception:
+                call.log.exception("audio frame not taken; the call goes on")
 
     def _on_sip_event(self, event: SipEvent) -> None:
         if isinstance(event, CallStarted):

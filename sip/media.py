@@ -13,10 +13,13 @@ Measured with the pjsua2-python wheel on this machine (see the call pipeline iss
 from __future__ import annotations
 
 import ctypes
+import logging
 import time
 from collections.abc import Callable
 
 import pjsua2 as pj
+
+logger = logging.getLogger(__name__)
 
 # deliver(key, stream index, pcm or None when the bridge sent no audio frame, monotonic arrival time);
 # the stream index is 0 for a plain call, 0 or 1 (audio m-line order) for a SIPREC call.
@@ -41,6 +44,7 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
         super().__init__()
         self.key: int | None = None
         self.stream = 0
+        self.failures = 0
         self._deliver = deliver
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
@@ -48,10 +52,16 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
         if key is None:
             return
         arrival = time.monotonic()
-        if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-            self._deliver(key, self.stream, frame_bytes(frame), arrival)
-        else:
-            self._deliver(key, self.stream, None, arrival)
+        try:
+            if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
+                self._deliver(key, self.stream, frame_bytes(frame), arrival)
+            else:
+                self._deliver(key, self.stream, None, arrival)
+        except Exception:
+            # Nothing may propagate into pjmedia's clock thread; log the first failure, count the rest.
+            self.failures += 1
+            if self.failures == 1:
+                logger.exception("frame delivery failed for call %d; later failures are only counted", key)
 
 
 class PortPool:
