@@ -45,7 +45,14 @@ sys.path.insert(0, str(ROOT))
 import yaml  # noqa: E402
 
 from bridge.config import parse_config  # noqa: E402
-from bridge.demo import free_port, sipp_scenario, speech_file, start_standin, wait_for_sip  # noqa: E402
+from bridge.demo import (  # noqa: E402
+    free_port,
+    sipp_scenario,
+    speech_file,
+    start_standin,
+    stop_process,
+    wait_for_sip,
+)
 from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
 
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
@@ -112,13 +119,7 @@ class Kamailio:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 10)
 
 
 def start_kamailio(
@@ -648,11 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         bridge = run_phase("bridge", args, workdir, audio, url) if "bridge" in phases else None
         floor = run_phase("floor", args, workdir, audio, url) if "floor" in phases else None
     finally:
-        standin.send_signal(signal.SIGTERM)
-        try:
-            standin.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            standin.kill()
+        stop_process(standin, 15)
     print(table(args, bridge, floor))
     if args.json is not None:
         args.json.write_text(

@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.demo import sipp_scenario, speech_file, start_standin, wait_for_sip  # noqa: E402
+from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip  # noqa: E402
 
 CALLS_PER_WORKER = 4
 
@@ -215,11 +215,7 @@ def main() -> int:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
-        standin.send_signal(signal.SIGTERM)
-        try:
-            standin.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            standin.kill()
+        stop_process(standin, 15)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,19 @@ DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", 
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
 
 MAX_CALLS_PER_WORKER = 4
+# Tags the bridge sets on every request itself; engine.tags may not override them.
+BRIDGE_TAGS = (
+    "realtime",
+    "outstream",
+    "output",
+    "utterance_fmt",
+    "datahdr",
+    "encoding",
+    "samprate",
+    "sampwidth",
+    "endian",
+    "requestid",
+)
 
 
 class _Section(BaseModel):
@@ -129,19 +142,7 @@ class EngineConfig(_Section):
     @field_validator("tags")
     @classmethod
     def _reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
-        reserved = {
-            "realtime",
-            "outstream",
-            "output",
-            "utterance_fmt",
-            "datahdr",
-            "encoding",
-            "samprate",
-            "sampwidth",
-            "endian",
-            "requestid",
-        }
-        clash = sorted(reserved & {k.lower() for k in value})
+        clash = sorted(set(BRIDGE_TAGS) & {k.lower() for k in value})
         if clash:
             raise ValueError(f"{', '.join(clash)} set by the bridge itself and cannot be overridden")
         return value

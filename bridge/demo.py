@@ -177,16 +177,20 @@ def run_demo(text: str | None) -> int:
             return 0 if ended else 1
         finally:
             if bridge is not None:
-                bridge.send_signal(signal.SIGTERM)
-                try:
-                    bridge.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    bridge.kill()
-            standin.send_signal(signal.SIGTERM)
-            try:
-                standin.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                standin.kill()
+                stop_process(bridge, 30)
+            stop_process(standin, 10)
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
+    """SIGTERM, wait up to `timeout`, then SIGKILL; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    return proc.returncode
 
 
 def wait_for_sip(port: int, timeout: float = READY_TIMEOUT) -> None:

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 from typing import Any
 
-from bridge.config import AudioConfig, EngineConfig
+from bridge.config import BRIDGE_TAGS, AudioConfig, EngineConfig
 from bridge.errors import BridgeError, ConfigError, EngineProtocolError
 
 logger = logging.getLogger(__name__)
@@ -53,20 +53,6 @@ CHANNELS = 1  # mono unless a stream asks for stereo
 ENCODING = "SPCM"  # V-Blaze's name for signed linear PCM (datahdr=NONE)
 STREAMING_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a WAV header whose length is not known yet
 HEADER_PREFIX = "X-Voci-"
-
-# Tags the bridge sets on every request; engine.tags may not override them.
-BRIDGE_TAGS = (
-    "realtime",
-    "outstream",
-    "output",
-    "utterance_fmt",
-    "datahdr",
-    "encoding",
-    "samprate",
-    "sampwidth",
-    "endian",
-    "requestid",
-)
 
 
 class InvalidState(BridgeError):

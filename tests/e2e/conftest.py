@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.demo import sipp_scenario, speech_file, start_standin, wait_for_sip
+from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip
 
 
 def free_port_block(count: int, kind: int = socket.SOCK_DGRAM, low: int = 15000, high: int = 28000) -> int:
@@ -41,13 +41,7 @@ class Standin:
     url: str
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc, 10)
 
 
 def run_standin(*args: str) -> Standin:
