@@ -115,6 +115,12 @@ SIP_MESSAGES_DROPPED = Counter(
     "SIP messages pjsip dropped before the bridge saw them, by reason.",
     ["reason"],
 )
+RTP_PACKETS = Counter(
+    f"{PREFIX}_rtp_packets_total", "RTP packets received, as pjmedia's stream statistics count."
+)
+RTP_PACKETS_LOST = Counter(
+    f"{PREFIX}_rtp_packets_lost_total", "RTP packets lost before the bridge (sequence gaps seen by pjmedia)."
+)
 RTP_TIMEOUTS = Counter(
     f"{PREFIX}_rtp_timeouts_total", "Calls hung up after sip.rtp_timeout_seconds without RTP."
 )
@@ -287,6 +293,13 @@ class CallMetrics:
     def sip_dropped(self, reason: str) -> None:
         """pjsip dropped a message (called from the pjsua thread)."""
         SIP_MESSAGES_DROPPED.labels(bounded(reason, SIP_DROP_REASONS)).inc()
+
+    def rtp_in(self, packets: int, lost: int) -> None:
+        """RTP counted by pjmedia since the last call (the pjsua thread polls once a second)."""
+        if packets:
+            RTP_PACKETS.inc(packets)
+        if lost:
+            RTP_PACKETS_LOST.inc(lost)
 
     def rtp_timeout(self) -> None:
         RTP_TIMEOUTS.inc()

@@ -107,6 +107,7 @@ class _Entry:
     media_indexes: tuple[int, ...] = ()  # pjsua media index of each audio stream connected
     expect_rtp: bool = False
     rx_packets: int = 0
+    rx_lost: int = 0
     rx_changed: float = field(default_factory=time.monotonic)
     headers: dict[str, str] = field(default_factory=dict)
     call_id: str = ""
@@ -386,18 +387,22 @@ class SipEndpoint:
                 self._hangup(entry.call, 200 if entry.confirmed else 503)
 
     def _check_rtp(self, now: float) -> None:
-        """Hang up calls whose RTP stopped for sip.rtp_timeout_seconds while the media expects it."""
+        """Count RTP received and lost (as pjmedia's stream statistics see it), and hang up calls whose
+        RTP stopped for sip.rtp_timeout_seconds while the media expects it."""
         timeout = self._cfg.sip.rtp_timeout_seconds
-        if timeout <= 0:
-            return
         for entry in list(self._entries.values()):
             if not entry.media_indexes or entry.hangup_requested:
                 continue
             try:
-                packets = sum(
-                    int(entry.call.getStreamStat(index).rtcp.rxStat.pkt) for index in entry.media_indexes
-                )
+                stats = [entry.call.getStreamStat(index).rtcp.rxStat for index in entry.media_indexes]
             except pj.Error:
+                continue
+            packets = sum(int(stat.pkt) for stat in stats)
+            lost = sum(int(stat.loss) for stat in stats)
+            self._metrics.rtp_in(max(0, packets - entry.rx_packets), max(0, lost - entry.rx_lost))
+            entry.rx_lost = lost
+            if timeout <= 0:
+                entry.rx_packets = packets
                 continue
             if packets != entry.rx_packets or not entry.expect_rtp:
                 entry.rx_packets = packets

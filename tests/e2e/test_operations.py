@@ -79,6 +79,8 @@ def test_every_hop_histogram_moves_during_a_call_and_promtool_accepts_the_scrape
     assert metric(after, "vblaze_bridge_calls_total", 'result="completed"') == 1
     assert metric(after, "vblaze_bridge_audio_frames_total") >= 80
     assert metric(after, "vblaze_bridge_invite_responses_total", 'code="200"') == 1
+    assert metric(after, "vblaze_bridge_rtp_packets_total") >= 300  # 20 ms packets for about 9 s
+    assert metric(after, "vblaze_bridge_rtp_packets_lost_total") == 0
     checked = subprocess.run(["promtool", "check", "metrics"], input=after, capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
