@@ -148,7 +148,8 @@ def main() -> int:
         scenario = sipp_scenario(audio, work, args.call_seconds * 1000)
         # New calls offered every second; sipp's -l keeps each worker at CALLS_PER_WORKER, so an ended
         # call is replaced at once. -m bounds the run: the calls that fit in --minutes.
-        total = max(1, int(args.minutes * 60 / args.call_seconds * CALLS_PER_WORKER))
+        # A call takes its length plus up to a second before sipp offers the next one.
+        total = max(1, int(args.minutes * 60 / (args.call_seconds + 1) * CALLS_PER_WORKER))
         duration = args.minutes * 60
         media = free_block(2 * workers * 8, 40000, 60000)
         for index in range(workers):
@@ -182,7 +183,11 @@ def main() -> int:
                 series["pss"].append((elapsed, pss))
                 series["fds"].append((elapsed, fds))
         for proc in procs[1:]:
-            proc.wait(timeout=args.call_seconds + 60)
+            try:
+                proc.wait(timeout=2 * args.call_seconds + 60)
+            except subprocess.TimeoutExpired:
+                print(f"sipp (pid {proc.pid}) still running after the soak; stopped", flush=True)
+                stop_process(proc, 10)
         time.sleep(2)
         bridge.send_signal(signal.SIGTERM)
         bridge.wait(timeout=120)
@@ -200,7 +205,7 @@ def main() -> int:
             last = dict(zip(rows[0].split(";"), rows[-1].split(";"), strict=False))
             sipp_ok += int(last.get("SuccessfulCall(C)", 0))
             sipp_failed += int(last.get("FailedCall(C)", 0))
-        print("\nslope per hour after warm-up (least squares):")
+        print(f"\nslope per hour after {args.warmup_seconds:.0f} s of warm-up (least squares):")
         for name, unit in (("rss", "MB"), ("pss", "MB"), ("fds", "fds")):
             values = [v for _, v in series[name]]
             if values:
