@@ -23,6 +23,7 @@ from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventSink
+from bridge.health import run_engine_probe
 from bridge.ledger import CallLedger, lost_call_ended
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
@@ -32,6 +33,7 @@ from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams,
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
+ENGINE_PROBE_SECONDS = 2.0  # how often a worker that refuses calls without an engine checks it
 
 
 class Worker:
@@ -156,12 +158,23 @@ class Worker:
         await self.sink.start()
         self._end_lost_calls()
         await self._loop.run_in_executor(None, self.endpoint.start)
+        probe: asyncio.Task[None] | None = None
+        if self.cfg.engine.on_unreachable == "reject":
+            probe = asyncio.create_task(
+                run_engine_probe(
+                    self.cfg.engine.url,
+                    lambda result: self.endpoint.set_engine_down(not result.reachable or result.full),
+                    interval=ENGINE_PROBE_SECONDS,
+                )
+            )
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, 4))
         if ready is not None:
             ready()
         await self._stop.wait()
+        if probe is not None:
+            probe.cancel()
         self.worker_metrics.stopping()
         logger.info(
             "draining: %d calls active, up to %.0f s", len(self.calls), self.cfg.drain.timeout_seconds

@@ -5,7 +5,8 @@ Checked in this order, so the cheapest and most specific answer wins:
 2. the source sends INVITEs faster than its rate (a flood) → 503 with Retry-After
 3. the worker is draining → 503 with Retry-After
 4. the worker is full → 503 with Retry-After
-5. no SDP offer, or no audio codec in common → 488
+5. the engine is unreachable and `engine.on_unreachable` is reject → 503 with Retry-After
+6. no SDP offer, or no audio codec in common → 488
 """
 
 from __future__ import annotations
@@ -89,8 +90,10 @@ def decide(
     draining: bool,
     policy: Policy,
     within_rate: bool = True,
+    engine_refuses: bool = False,
 ) -> Decision:
-    """Decide on one INVITE given the worker's state (`within_rate`: the source's RateLimiter said yes)."""
+    """Decide on one INVITE given the worker's state (`within_rate`: the source's RateLimiter said yes;
+    `engine_refuses`: the engine is unreachable and the config says to refuse calls then)."""
     if not source_allowed(source_ip, policy.allow_from):
         return Reject(403, "Forbidden", "rejected_acl")
     retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
@@ -100,6 +103,8 @@ def decide(
         return Reject(503, "Draining", "rejected_draining", retry)
     if active_calls >= policy.capacity:
         return Reject(503, "Busy, Try Another Worker", "rejected_full", retry)
+    if engine_refuses:
+        return Reject(503, "Transcription Engine Unavailable", "rejected_engine", retry)
     if "application/sdp" not in request.content_type() and "multipart" not in request.content_type():
         return Reject(488, "SDP Offer Required", "rejected_codec")
     offer = parse_offer(request.body)

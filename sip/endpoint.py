@@ -246,6 +246,7 @@ class SipEndpoint:
         self._rejected: list[_Call] = []
         self._graveyard: list[_Call] = []
         self._draining = False
+        self._engine_down = False
         self._stopping = False
 
     # --- called from other threads -------------------------------------------------------------
@@ -263,6 +264,10 @@ class SipEndpoint:
 
     def set_draining(self, draining: bool) -> None:
         self._commands.put(("draining", draining))
+
+    def set_engine_down(self, down: bool) -> None:
+        """The engine probe's latest answer (used when engine.on_unreachable is reject)."""
+        self._commands.put(("engine_down", down))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Hang up every call, shut pjsua down and wait for the thread (bounded)."""
@@ -379,6 +384,8 @@ class SipEndpoint:
                 self._hangup(entry.call, 200 if entry.confirmed else 487)
         elif command == "draining":
             self._draining = bool(arg)
+        elif command == "engine_down":
+            self._engine_down = bool(arg)
         elif command == "stop":
             self._stopping = True
             self._draining = True
@@ -474,7 +481,15 @@ class SipEndpoint:
                 )
                 return
             admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
-        decision = decide(admitted, source_ip, len(self._entries), self._draining, self._policy, within_rate)
+        decision = decide(
+            admitted,
+            source_ip,
+            len(self._entries),
+            self._draining,
+            self._policy,
+            within_rate,
+            engine_refuses=self._engine_down and self._cfg.engine.on_unreachable == "reject",
+        )
         if not isinstance(decision, Accept):
             self._reject(call, decision.status, decision.reason, decision.result, decision.headers, source)
             return

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from bridge.demo import wait_for_sip
-from tests.e2e.conftest import Standin, run_sipp, speech
+from tests.e2e.conftest import Standin, free_port_block, run_sipp, run_standin, speech
 from tests.e2e.test_calls import kinds
+from tests.fixtures import sipua
 
 COUNT = "one two three four five six seven eight nine ten eleven twelve"
 
@@ -130,3 +131,23 @@ def test_worker_killed_mid_call(
     assert [e["seq"] for e in lost] == list(range(len(lost)))  # numbered on from what was sent
     assert bridge.proc is not None and bridge.proc.poll() is None
     assert "died" in bridge.log()
+
+
+def test_engine_down_refuses_calls_when_configured_to(make_bridge: Any) -> None:
+    """engine.on_unreachable: reject — a call arriving while the engine is down gets 503 + Retry-After;
+    once the engine is back (the worker probes it every 2 s) calls are taken again."""
+    port = free_port_block(1, low=28000, high=29000)
+    bridge = make_bridge(f"ws://127.0.0.1:{port}/transcribe", engine={"on_unreachable": "reject"})
+    time.sleep(1.0)  # the first probe
+    refused = sipua.invite(bridge.sip_port)
+    assert refused.status == 503 and refused.headers.get("retry-after") == "5"
+    engine = run_standin("--recognizer", "vad-only", "--port", str(port))
+    try:
+        deadline = time.monotonic() + 10
+        status = 503
+        while status != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status = sipua.invite(bridge.sip_port).status
+        assert status == 200
+    finally:
+        engine.stop()

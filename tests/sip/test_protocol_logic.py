@@ -125,3 +125,10 @@ def test_admission_flood_gets_503() -> None:
     decision = decide(parse_request(invite()), "127.0.0.1", 0, False, POLICY, within_rate=False)
     assert isinstance(decision, Reject) and (decision.status, decision.result) == (503, "rejected_rate")
     assert ("Retry-After", "7") in decision.headers
+
+
+def test_admission_refuses_without_an_engine_only_when_told() -> None:
+    request = parse_request(invite())
+    decision = decide(request, "127.0.0.1", 0, False, POLICY, engine_refuses=True)
+    assert isinstance(decision, Reject) and (decision.status, decision.result) == (503, "rejected_engine")
+    assert isinstance(decide(request, "127.0.0.1", 0, False, POLICY), Accept)
