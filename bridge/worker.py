@@ -23,7 +23,6 @@ from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventSink
-from bridge.health import run_engine_probe
 from bridge.ledger import CallLedger, lost_call_ended
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
@@ -160,6 +159,9 @@ class Worker:
         await self._loop.run_in_executor(None, self.endpoint.start)
         probe: asyncio.Task[None] | None = None
         if self.cfg.engine.on_unreachable == "reject":
+            # Imported here: aiohttp costs a worker ~10 MB, and only this setting needs it.
+            from bridge.health import run_engine_probe
+
             probe = asyncio.create_task(
                 run_engine_probe(
                     self.cfg.engine.url,
