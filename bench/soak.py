@@ -112,6 +112,7 @@ def main() -> int:
         "--warmup-seconds", type=float, default=60.0, help="samples before this are not in the slope"
     )
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally below stops what it started
     workers = max(1, math.ceil(args.calls / CALLS_PER_WORKER))
     work = Path(tempfile.mkdtemp(prefix="vblaze-soak-"))
     procs: list[subprocess.Popen[bytes]] = []
