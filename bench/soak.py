@@ -17,7 +17,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,22 +30,16 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip  # noqa: E402
+from bridge.demo import (  # noqa: E402
+    free_port_block,
+    sipp_scenario,
+    speech_file,
+    start_standin,
+    stop_process,
+    wait_for_sip,
+)
 
 CALLS_PER_WORKER = 4
-
-
-def free_block(count: int, low: int, high: int) -> int:
-    for base in range(low, high - count, count):
-        try:
-            for port in range(base, base + count):
-                for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    with socket.socket(socket.AF_INET, kind) as sock:
-                        sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
 
 
 def children(pid: int) -> list[int]:
@@ -118,13 +111,13 @@ def main() -> int:
     procs: list[subprocess.Popen[bytes]] = []
     standin, url = start_standin(["--recognizer", "vad-only", "--max-streams", str(args.calls + 16)])
     try:
-        sip_port = free_block(workers, 16000, 26000)
-        metrics_port = free_block(1, 26000, 27000)
+        sip_port = free_port_block(workers, 16000, 26000)
+        metrics_port = free_port_block(1, 26000, 27000)
         config = {
             "sip": {
                 "first_port": sip_port,
                 "workers": workers,
-                "rtp_first_port": free_block(40 * workers, 30000, 60000),
+                "rtp_first_port": free_port_block(40 * workers, 30000, 60000),
             },
             "engine": {"url": url},
             "sink": {"kind": "jsonl", "jsonl_path": str(work / "events.jsonl")},
@@ -152,13 +145,13 @@ def main() -> int:
         # A call takes its length plus up to a second before sipp offers the next one.
         total = max(1, int(args.minutes * 60 / (args.call_seconds + 1) * CALLS_PER_WORKER))
         duration = args.minutes * 60
-        media = free_block(2 * workers * 8, 40000, 60000)
+        media = free_port_block(2 * workers * 8, 40000, 60000)
         for index in range(workers):
             procs.append(
                 subprocess.Popen(
                     ["sipp", "-sf", str(scenario), "-l", str(CALLS_PER_WORKER),
                      "-r", "1", "-rp", "1000", "-m", str(total),
-                     "-i", "127.0.0.1", "-p", str(free_block(1, 27000 + index * 20, 29000)),
+                     "-i", "127.0.0.1", "-p", str(free_port_block(1, 27000 + index * 20, 29000)),
                      "-mp", str(media + index * 16), "-s", "soak", "-nostdin",
                      "-trace_stat", "-stf", str(work / f"sipp-{index}.csv"), f"127.0.0.1:{sip_port + index}"],
                     stdout=subprocess.DEVNULL,

@@ -367,19 +367,6 @@ class WebhookMetrics:
         WEBHOOK_DROPPED.labels(bounded(reason, WEBHOOK_DROP_REASONS)).inc()
 
 
-def outcome_for_status(status: int) -> str:
-    """The `outcome` label for an HTTP status answered to a webhook."""
-    if 200 <= status < 300:
-        return "ok"
-    if status == 429:
-        return "http_429"
-    if 400 <= status < 500:
-        return "http_4xx"
-    if 500 <= status < 600:
-        return "http_5xx"
-    return OTHER
-
-
 # --- the supervisor's own figures -------------------------------------------------------------------
 
 

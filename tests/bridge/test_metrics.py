@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
+from bridge.webhook.policy import outcome
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,6 +22,7 @@ WORKER_SCRIPT = textwrap.dedent(
     """
     import sys
     from bridge import metrics as m
+    from bridge.webhook.policy import outcome
     n = int(sys.argv[1])
     m.WorkerMetrics().started(4)
     calls = m.CallMetrics()
@@ -45,7 +47,7 @@ WORKER_SCRIPT = textwrap.dedent(
     engine.connection_lost("send_timeout")
     hook = m.WebhookMetrics()
     hook.attempt("ok", 0.02)
-    hook.attempt(m.outcome_for_status(503), 0.01)
+    hook.attempt(outcome(503), 0.01)
     hook.sent(0.002)
     hook.delivered(0.04)
     hook.spool_depth(n)
@@ -176,11 +178,11 @@ def test_label_values_are_bounded() -> None:
     assert metrics.sip_code_label(415) == "4xx"
     assert metrics.sip_code_label(699) == "6xx"
     assert metrics.sip_code_label(42) == "other"
-    assert metrics.outcome_for_status(204) == "ok"
-    assert metrics.outcome_for_status(429) == "http_429"
-    assert metrics.outcome_for_status(404) == "http_4xx"
-    assert metrics.outcome_for_status(502) == "http_5xx"
-    assert metrics.outcome_for_status(302) == "other"
+    assert outcome(204) == "ok"
+    assert outcome(429) == "http_429"
+    assert outcome(404) == "http_4xx"
+    assert outcome(502) == "http_5xx"
+    assert outcome(302) == "other"
     for values in (
         metrics.CALL_RESULTS,
         metrics.DROP_CAUSES,

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,22 +15,14 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip
-
-
-def free_port_block(count: int, kind: int = socket.SOCK_DGRAM, low: int = 15000, high: int = 28000) -> int:
-    """A first port such that `count` consecutive ports are free for UDP and TCP."""
-    for _ in range(200):
-        base = random.randrange(low, high - count)
-        try:
-            for port in range(base, base + count):
-                for k in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
-                    with socket.socket(socket.AF_INET, k) as sock:
-                        sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port block")
+from bridge.demo import (
+    free_port_block,
+    sipp_scenario,
+    speech_file,
+    start_standin,
+    stop_process,
+    wait_for_sip,
+)
 
 
 @dataclass
