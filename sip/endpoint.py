@@ -346,7 +346,11 @@ class SipEndpoint:
         self._account = _Account(self)
         self._account.create(acfg, True)
         self._pool = PortPool(
-            MAX_SIPREC_STREAMS * PJSUA_MAX_CALLS, rate, cfg.audio.port_frame_ms, self._on_audio
+            MAX_SIPREC_STREAMS * PJSUA_MAX_CALLS,
+            rate,
+            cfg.audio.port_frame_ms,
+            self._on_audio,
+            self._metrics.frames_dropped,
         )
         logger.info(
             "SIP endpoint listening on %s:%d (%s)", cfg.sip.host, self.port, "/".join(cfg.sip.transports)

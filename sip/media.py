@@ -40,12 +40,13 @@ def frame_bytes(frame: pj.MediaFrame) -> bytes:
 class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
     """A conference port that forwards each received frame of the call it is lent to."""
 
-    def __init__(self, deliver: AudioDeliver) -> None:
+    def __init__(self, deliver: AudioDeliver, dropped: Callable[[int, str], None] | None = None) -> None:
         super().__init__()
         self.key: int | None = None
         self.stream = 0
         self.failures = 0
         self._deliver = deliver
+        self._dropped = dropped
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
         key = self.key
@@ -60,6 +61,8 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
         except Exception:
             # Nothing may propagate into pjmedia's clock thread; log the first failure, count the rest.
             self.failures += 1
+            if self._dropped is not None:
+                self._dropped(1, "other")
             if self.failures == 1:
                 logger.exception("frame delivery failed for call %d; later failures are only counted", key)
 
@@ -67,14 +70,21 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
 class PortPool:
     """A fixed set of FramePorts, lent to calls and given back; never destroyed while running."""
 
-    def __init__(self, size: int, sample_rate: int, frame_ms: int, deliver: AudioDeliver) -> None:
+    def __init__(
+        self,
+        size: int,
+        sample_rate: int,
+        frame_ms: int,
+        deliver: AudioDeliver,
+        dropped: Callable[[int, str], None] | None = None,
+    ) -> None:
         fmt = pj.MediaFormatAudio()
         fmt.type = pj.PJMEDIA_TYPE_AUDIO
         fmt.init(pj.PJMEDIA_FORMAT_PCM, sample_rate, 1, frame_ms * 1000, 16)
         self._free: list[FramePort] = []
         self._all: list[FramePort] = []
         for index in range(size):
-            port = FramePort(deliver)
+            port = FramePort(deliver, dropped)
             port.createPort(f"bridge-port-{index}", fmt)
             self._free.append(port)
             self._all.append(port)
