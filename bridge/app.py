@@ -21,8 +21,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,31 +41,23 @@ class WorkerSlot:
     index: int
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
-    restarts: int = 0
     quick_deaths: int = 0
     ready: bool = False
     watcher: asyncio.Task[None] | None = None
-    history: list[int] = field(default_factory=list)  # exit codes
 
 
 class Supervisor:
-    def __init__(
-        self,
-        config: Config,
-        config_path: Path,
-        on_worker_exit: Callable[[int, int], None] | None = None,
-    ) -> None:
+    def __init__(self, config: Config, config_path: Path) -> None:
         self.cfg = config
         self.config_path = config_path
         self.slots = [WorkerSlot(i) for i in range(config.sip.workers)]
         self._stopping = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._on_worker_exit = on_worker_exit
         self._engine: EngineProbe | None = None
         self._health: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._child_env = sdnotify.clean_child_env(os.environ)
+        self._child_env: dict[str, str] = {}  # set in startup(), once the metrics directory is exported
 
     # --- workers -------------------------------------------------------------------------------------------
 
@@ -121,11 +112,8 @@ class Supervisor:
             process = slot.process
             assert process is not None
             code = await process.wait()
-            slot.history.append(code)
             slot.ready = False
             calls_lost = metrics.retire_process(process.pid)
-            if self._on_worker_exit is not None:
-                self._on_worker_exit(slot.index, code)
             if self._stopping:
                 logger.info("worker %d exited with %d", slot.index, code)
                 return
@@ -142,7 +130,6 @@ class Supervisor:
                 lived,
                 delay,
             )
-            slot.restarts += 1
             metrics.SUPERVISOR.worker_restarted("signal" if code < 0 else "exit", calls_lost=calls_lost)
             if delay:
                 try:
@@ -237,7 +224,7 @@ class Supervisor:
             except ProcessLookupError:
                 pass
 
-    async def run(self, on_ready: Callable[[], None] | None = None) -> int:
+    async def run(self) -> int:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self.request_stop, signal.SIGINT)
@@ -248,8 +235,6 @@ class Supervisor:
             return 1
         sdnotify.notify("READY=1")
         self._tasks.append(asyncio.create_task(sdnotify.run_watchdog(healthy=self._healthy)))
-        if on_ready is not None:
-            on_ready()
         await self.main_loop()
         await self.shutdown()
         return 0
