@@ -265,6 +265,12 @@ class SipEndpoint:
     def set_draining(self, draining: bool) -> None:
         self._commands.put(("draining", draining))
 
+    def ping(self, reply: Callable[[], None]) -> None:
+        """Call `reply` from the pjsua thread once it has drained its queue: proof that it still polls.
+
+        `reply` must be thread-safe and must not block (the worker wraps it in call_soon_threadsafe)."""
+        self._commands.put(("ping", reply))
+
     def set_engine_down(self, down: bool) -> None:
         """The engine probe's latest answer (used when engine.on_unreachable is reject)."""
         self._commands.put(("engine_down", down))
@@ -390,6 +396,8 @@ class SipEndpoint:
             self._draining = bool(arg)
         elif command == "engine_down":
             self._engine_down = bool(arg)
+        elif command == "ping":
+            arg()
         elif command == "stop":
             self._stopping = True
             self._draining = True
