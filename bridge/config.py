@@ -24,6 +24,8 @@ DEFAULT_CALLS_PER_WORKER = 4  # pjsua2-python's compile-time PJSUA_MAX_CALLS
 DEFAULT_RTP_FIRST_PORT = 20000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
+DEFAULT_ACK_TIMEOUT_SECONDS = 5.0
+DEFAULT_FIRST_RTP_TIMEOUT_SECONDS = 10.0
 DEFAULT_INVITE_RATE = 20.0
 DEFAULT_INVITE_BURST = 40
 DEFAULT_SAMPLE_RATE: Literal[8000, 16000] = 8000
@@ -75,7 +77,12 @@ class SipConfig(_Section):
     codecs: tuple[Literal["PCMU", "PCMA", "G722"], ...] = ("PCMU", "PCMA", "G722")
     rtp_first_port: int = Field(DEFAULT_RTP_FIRST_PORT, ge=1024, le=65000)
     retry_after_seconds: int = Field(DEFAULT_RETRY_AFTER_SECONDS, ge=0, le=3600)
-    rtp_timeout_seconds: float = Field(DEFAULT_RTP_TIMEOUT_SECONDS, ge=0)  # 0 = never hang up for silence
+    rtp_timeout_seconds: float = Field(DEFAULT_RTP_TIMEOUT_SECONDS, gt=0)  # hang up after RTP stopped so long
+    ack_timeout_seconds: float = Field(DEFAULT_ACK_TIMEOUT_SECONDS, gt=0)  # answered, never ACKed: hang up
+    first_rtp_timeout_seconds: float = Field(
+        DEFAULT_FIRST_RTP_TIMEOUT_SECONDS, gt=0
+    )  # answered, expecting RTP, none ever arrived: hang up
+    calls_per_source: int = Field(0, ge=0, le=MAX_CALLS_PER_WORKER)  # one source's calls a worker; 0 = no cap
     allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources (403 otherwise); empty = everyone
     invite_rate_per_source: float = Field(
         DEFAULT_INVITE_RATE, ge=0

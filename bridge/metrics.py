@@ -55,6 +55,8 @@ CALL_RESULTS = (
     "failed",  # answered, then ended by an error of ours
     "rejected_rate",  # 503: the source sent INVITEs faster than sip.invite_rate_per_source
     "rejected_invalid",  # 400: an INVITE the bridge could not parse
+    "rejected_source",  # 503: the source holds sip.calls_per_source of the worker's calls
+    "rejected_error",  # 500: screening the INVITE failed inside the bridge (a defect, logged with traceback)
     "worker_lost",  # the worker process died with the call up (counted by the supervisor)
     "other",
 )
@@ -77,6 +79,9 @@ GAP_CAUSES = (
 )
 # SIP messages pjsip dropped before any call saw them (parse errors, oversized packets).
 SIP_DROP_REASONS = ("malformed", "oversized", "other")
+# Why an answered call was hung up to free its slot (sip.ack_timeout_seconds, first_rtp_timeout_seconds,
+# rtp_timeout_seconds).
+RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
 RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
@@ -123,6 +128,11 @@ RTP_PACKETS_LOST = Counter(
 )
 RTP_TIMEOUTS = Counter(
     f"{PREFIX}_rtp_timeouts_total", "Calls hung up after sip.rtp_timeout_seconds without RTP."
+)
+CALLS_RECLAIMED = Counter(
+    f"{PREFIX}_calls_reclaimed_total",
+    "Answered calls the bridge hung up to give their slot back, by cause (no ACK, no RTP ever, RTP stopped).",
+    ["cause"],
 )
 CAPACITY = Gauge(
     f"{PREFIX}_capacity_calls",
@@ -236,6 +246,8 @@ def _preinit() -> None:
         AUDIO_FRAMES_DROPPED.labels(cause)
     for reason in SIP_DROP_REASONS:
         SIP_MESSAGES_DROPPED.labels(reason)
+    for cause in RECLAIM_CAUSES:
+        CALLS_RECLAIMED.labels(cause)
     for cause in GAP_CAUSES:
         AUDIO_GAPS.labels(cause)
         AUDIO_GAP_SECONDS.labels(cause)
@@ -303,6 +315,10 @@ class CallMetrics:
 
     def rtp_timeout(self) -> None:
         RTP_TIMEOUTS.inc()
+
+    def call_reclaimed(self, cause: str) -> None:
+        """An answered call hung up to give its slot back (`cause` one of RECLAIM_CAUSES)."""
+        CALLS_RECLAIMED.labels(bounded(cause, RECLAIM_CAUSES)).inc()
 
     def frames_dropped(self, frames: int, cause: str) -> None:
         AUDIO_FRAMES_DROPPED.labels(bounded(cause, DROP_CAUSES)).inc(frames)

@@ -35,11 +35,11 @@ SIPREC (RFC 7866; the decisions are `sip.siprec`'s, measured facts of the wheel 
 from __future__ import annotations
 
 import ctypes
-import dataclasses
 import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -52,7 +52,7 @@ from bridge.config import Config
 from bridge.errors import SipError
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics
-from sip.admission import Accept, Policy, RateLimiter, decide
+from sip.admission import Policy, RateLimiter
 from sip.events import (
     CallDtmf,
     CallEnded,
@@ -63,9 +63,11 @@ from sip.events import (
     SipEvent,
     SiprecSession,
 )
+from sip.gate import Answer, Gate, Incoming
 from sip.media import AudioDeliver, FramePort, PortPool
 from sip.message import SipRequest, parse_request
 from sip.multipart import is_multipart
+from sip.screening import MAX_SIPREC_STREAMS, Admitted, Refused, WorkerState, screen
 from sip.sdp import Offer, parse_offer
 from sip.siprec import (
     METADATA_TYPE,
@@ -74,14 +76,14 @@ from sip.siprec import (
     map_streams,
     parse_body,
     parse_metadata,
-    siprec_evidence,
 )
 
 logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
-MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
 POLL_MS = 10
+ADMITTED_TTL_SECONDS = 5.0  # an admission pjsua never turned into a call (it refused it itself) is dropped
+CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
 RTP_CHECK_SECONDS = 1.0
 # pjsip's log lines for messages it drops before any callback sees them.
 DROPPED_MESSAGE_MARKERS = (("Error processing", "malformed"), ("too large", "oversized"))
@@ -101,9 +103,12 @@ class _Entry:
     key: int
     call: _Call
     ports: dict[int, FramePort] = field(default_factory=dict)  # stream index -> port lent to it
+    source_ip: str = ""
     hangup_requested: bool = False
     end_reason: str | None = None
     confirmed: bool = False
+    answered: float = field(default_factory=time.monotonic)
+    rtp_seen: bool = False  # any RTP packet ever arrived
     media_indexes: tuple[int, ...] = ()  # pjsua media index of each audio stream connected
     expect_rtp: bool = False
     rx_packets: int = 0
@@ -243,10 +248,12 @@ class SipEndpoint:
         self._keys = itertools.count(1)
         # Owned by the pjsua thread only:
         self._entries: dict[int, _Entry] = {}
-        self._rejected: list[_Call] = []
+        self._rejected: list[_Call] = []  # calls pjsua made of INVITEs the gate never saw, being ended
+        self._admitted: dict[str, tuple[Admitted, float]] = {}  # Call-ID -> (admission, when)
         self._graveyard: list[_Call] = []
         self._draining = False
         self._engine_down = False
+        self._probe_socket: socket.socket | None = None
         self._stopping = False
 
     # --- called from other threads -------------------------------------------------------------
@@ -340,6 +347,13 @@ class SipEndpoint:
             kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
             ep.transportCreate(kind, tcfg)
         ep.libStart()
+        self._gate = Gate(self._screen, self._screen_failed)
+        self._gate.register()
+        try:
+            self._gate.calibrate(self._send_probe, lambda: ep.libHandleEvents(POLL_MS), CALIBRATION_POLLS)
+        finally:
+            if self._probe_socket is not None:
+                self._probe_socket.close()
         if cfg.siprec.accept_require:
             _add_supported_siprec()
         ep.audDevManager().setNullDev()
@@ -361,6 +375,21 @@ class SipEndpoint:
         logger.info(
             "SIP endpoint listening on %s:%d (%s)", cfg.sip.host, self.port, "/".join(cfg.sip.transports)
         )
+
+    def _send_probe(self, probe: bytes) -> int:
+        """Send the gate's calibration probe to our own SIP port; return the port it came from."""
+        host = self._cfg.sip.host
+        if "udp" in self._cfg.sip.transports:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
+                sock.bind((host, 0))
+                sock.sendto(probe, (host, self.port))
+                port: int = sock.getsockname()[1]
+                return port
+        sock = socket.create_connection((host, self.port), timeout=2)
+        self._probe_socket = sock  # kept open until pjsip has read it
+        sock.sendall(probe)
+        port = sock.getsockname()[1]
+        return port
 
     def _set_codecs(self) -> None:
         wanted = {CODEC_IDS[name]: 255 - i for i, name in enumerate(self._cfg.sip.codecs)}
@@ -406,11 +435,19 @@ class SipEndpoint:
                 self._hangup(entry.call, 200 if entry.confirmed else 503)
 
     def _check_rtp(self, now: float) -> None:
-        """Count RTP received and lost (as pjmedia's stream statistics see it), and hang up calls whose
-        RTP stopped for sip.rtp_timeout_seconds while the media expects it."""
-        timeout = self._cfg.sip.rtp_timeout_seconds
+        """Count RTP received and lost (as pjmedia's stream statistics see it), and give back the slots
+        of calls that hold one for nothing: answered but never ACKed (sip.ack_timeout_seconds),
+        expecting RTP that never came (sip.first_rtp_timeout_seconds), or whose RTP stopped while
+        the media expects it (sip.rtp_timeout_seconds; a lost BYE ends this way)."""
+        sip = self._cfg.sip
         for entry in list(self._entries.values()):
-            if not entry.media_indexes or entry.hangup_requested:
+            if entry.hangup_requested:
+                continue
+            if not entry.confirmed:
+                if now - entry.answered >= sip.ack_timeout_seconds:
+                    self._reclaim(entry, "no_ack", now - entry.answered, 408)
+                continue
+            if not entry.media_indexes:
                 continue
             try:
                 stats = [entry.call.getStreamStat(index).rtcp.rxStat for index in entry.media_indexes]
@@ -420,18 +457,22 @@ class SipEndpoint:
             lost = sum(int(stat.loss) for stat in stats)
             self._metrics.rtp_in(max(0, packets - entry.rx_packets), max(0, lost - entry.rx_lost))
             entry.rx_lost = lost
-            if timeout <= 0:
-                entry.rx_packets = packets
-                continue
+            entry.rtp_seen = entry.rtp_seen or packets > 0
             if packets != entry.rx_packets or not entry.expect_rtp:
                 entry.rx_packets = packets
                 entry.rx_changed = now
-            elif now - entry.rx_changed >= timeout:
-                logger.warning("no RTP for %.0f s on call %d: hanging up", now - entry.rx_changed, entry.key)
+            elif not entry.rtp_seen and now - entry.rx_changed >= sip.first_rtp_timeout_seconds:
+                self._reclaim(entry, "no_rtp", now - entry.rx_changed, 200)
+            elif now - entry.rx_changed >= sip.rtp_timeout_seconds:
                 self._metrics.rtp_timeout()
-                entry.hangup_requested = True
-                entry.end_reason = "rtp_timeout"
-                self._hangup(entry.call, 200 if entry.confirmed else 408)
+                self._reclaim(entry, "rtp_timeout", now - entry.rx_changed, 200)
+
+    def _reclaim(self, entry: _Entry, cause: str, idle: float, status: int) -> None:
+        call_logger(logger, entry.call_id).warning("%s for %.1f s: hanging up to free the slot", cause, idle)
+        self._metrics.call_reclaimed(cause)
+        entry.hangup_requested = True
+        entry.end_reason = cause
+        self._hangup(entry.call, status)
 
     def _hangup(self, call: _Call, status: int) -> None:
         op = pj.CallOpParam()
@@ -458,69 +499,64 @@ class SipEndpoint:
                 return entry
         return None
 
+    def _screen(self, incoming: Incoming) -> Answer | None:
+        """The gate's handler: screen a new INVITE; answer a refusal, or keep the admission for pjsua's
+        `onIncomingCall`, which pjsua calls next, from inside this same dispatch."""
+        now = time.monotonic()
+        for stale in [k for k, (_, at) in self._admitted.items() if now - at > ADMITTED_TTL_SECONDS]:
+            logger.warning("pjsua never offered the admitted INVITE %s as a call", stale)
+            del self._admitted[stale]
+        source = f"{incoming.source_ip}:{incoming.source_port}"
+        state = WorkerState(
+            active_calls=len(self._entries) + len(self._admitted),
+            draining=self._draining,
+            within_rate=self._limiter.allow(incoming.source_ip, now),
+            engine_refuses=self._engine_down and self._cfg.engine.on_unreachable == "reject",
+            source_calls=sum(1 for e in self._entries.values() if e.source_ip == incoming.source_ip),
+        )
+        verdict = screen(
+            incoming.raw, incoming.source_ip, state, self._policy, self._rules, self._cfg.sip.calls_per_source
+        )
+        if isinstance(verdict, Refused):
+            reject = verdict.reject
+            log = logger.warning if reject.result == "rejected_invalid" else logger.info
+            log("INVITE from %s refused: %d %s (%s)", source, reject.status, reject.reason, verdict.detail)
+            self._on_event(InviteRejected(status=reject.status, result=reject.result, source=source))
+            return Answer(reject.status, reject.reason, reject.headers)
+        call_id = verdict.request.header("call-id") or ""
+        self._admitted[call_id] = (verdict, now)
+        return None
+
+    def _screen_failed(self) -> None:
+        self._on_event(InviteRejected(status=500, result="rejected_error", source="?"))
+
     def _on_incoming(self, account: _Account, prm: Any) -> None:
         call = _Call(self, account, prm.callId)
         source = str(prm.rdata.srcAddress)
-        source_ip = source.rsplit(":", 1)[0].strip("[]")
-        try:
-            request = parse_request(str(prm.rdata.wholeMsg))
-        except ValueError:
-            logger.warning("unparseable INVITE from %s", source)
-            self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
+        call_id = str(call.getInfo().callIdString)
+        found = self._admitted.pop(call_id, None)
+        if found is None:  # the gate saw every INVITE first: a defect if it happens
+            logger.error("INVITE %s from %s reached pjsua without being screened", call_id, source)
+            self._end_unscreened(call)
             return
-        within_rate = self._limiter.allow(source_ip, time.monotonic())
-        evidence = siprec_evidence(request)
-        admitted = request
-        body = None
-        roles: tuple[StreamRole, ...] = ()
-        offer = Offer(())
-        if evidence:
-            try:
-                body = parse_body(request)
-                offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
-                roles = tuple(map_streams(offer, body.metadata, self._rules))
-            except Exception:  # untrusted input must not escape a pjsua2 callback
-                logger.exception("SIPREC INVITE from %s could not be read", source)
-                self._reject(call, 400, "Bad Request", "rejected_invalid", (), source)
-                return
-            if body.offer_hidden_from_pjsip:
-                logger.warning(
-                    "SIPREC INVITE from %s: multipart body without close delimiter hides the SDP from pjsip",
-                    source,
-                )
-                self._reject(
-                    call, 488, "Multipart Body Without Close Delimiter", "rejected_codec", (), source
-                )
-                return
-            admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
-        decision = decide(
-            admitted,
-            source_ip,
-            len(self._entries),
-            self._draining,
-            self._policy,
-            within_rate,
-            engine_refuses=self._engine_down and self._cfg.engine.on_unreachable == "reject",
-        )
-        if not isinstance(decision, Accept):
-            self._reject(call, decision.status, decision.reason, decision.result, decision.headers, source)
-            return
+        admitted = found[0]
+        request = admitted.request
         key = next(self._keys)
-        call_id = request.header("call-id") or ""
-        entry = _Entry(key=key, call=call, call_id=call_id)
+        entry = _Entry(key=key, call=call, call_id=call_id, source_ip=source.rsplit(":", 1)[0].strip("[]"))
         self._entries[key] = entry
         wanted = {h.lower() for h in self._cfg.sip.headers}
         headers = tuple((name, value) for name, value in request.headers if name in wanted)
         session = None
+        body = admitted.body
         if body is None:
             op = pj.CallOpParam()
         else:
-            entry.siprec_offer = offer
-            entry.streams = len(roles)
+            entry.siprec_offer = admitted.offer
+            entry.streams = len(admitted.roles)
             metadata = body.metadata
             session = SiprecSession(
-                evidence=evidence,
-                roles=roles,
+                evidence=admitted.evidence,
+                roles=admitted.roles,
                 session_ids=metadata.session_ids if metadata else (),
                 group_id=metadata.group_id if metadata else None,
                 problems=body.problems,
@@ -528,14 +564,15 @@ class SipEndpoint:
             )
             _log_session(call_id, source, session)
             op = pj.CallOpParam(True)  # True: `opt` starts from pjsua's defaults (see module docstring)
-            op.opt.audioCount = len(roles)
+            op.opt.audioCount = len(admitted.roles)
         op.statusCode = 200
         try:
             call.answer(op)
         except pj.Error as exc:
             logger.warning("answer failed for %s: %s", call_id, exc.info())
-            del self._entries[key]
-            self._reject(call, 488, "Not Acceptable Here", "rejected_codec", (), source)
+            entry.hangup_requested = True
+            entry.end_reason = "failed"
+            self._hangup(call, 500)
             return
         self._on_event(
             CallStarted(
@@ -545,10 +582,14 @@ class SipEndpoint:
                 to_uri=request.header("to") or "",
                 remote=source,
                 headers=headers,
-                codecs=decision.encodings,
+                codecs=admitted.accept.encodings,
                 siprec=session,
             )
         )
+
+    def _end_unscreened(self, call: _Call) -> None:
+        self._rejected.append(call)
+        self._hangup(call, 500)
 
     def _on_midcall(self, call: _Call, message: str, how: str) -> None:
         """A re-INVITE or UPDATE of a SIPREC call: remap the streams if it carries rs-metadata."""
@@ -564,35 +605,6 @@ class SipEndpoint:
             return
         call_logger(logger, entry.call_id).debug("%s carries rs-metadata", how)
         self._on_event(CallStreams(key=entry.key, roles=roles, reason=how))
-
-    def _reject(
-        self,
-        call: _Call,
-        status: int,
-        reason: str,
-        result: str,
-        headers: tuple[tuple[str, str], ...],
-        source: str,
-    ) -> None:
-        op = pj.CallOpParam()
-        op.statusCode = status
-        op.reason = reason
-        if headers:
-            vector = pj.SipHeaderVector()
-            for name, value in headers:
-                header = pj.SipHeader()
-                header.hName = name
-                header.hValue = value
-                vector.append(header)
-            op.txOption.headers = vector
-        self._rejected.append(call)
-        try:
-            # answer() with a final status carries txOption's headers (Retry-After); hangup() drops them.
-            call.answer(op)
-        except pj.Error as exc:
-            logger.warning("rejecting INVITE from %s with %d failed: %s", source, status, exc.info())
-        logger.info("INVITE from %s refused: %d %s", source, status, reason)
-        self._on_event(InviteRejected(status=status, result=result, source=source))
 
     def _on_call_state(self, call: _Call) -> None:
         info = call.getInfo()

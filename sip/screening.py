@@ -1,0 +1,136 @@
+"""Every new INVITE is screened here, from the bytes that arrived, before pjsua makes a call of it (no I/O).
+
+This is the bridge's one admission point (the pjsip module of `sip.gate` calls `screen` for each
+out-of-dialog INVITE). In order, so the cheapest and most specific answer wins:
+1. bytes that are not a SIP request, or whose Content-Length promises more body than arrived
+   (RFC 3261 18.3: such a datagram must not become a call) → 400
+2. source outside `sip.allow_from` → 403
+3. a SIPREC INVITE (RFC 7866) whose body or rs-metadata cannot be read → 400; one whose multipart body
+   hides the SDP from pjsip (no close delimiter) → 488
+4. the source holds `sip.calls_per_source` of this worker's calls already → 503 with Retry-After
+5. `sip.admission.decide`: flood, draining, full, engine down → 503; no offer, no codec in common → 488
+
+Untrusted bytes only ever raise ValueError out of the parsers (their documented error); `screen` maps it
+to a 400 and says why in `Reject.reason`'s log detail. Anything else that escapes is a defect: the
+caller logs it with its traceback and refuses the INVITE with 500.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+
+from sip.admission import Accept, Policy, Reject, decide, source_allowed
+from sip.message import SipRequest, parse_request
+from sip.sdp import Offer, parse_offer
+from sip.siprec import SiprecBody, SiprecRules, StreamRole, map_streams, parse_body, siprec_evidence
+
+MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
+NO_OFFER = Offer(())
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
+
+
+@dataclass(frozen=True)
+class WorkerState:
+    """What the worker knows when an INVITE arrives."""
+
+    active_calls: int
+    draining: bool
+    within_rate: bool  # the source's RateLimiter said yes
+    engine_refuses: bool  # engine unreachable and engine.on_unreachable = reject
+    source_calls: int = 0  # calls this source holds on this worker now
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """An INVITE to answer 200: the parsed request, the codecs in common and, for SIPREC, its streams."""
+
+    request: SipRequest
+    accept: Accept
+    evidence: tuple[str, ...] = ()  # why it is a SIPREC session; empty for a plain call
+    body: SiprecBody | None = None
+    offer: Offer = NO_OFFER  # the audio m-lines answered, for a SIPREC call
+    roles: tuple[StreamRole, ...] = ()
+
+
+@dataclass(frozen=True)
+class Refused:
+    """An INVITE refused, with the answer and the line to log."""
+
+    reject: Reject
+    detail: str
+
+
+def screen(
+    raw: bytes,
+    source_ip: str,
+    state: WorkerState,
+    policy: Policy,
+    rules: SiprecRules,
+    calls_per_source: int = 0,
+) -> Admitted | Refused:
+    """Decide on one INVITE as it arrived (`raw`: the whole message; `calls_per_source`: 0 = no cap)."""
+    try:
+        request = parse_request(raw.decode("utf-8", errors="replace"))
+        declared = _content_length(request)
+    except ValueError as exc:
+        return _invalid(f"unparseable INVITE: {exc}")
+    body_bytes = len(raw.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in raw else 0
+    if declared is not None and declared > body_bytes:
+        return _invalid(f"Content-Length {declared} but {body_bytes} bytes of body arrived")
+    if not source_allowed(source_ip, policy.allow_from):
+        return Refused(Reject(403, "Forbidden", "rejected_acl"), "source not in sip.allow_from")
+    retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
+    evidence = siprec_evidence(request)
+    admitted = request
+    body = None
+    offer = NO_OFFER
+    roles: tuple[StreamRole, ...] = ()
+    if evidence:
+        try:
+            body = parse_body(request)
+            offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
+            roles = tuple(map_streams(offer, body.metadata, rules))
+        except ValueError as exc:
+            return _invalid(f"SIPREC body could not be read: {exc}")
+        if body.offer_hidden_from_pjsip:
+            return Refused(
+                Reject(488, "Multipart Body Without Close Delimiter", "rejected_codec"),
+                "multipart body without close delimiter hides the SDP from pjsip",
+            )
+        admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
+    if calls_per_source and state.source_calls >= calls_per_source:
+        return Refused(
+            Reject(503, "Too Many Calls From This Source", "rejected_source", retry),
+            f"the source holds {state.source_calls} calls (sip.calls_per_source)",
+        )
+    try:
+        decision = decide(
+            admitted,
+            source_ip,
+            state.active_calls,
+            state.draining,
+            policy,
+            state.within_rate,
+            engine_refuses=state.engine_refuses,
+        )
+    except ValueError as exc:
+        return _invalid(f"SDP offer could not be read: {exc}")
+    if isinstance(decision, Reject):
+        return Refused(decision, decision.reason)
+    return Admitted(request, decision, evidence, body, offer, roles)
+
+
+def _content_length(request: SipRequest) -> int | None:
+    value = request.header("content-length")
+    if value is None:
+        return None
+    value = value.strip()
+    if not _CONTENT_LENGTH.fullmatch(value):
+        raise ValueError(f"Content-Length is not a number: {value[:20]!r}")
+    return int(value)
+
+
+def _invalid(detail: str) -> Refused:
+    return Refused(Reject(400, "Bad Request", "rejected_invalid"), detail)
