@@ -26,6 +26,7 @@ DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
 DEFAULT_ACK_TIMEOUT_SECONDS = 5.0
 DEFAULT_FIRST_RTP_TIMEOUT_SECONDS = 10.0
+DEFAULT_TRANSACTION_TIMEOUT_SECONDS = 8.0
 DEFAULT_INVITE_RATE = 20.0
 DEFAULT_INVITE_BURST = 40
 DEFAULT_SAMPLE_RATE: Literal[8000, 16000] = 8000
@@ -82,6 +83,9 @@ class SipConfig(_Section):
     first_rtp_timeout_seconds: float = Field(
         DEFAULT_FIRST_RTP_TIMEOUT_SECONDS, gt=0
     )  # answered, expecting RTP, none ever arrived: hang up
+    transaction_timeout_seconds: float = Field(
+        DEFAULT_TRANSACTION_TIMEOUT_SECONDS, ge=1, le=32
+    )  # a call's slot is held until its transactions end: pjsip's Timer B/F/H (RFC 3261: 32 s)
     calls_per_source: int = Field(0, ge=0, le=MAX_CALLS_PER_WORKER)  # one source's calls a worker; 0 = no cap
     allow_from: tuple[str, ...] = ()  # CIDR allow-list for INVITE sources (403 otherwise); empty = everyone
     invite_rate_per_source: float = Field(

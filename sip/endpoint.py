@@ -63,7 +63,7 @@ from sip.events import (
     SipEvent,
     SiprecSession,
 )
-from sip.gate import Answer, Gate, Incoming
+from sip.gate import Answer, Gate, Incoming, pjsua_calls, set_transaction_timeout
 from sip.media import AudioDeliver, FramePort, PortPool
 from sip.message import SipRequest, parse_request
 from sip.multipart import is_multipart
@@ -82,11 +82,18 @@ logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
 POLL_MS = 10
-ADMITTED_TTL_SECONDS = 5.0  # an admission pjsua never turned into a call (it refused it itself) is dropped
 CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
 RTP_CHECK_SECONDS = 1.0
-# pjsip's log lines for messages it drops before any callback sees them.
-DROPPED_MESSAGE_MARKERS = (("Error processing", "malformed"), ("too large", "oversized"))
+# pjsip's log lines for messages it drops before any callback sees them, first match wins (pjsip 2.15:
+# "Error processing packet from …: Rx buffer overflow" for a message larger than PJSIP_MAX_PKT_LEN,
+# "Dropping N bytes packet from …: PJSIP syntax error exception when parsing …" for a parse error,
+# "Error processing packet from …: Missing required header(s)" for a message without CSeq or the like).
+DROPPED_MESSAGE_MARKERS = (
+    ("Rx buffer overflow", "oversized"),
+    ("too large", "oversized"),
+    ("Error processing", "malformed"),
+    ("bytes packet from", "malformed"),
+)
 RTP_PORTS_PER_WORKER = 40
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 MEDIA_STATUS = {
@@ -249,7 +256,9 @@ class SipEndpoint:
         # Owned by the pjsua thread only:
         self._entries: dict[int, _Entry] = {}
         self._rejected: list[_Call] = []  # calls pjsua made of INVITEs the gate never saw, being ended
-        self._admitted: dict[str, tuple[Admitted, float]] = {}  # Call-ID -> (admission, when)
+        # Call-ID -> the gate's admission, for onIncomingCall, which pjsua calls from inside the same
+        # dispatch; still here at the next INVITE means pjsua answered that one itself.
+        self._admitted: dict[str, Admitted] = {}
         self._graveyard: list[_Call] = []
         self._draining = False
         self._engine_down = False
@@ -340,6 +349,7 @@ class SipEndpoint:
         ep_cfg.medConfig.noVad = True
         ep_cfg.medConfig.maxMediaPorts = 4 * PJSUA_MAX_CALLS + 8
         ep.libInit(ep_cfg)
+        set_transaction_timeout(cfg.sip.transaction_timeout_seconds)
         for name in cfg.sip.transports:
             tcfg = pj.TransportConfig()
             tcfg.port = self.port
@@ -503,12 +513,13 @@ class SipEndpoint:
         """The gate's handler: screen a new INVITE; answer a refusal, or keep the admission for pjsua's
         `onIncomingCall`, which pjsua calls next, from inside this same dispatch."""
         now = time.monotonic()
-        for stale in [k for k, (_, at) in self._admitted.items() if now - at > ADMITTED_TTL_SECONDS]:
-            logger.warning("pjsua never offered the admitted INVITE %s as a call", stale)
-            del self._admitted[stale]
+        for stale in self._admitted:  # pjsua refused it itself (e.g. 400 without Contact, 420)
+            logger.info("INVITE %s admitted, then answered by pjsua itself", stale)
+        self._admitted.clear()
         source = f"{incoming.source_ip}:{incoming.source_port}"
         state = WorkerState(
-            active_calls=len(self._entries) + len(self._admitted),
+            # pjsua keeps ended calls' slots until their transactions are over: count what it counts
+            active_calls=max(len(self._entries) + len(self._admitted), pjsua_calls()),
             draining=self._draining,
             within_rate=self._limiter.allow(incoming.source_ip, now),
             engine_refuses=self._engine_down and self._cfg.engine.on_unreachable == "reject",
@@ -524,7 +535,7 @@ class SipEndpoint:
             self._on_event(InviteRejected(status=reject.status, result=reject.result, source=source))
             return Answer(reject.status, reject.reason, reject.headers)
         call_id = verdict.request.header("call-id") or ""
-        self._admitted[call_id] = (verdict, now)
+        self._admitted[call_id] = verdict
         return None
 
     def _screen_failed(self) -> None:
@@ -534,12 +545,11 @@ class SipEndpoint:
         call = _Call(self, account, prm.callId)
         source = str(prm.rdata.srcAddress)
         call_id = str(call.getInfo().callIdString)
-        found = self._admitted.pop(call_id, None)
-        if found is None:  # the gate saw every INVITE first: a defect if it happens
+        admitted = self._admitted.pop(call_id, None)
+        if admitted is None:  # the gate saw every INVITE first: a defect if it happens
             logger.error("INVITE %s from %s reached pjsua without being screened", call_id, source)
             self._end_unscreened(call)
             return
-        admitted = found[0]
         request = admitted.request
         key = next(self._keys)
         entry = _Entry(key=key, call=call, call_id=call_id, source_ip=source.rsplit(":", 1)[0].strip("[]"))

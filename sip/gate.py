@@ -22,6 +22,7 @@ Everything here runs on the pjsua thread (the endpoint polls with `threadCnt = 0
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ MAX_PACKET = 70_000  # the largest PJSIP_MAX_PKT_LEN searched for
 # From msg_info.msg_buf back to pkt_info.src_name (char[46]) and src_port (int), as the struct lays them.
 SRC_NAME_BACK = 56
 SRC_PORT_BACK = 8
+T1_MS, T2_MS, T4_MS = 500, 4000, 5000  # RFC 3261's timer values
 
 _RxCallback = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p)
 
@@ -95,6 +97,7 @@ class Answer:
 Handler = Callable[[Incoming], Answer | None]  # None: let pjsua take it
 
 
+@functools.cache
 def library() -> ctypes.CDLL:
     """The pjsua2 extension module's C symbols (dlopen of the loaded module returns the same library)."""
     lib = ctypes.CDLL(pj._pjsua2.__file__)
@@ -126,7 +129,24 @@ def library() -> ctypes.CDLL:
     lib.pjsip_generic_string_hdr_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.pj_list_insert_before.restype = None
     lib.pj_list_insert_before.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.pjsip_tsx_set_timers.restype = None
+    lib.pjsip_tsx_set_timers.argtypes = [ctypes.c_uint] * 4
+    lib.pjsua_call_get_count.restype = ctypes.c_uint
+    lib.pjsua_call_get_count.argtypes = []
     return lib
+
+
+def set_transaction_timeout(seconds: float) -> None:
+    """How long pjsip waits for an answer that never comes (Timer B/F/H; pjsip uses Timer D's value for
+    them): an unACKed 2xx, a BYE to a peer that went away. pjsua keeps such a call's slot until then,
+    even after the call was hung up (measured: 32 s, RFC 3261's 64 x T1, by default). T1, T2 and T4 keep
+    RFC 3261's values. Call after libInit (which sets pjsip's defaults) on the pjsua thread."""
+    library().pjsip_tsx_set_timers(T1_MS, T2_MS, T4_MS, int(seconds * 1000))
+
+
+def pjsua_calls() -> int:
+    """The calls pjsua holds a slot for, including ended ones whose transactions are not over."""
+    return int(library().pjsua_call_get_count())
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,10 @@ out-of-dialog INVITE). In order, so the cheapest and most specific answer wins:
 1. bytes that are not a SIP request, or whose Content-Length promises more body than arrived
    (RFC 3261 18.3: such a datagram must not become a call) → 400
 2. source outside `sip.allow_from` → 403
-3. a SIPREC INVITE (RFC 7866) whose body or rs-metadata cannot be read → 400; one whose multipart body
-   hides the SDP from pjsip (no close delimiter) → 488
+3. a SIPREC INVITE (RFC 7866) whose body cannot be read, or that says `Require: siprec` and carries
+   rs-metadata that cannot be read (the SRC insists on a recording session the SRS cannot follow) → 400;
+   one whose multipart body hides the SDP from pjsip (no close delimiter) → 488. Without
+   `Require: siprec`, unreadable metadata is tolerated: the call goes on, the problem is in call.started
 4. the source holds `sip.calls_per_source` of this worker's calls already → 503 with Retry-After
 5. `sip.admission.decide`: flood, draining, full, engine down → 503; no offer, no codec in common → 488
 
@@ -24,7 +26,15 @@ from dataclasses import dataclass
 from sip.admission import Accept, Policy, Reject, decide, source_allowed
 from sip.message import SipRequest, parse_request
 from sip.sdp import Offer, parse_offer
-from sip.siprec import SiprecBody, SiprecRules, StreamRole, map_streams, parse_body, siprec_evidence
+from sip.siprec import (
+    SiprecBody,
+    SiprecRules,
+    StreamRole,
+    map_streams,
+    parse_body,
+    requires_siprec,
+    siprec_evidence,
+)
 
 MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
 NO_OFFER = Offer(())
@@ -99,6 +109,8 @@ def screen(
                 Reject(488, "Multipart Body Without Close Delimiter", "rejected_codec"),
                 "multipart body without close delimiter hides the SDP from pjsip",
             )
+        if body.metadata is None and body.metadata_xml is not None and requires_siprec(request):
+            return _invalid(f"Require: siprec with unreadable rs-metadata: {'; '.join(body.problems)}")
         admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
     if calls_per_source and state.source_calls >= calls_per_source:
         return Refused(

@@ -109,41 +109,56 @@ class Bridge:
         return self.proc.returncode
 
 
+def new_bridge(
+    directory: Path,
+    number: int,
+    engine_url: str,
+    workers: int = 1,
+    start: bool = True,
+    **sections: dict[str, Any],
+) -> Bridge:
+    """A bridge with its own ports, config, events file, state and spool in `directory`."""
+    sip_port = free_port_block(workers)
+    rtp_port = free_port_block(40 * workers, low=30000, high=60000)
+    events_path = directory / f"events-{number}.jsonl"
+    config: dict[str, Any] = {
+        "sip": {"first_port": sip_port, "workers": workers, "rtp_first_port": rtp_port},
+        "engine": {"url": engine_url, "final_timeout_seconds": 30, "reconnect_initial_seconds": 0.2},
+        "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
+        "metrics": {"port": 0},
+        "drain": {"timeout_seconds": 5},
+        "state": {"directory": str(directory / f"state-{number}")},
+        "webhook": {"spool_path": str(directory / f"spool-{number}.sqlite3")},
+    }
+    for name, values in sections.items():
+        config.setdefault(name, {}).update(values)
+    config_path = directory / f"config-{number}.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    bridge = Bridge(config_path, events_path, sip_port, workers, log_path=directory / f"bridge-{number}.log")
+    if start:
+        bridge.start()
+    return bridge
+
+
+def end_bridge(bridge: Bridge) -> None:
+    """Stop a test's bridge and anything it left behind."""
+    bridge.stop(signal.SIGKILL if bridge.proc and bridge.proc.poll() is None else signal.SIGTERM, timeout=5)
+    subprocess.run(["pkill", "-9", "-f", f"bridge worker --config {bridge.config_path}"], check=False)
+
+
 @pytest.fixture
 def make_bridge(tmp_path: Path) -> Iterator[Any]:
     started: list[Bridge] = []
 
     def factory(engine_url: str, workers: int = 1, start: bool = True, **sections: dict[str, Any]) -> Bridge:
-        sip_port = free_port_block(workers)
-        rtp_port = free_port_block(40 * workers, low=30000, high=60000)
-        events_path = tmp_path / f"events-{len(started)}.jsonl"
-        config: dict[str, Any] = {
-            "sip": {"first_port": sip_port, "workers": workers, "rtp_first_port": rtp_port},
-            "engine": {"url": engine_url, "final_timeout_seconds": 30, "reconnect_initial_seconds": 0.2},
-            "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
-            "metrics": {"port": 0},
-            "drain": {"timeout_seconds": 5},
-            "state": {"directory": str(tmp_path / f"state-{len(started)}")},
-            "webhook": {"spool_path": str(tmp_path / f"spool-{len(started)}.sqlite3")},
-        }
-        for name, values in sections.items():
-            config.setdefault(name, {}).update(values)
-        config_path = tmp_path / f"config-{len(started)}.yaml"
-        config_path.write_text(yaml.safe_dump(config))
-        bridge = Bridge(
-            config_path, events_path, sip_port, workers, log_path=tmp_path / f"bridge-{len(started)}.log"
-        )
-        started.append(bridge)
+        started.append(bridge := new_bridge(tmp_path, len(started), engine_url, workers, False, **sections))
         if start:
             bridge.start()
         return bridge
 
     yield factory
     for bridge in started:
-        bridge.stop(
-            signal.SIGKILL if bridge.proc and bridge.proc.poll() is None else signal.SIGTERM, timeout=5
-        )
-        subprocess.run(["pkill", "-9", "-f", f"bridge worker --config {bridge.config_path}"], check=False)
+        end_bridge(bridge)
 
 
 @dataclass
