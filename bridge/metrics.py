@@ -72,6 +72,7 @@ GAP_CAUSES = (
     "final_timeout",  # no final transcript within engine.final_timeout_seconds
     "cancelled",  # the call was torn down (drain timeout, forced stop)
     "error",  # the stream failed on an error of ours (logged with its traceback)
+    "pipeline_error",  # the call's pipeline failed on an error of ours (logged with its traceback)
     "worker_lost",  # the worker process died with the call up
     "other",
 )
