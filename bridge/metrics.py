@@ -80,7 +80,9 @@ GAP_CAUSES = (
 SIP_DROP_REASONS = ("malformed", "oversized", "other")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
-RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
+# exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
+# start_failed: a start that never became ready (spawn error, exit before ready, not ready in time).
+RESTART_REASONS = ("exit", "signal", "hung", "start_failed", "other")
 
 OTHER = "other"
 
