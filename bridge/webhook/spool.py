@@ -11,6 +11,13 @@ Every row names its owner; a process only delivers its own rows. `claim_orphans`
 owners whose lock is free (dead, or closed cleanly with events left) and returns them in order. The
 lock file is renamed into place only once locked, so a live owner is never mistaken for a dead one.
 
+First open. Switching a new file to WAL takes an exclusive lock that SQLite does not wait for (its busy
+handler is not called there), so several processes opening a fresh spool at once used to fail with
+"database is locked". Every open, and `prepare` (which the supervisor calls once before it spawns the
+workers), therefore creates the file, switches it to WAL and creates the schema while holding an
+exclusive `flock` on ``<spool>.init.lock``, waiting at most the busy timeout for it. Once the file is
+in WAL mode the opens that follow only read the mode and go on.
+
 Durability: WAL with ``synchronous=FULL`` survives a killed process and a power cut. The size bound is
 the database's used pages; an insert that would pass `max_bytes` is refused as a whole.
 
@@ -20,6 +27,7 @@ so the event loop never waits on the disk.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -28,7 +36,7 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 10.0
+INIT_LOCK_POLL = 0.005  # seconds between attempts at the first-open lock
 REJECTED_KEEP = 10_000  # rejected events kept for inspection, oldest dropped first
 
 _SCHEMA = """
@@ -111,6 +120,73 @@ class InsertResult:
     used_bytes: int
 
 
+@contextlib.contextmanager
+def _init_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on ``<path>.init.lock``; sqlite3.OperationalError after `timeout`."""
+    fd = os.open(path.with_name(path.name + ".init.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"{path}: another process held the spool's first-open lock for {timeout:g} s"
+                    ) from None
+                time.sleep(INIT_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _connect(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, str]:
+    """Open `path`, make it a WAL spool with the current schema; the connection and its schema version.
+
+    Holds the first-open lock throughout, so any number of processes may call it at once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _init_lock(path, busy_timeout):
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=16777216")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
+    return db, str(version)
+
+
+def prepare(path: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    """Create the spool at `path` (WAL, schema) once, before any worker opens it; a no-op if it exists.
+
+    The supervisor calls it before spawning the workers. Raises sqlite3.Error if the file cannot be
+    made a spool of this version (the bridge should not start then).
+    """
+    db, version = _connect(Path(path), busy_timeout)
+    db.close()
+    if int(version) != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"{path}: spool schema {version}, expected {SCHEMA_VERSION}")
+
+
 def _token() -> str:
     host = re.sub(r"[^A-Za-z0-9.-]", "-", socket.gethostname())[:40] or "host"
     return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -135,21 +211,9 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.owners_dir.mkdir(exist_ok=True)
         self._lock_fd = self._take_lock()
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=16777216")
-            db.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            db.execute("COMMIT")
+            db, version = _connect(self.path, self._busy_timeout)
         except BaseException:
-            db.close()
             self._release_lock()
             raise
         if int(version) != SCHEMA_VERSION:

@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.webhook.spool import NewEvent, Spool
+from bridge.webhook.spool import NewEvent, Spool, prepare
 
 
 def ev(call_id: str, seq: int, url: str = "http://r/hook", size: int = 10) -> NewEvent:
@@ -156,3 +159,57 @@ def test_insert_is_fast_enough(path: Path) -> None:
         assert per_event < 0.25
     finally:
         spool.close()
+
+
+def _open_at_once(path: str, barrier: Any, results: Any) -> None:
+    """In a child process: wait for the others, then open (and close) the fresh spool."""
+    spool = Spool(path, 10**8)
+    barrier.wait(10)
+    try:
+        spool.open()
+        spool.insert([ev(f"c{os.getpid()}", 0)])
+        spool.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _race(paths: list[Path], processes: int, prepared: bool) -> list[str]:
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for path in paths:
+        if prepared:
+            prepare(path)
+        barrier = ctx.Barrier(processes)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_at_once, args=(str(path), barrier, results)) for _ in range(processes)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            outcomes = [results.get(timeout=30) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        failures.extend(o for o in outcomes if o != "ok")
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == processes
+    return failures
+
+
+def test_fresh_spool_opened_by_four_processes_at_once(tmp_path: Path) -> None:
+    """20 rounds of 4 processes released by one barrier onto a spool that does not exist yet."""
+    paths = [tmp_path / f"round{i}" / "spool.sqlite3" for i in range(20)]
+    assert _race(paths, 4, prepared=False) == []
+
+
+def test_prepared_spool_opened_by_four_processes_at_once(tmp_path: Path) -> None:
+    """What the supervisor does: prepare() once, then the workers open it together."""
+    paths = [tmp_path / f"round{i}" / "spool.sqlite3" for i in range(5)]
+    assert _race(paths, 4, prepared=True) == []
+    prepare(paths[0])  # again, on an existing spool: a no-op
