@@ -176,6 +176,8 @@ class WebhookSettings:
             backoff_initial_seconds=config.backoff_initial_seconds,
             backoff_max_seconds=config.backoff_max_seconds,
             spool_max_bytes=config.spool_max_bytes,
+            spool_warn_fraction=config.spool_warn_fraction,
+            claim_interval_seconds=config.claim_interval_seconds,
             bearer_token=bearer,
             basic_auth=basic,
         )
