@@ -27,8 +27,8 @@ import uvloop
 from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
-from bridge.events import BridgeEvent, EventSink
-from bridge.ledger import CallLedger, lost_call_ended
+from bridge.events import EventSink
+from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
 from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
@@ -146,13 +146,14 @@ class Worker:
     # --- life -----------------------------------------------------------------------------------------------
 
     def _end_lost_calls(self) -> None:
-        """End the calls a previous worker of this index left behind when it died."""
-        now = time.time()
-        for entry in self.ledger.take_orphans():
-            logger.error("call %s was lost with the previous worker %d", entry.call_id, self.index)
-            data = lost_call_ended(entry, now)
+        """End the calls a previous worker of this index left behind when it died (`bridge.ledger`:
+        their call.ended goes out after whatever of them is still spooled, whichever worker holds it).
+        The supervisor that saw the death counted them; after a whole-pool restart, none did: here."""
+        for lost, data in end_lost_calls(self.ledger, self.sink, time.time()):
+            logger.error("call %s was lost with the previous worker %d", lost.entry.call_id, self.index)
             self.engine_metrics.gap(data["gaps"][0]["duration"], "worker_lost")
-            self.sink.submit(BridgeEvent("call.ended", entry.call_id, entry.next_seq, now, data))
+            if not lost.same_supervisor:
+                metrics.CALLS.labels("worker_lost").inc()
 
     def request_stop(self) -> None:
         if self._stop.is_set():

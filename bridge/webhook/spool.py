@@ -36,9 +36,11 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from bridge.webhook import crashpoint
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,19 @@ class RejectedEvent:
 @dataclass(frozen=True)
 class InsertResult:
     accepted: bool  # False: the spool is full and nothing was written
+    used_bytes: int
+    # One per event, in order: False where the spool already held that (url, call_id, seq), written
+    # by another owner (a lost call's call.ended whose real one is spooled): that copy is not sent.
+    inserted: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class LostEndResult:
+    """What `insert_lost_end` did."""
+
+    seq: int | None  # the seq the call.ended was written with; None: not written (see `written`)
+    written: bool  # False: the spool is full, or already holds a call.ended of this call
+    already_ended: bool
     used_bytes: int
 
 
@@ -266,6 +281,7 @@ class Spool:
 
     def insert(self, events: Sequence[NewEvent]) -> InsertResult:
         """Write `events` in one transaction, owned by this owner, or none of them if the spool is full."""
+        crashpoint.reached("spool.before_insert")
         db = self.db
         incoming = sum(len(e.body) + len(e.url) + len(e.call_id) + 128 for e in events)
         db.execute("BEGIN IMMEDIATE")
@@ -275,19 +291,68 @@ class Spool:
                 db.execute("ROLLBACK")
                 return InsertResult(False, used)
             now = time.time()
-            db.executemany(
-                "INSERT OR IGNORE INTO events (url, call_id, seq, event_id, kind, event_time, spooled_at, "
-                "owner, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.url, e.call_id, e.seq, e.event_id, e.kind, e.event_time, now, self.owner, e.body)
-                    for e in events
-                ],
+            inserted = tuple(
+                db.execute(
+                    "INSERT OR IGNORE INTO events (url, call_id, seq, event_id, kind, event_time, "
+                    "spooled_at, owner, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.url, e.call_id, e.seq, e.event_id, e.kind, e.event_time, now, self.owner, e.body),
+                ).rowcount
+                == 1
+                for e in events
             )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return InsertResult(True, used + incoming)
+        return InsertResult(True, used + incoming, inserted)
+
+    def insert_lost_end(
+        self,
+        urls: Sequence[str],
+        call_id: str,
+        seq: int,
+        event_time: float,
+        encode: Callable[[int], tuple[str, bytes]],
+    ) -> LostEndResult:
+        """Write a lost call's call.ended for every URL in one transaction, numbered after the call.
+
+        Its seq is `seq` (the ledger's next one) or one past the call's last spooled event, whichever
+        is larger; `encode(seq)` gives its event id and body. Nothing is written if the spool already
+        holds a call.ended of the call (its worker wrote it before dying) or if it is full.
+        """
+        crashpoint.reached("spool.before_insert")
+        db = self.db
+        marks = ",".join("?" * len(urls))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (ended,) = db.execute(
+                f"SELECT COUNT(*) FROM events WHERE call_id = ? AND kind = 'call.ended' AND url IN ({marks})",
+                (call_id, *urls),
+            ).fetchone()
+            used = self.used_bytes()
+            if ended:
+                db.execute("ROLLBACK")
+                return LostEndResult(None, False, True, used)
+            (last,) = db.execute(
+                f"SELECT MAX(seq) FROM events WHERE call_id = ? AND url IN ({marks})", (call_id, *urls)
+            ).fetchone()
+            final = seq if last is None else max(seq, int(last) + 1)
+            event_id, body = encode(final)
+            incoming = len(urls) * (len(body) + len(call_id) + 128) + sum(map(len, urls))
+            if used + incoming > self.max_bytes:
+                db.execute("ROLLBACK")
+                return LostEndResult(None, False, False, used)
+            now = time.time()
+            db.executemany(
+                "INSERT INTO events (url, call_id, seq, event_id, kind, event_time, spooled_at, owner, body) "
+                "VALUES (?, ?, ?, ?, 'call.ended', ?, ?, ?, ?)",
+                [(url, call_id, final, event_id, event_time, now, self.owner, body) for url in urls],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return LostEndResult(final, True, False, used + incoming)
 
     def body(self, url: str, call_id: str, seq: int) -> bytes | None:
         row = self.db.execute(
@@ -330,6 +395,14 @@ class Spool:
             args,
         ).fetchall()
         return [SpooledEvent(*row) for row in rows]
+
+    def earlier_elsewhere(self, url: str, call_id: str, seq: int) -> bool:
+        """Whether another owner, alive or dead, holds an event of (url, call_id) before `seq`."""
+        row = self.db.execute(
+            "SELECT 1 FROM events WHERE url = ? AND call_id = ? AND seq < ? AND owner != ? LIMIT 1",
+            (url, call_id, seq, self.owner),
+        ).fetchone()
+        return row is not None
 
     def count(self) -> int:
         """Events waiting, over every owner."""
@@ -406,6 +479,7 @@ class Spool:
             try:
                 rows = self._select("owner = ?", (owner,))
                 db.execute("UPDATE events SET owner = ? WHERE owner = ?", (self.owner, owner))
+                crashpoint.reached("spool.claim")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

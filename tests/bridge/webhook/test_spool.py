@@ -213,3 +213,43 @@ def test_prepared_spool_opened_by_four_processes_at_once(tmp_path: Path) -> None
     paths = [tmp_path / f"round{i}" / "spool.sqlite3" for i in range(5)]
     assert _race(paths, 4, prepared=True) == []
     prepare(paths[0])  # again, on an existing spool: a no-op
+
+
+def _encode(seq: int) -> tuple[str, bytes]:
+    return f"id-{seq}", f"ended at {seq}".encode()
+
+
+def test_lost_call_end_is_numbered_after_what_is_spooled(path: Path) -> None:
+    """The ledger may lag the spool by an event (killed between the two writes): the lost call's
+    call.ended then takes the next seq after the spooled ones, never one of theirs."""
+    dead = Spool(path, 10**8)
+    dead.open()
+    dead.insert([ev("c", 0), ev("c", 1), ev("c", 2)])
+    dead.close()
+    spool = Spool(path, 10**8)
+    spool.open()
+    try:
+        assert spool.earlier_elsewhere("http://r/hook", "c", 3)  # held by the dead owner
+        result = spool.insert_lost_end(["http://r/hook"], "c", 2, 9.0, _encode)
+        assert (result.written, result.seq) == (True, 3)
+        assert spool.body("http://r/hook", "c", 3) == b"ended at 3"
+        assert spool.insert_lost_end(["http://r/hook"], "d", 5, 9.0, _encode).seq == 5  # nothing spooled
+        spool.claim_orphans()
+        assert not spool.earlier_elsewhere("http://r/hook", "c", 3)  # ours now
+    finally:
+        spool.close()
+
+
+def test_lost_call_end_is_not_written_if_the_real_one_is_spooled(path: Path) -> None:
+    spool = Spool(path, 10**8)
+    spool.open()
+    try:
+        ended = NewEvent("http://r/hook", "c", 4, "id-c-4", "call.ended", 5.0, b"real")
+        spool.insert([ev("c", 3), ended])
+        result = spool.insert_lost_end(["http://r/hook"], "c", 4, 9.0, _encode)
+        assert (result.written, result.already_ended, result.seq) == (False, True, None)
+        assert spool.body("http://r/hook", "c", 4) == b"real"
+        dup = spool.insert([ended])  # the same row again, as a lost copy would be
+        assert dup.inserted == (False,)
+    finally:
+        spool.close()
