@@ -346,7 +346,7 @@ class Supervisor:
             listener.cancel()
         code = exited.result()
         if not self._stopping:
-            logger.error("worker %d (pid %d) exited with %d", slot.index, process.pid, code)
+            logger.error("worker %d (pid %d) died with %d", slot.index, process.pid, code)
         return restart_reason(code)
 
     async def _listen(self, slot: WorkerSlot, reader: asyncio.StreamReader, monitor: PingMonitor) -> None:

@@ -3,6 +3,7 @@ the first signal draining and the second forcing, and 20 fresh bridges starting 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -208,6 +209,65 @@ def test_a_worker_that_cannot_start_is_retried_while_the_others_keep_their_calls
         assert "failed to start" in bridge.log()
     finally:
         squatter.close()
+
+
+# --- the systemd watchdog ----------------------------------------------------------------------------
+
+
+def test_ready_waits_for_a_worker_and_the_watchdog_is_fed_while_workers_are_replaced(
+    standin_vad: Standin, make_bridge: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a NOTIFY_SOCKET: worker 0 cannot start, yet READY=1 comes once worker 1 serves, and
+    WATCHDOG=1 keeps coming while worker 0 is retried and while a hung worker 1 is replaced (the
+    supervisor is doing its job); a stopped supervisor sends none."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(tmp_path / "notify"))
+    listener.settimeout(0.2)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
+    monkeypatch.setenv("WATCHDOG_USEC", "1000000")  # a ping every 0.5 s
+    bridge = make_bridge(standin_vad.url, workers=2, start=False)
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    squatter.bind(("127.0.0.1", bridge.sip_port))
+    seen: list[tuple[float, bytes]] = []
+
+    def collect(seconds: float) -> list[bytes]:
+        deadline = time.monotonic() + seconds
+        got = []
+        while time.monotonic() < deadline:
+            try:
+                data = listener.recv(4096)
+            except TimeoutError:
+                continue
+            seen.append((time.monotonic(), data))
+            got.append(data)
+        return got
+
+    try:
+        launch(bridge)
+        assert bridge.proc is not None
+        wait_for_sip(bridge.sip_port + 1, timeout=30)
+        first = collect(3.0)
+        assert b"READY=1" in first  # one worker serves; the other is being retried
+        assert first.count(b"WATCHDOG=1") >= 4
+        os.kill(worker_pid(bridge.config_path, 1), signal.SIGSTOP)
+        during = collect(5.0)  # hung, killed, replaced: the supervisor's checks pass throughout
+        assert during.count(b"WATCHDOG=1") >= 8, during
+        pings = [at for at, data in seen if data == b"WATCHDOG=1"]
+        assert max(later - earlier for earlier, later in itertools.pairwise(pings)) < 1.0  # none skipped
+        wait_for_sip(bridge.sip_port + 1, timeout=5)
+        os.kill(bridge.proc.pid, signal.SIGSTOP)  # the supervisor's own loop stops
+        try:
+            assert b"WATCHDOG=1" not in collect(1.5)
+        finally:
+            os.kill(bridge.proc.pid, signal.SIGCONT)
+        assert b"WATCHDOG=1" in collect(1.5)
+        bridge.proc.send_signal(signal.SIGTERM)
+        assert b"STOPPING=1" in collect(2.0)
+        assert bridge.proc.wait(timeout=30) == 0
+        assert "hung" in bridge.log() and "failed to start" in bridge.log()
+    finally:
+        squatter.close()
+        listener.close()
 
 
 # --- signals ------------------------------------------------------------------------------------------
