@@ -182,18 +182,36 @@ def _attr(element: ET.Element, *names: str) -> str | None:
     return None
 
 
+class _NoDoctypeBuilder(ET.TreeBuilder):
+    """A tree builder that refuses a DOCTYPE in any encoding (entities can only be declared in one)."""
+
+    def doctype(self, name: str, pubid: str, system: str) -> None:
+        raise MetadataError("metadata carries a DTD or entity declarations; refused")
+
+
 def parse_metadata(xml_text: str | bytes) -> Metadata:
-    """Parse RFC 7865 recording metadata tolerantly; raise MetadataError if it cannot be read at all."""
-    raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
+    """Parse RFC 7865 recording metadata tolerantly; raise MetadataError if it cannot be read at all.
+
+    MetadataError (a ValueError) is the only exception that escapes, whatever the bytes."""
+    try:
+        raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise MetadataError(f"metadata is not valid Unicode: {exc}") from exc
     if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(f"metadata is {len(raw)} bytes, over {MAX_METADATA_BYTES}")
     lowered = raw.lower()
     if b"<!doctype" in lowered or b"<!entity" in lowered:
         raise MetadataError("metadata carries a DTD or entity declarations; refused")
+    parser = ET.XMLParser(target=_NoDoctypeBuilder())  # the check above misses UTF-16 and the like
     try:
-        root = ET.fromstring(raw.strip())
+        parser.feed(raw.strip())
+        root = parser.close()
+    except MetadataError:
+        raise
     except ET.ParseError as exc:
         raise MetadataError(f"metadata is not well-formed XML: {exc}") from exc
+    except (LookupError, ValueError) as exc:  # an encoding expat does not know or cannot read
+        raise MetadataError(f"metadata cannot be decoded: {exc}") from exc
     if _local(root.tag)[1].lower() != "recording":
         found = root.find(".//{*}recording")
         if found is None:
@@ -299,7 +317,9 @@ class SiprecBody:
 
 
 def parse_body(request: SipRequest) -> SiprecBody:
-    """Extract SDP and rs-metadata from the body (multipart or plain SDP), tolerating what is missing."""
+    """Extract SDP and rs-metadata from the body (multipart or plain SDP), tolerating what is missing.
+
+    Raises nothing: what cannot be read is named in `problems` (the SDP itself is not parsed here)."""
     content_type = request.header("content-type") or ""
     problems: list[str] = []
     if not is_multipart(content_type):
