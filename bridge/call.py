@@ -9,6 +9,11 @@ The call's timeline: second 0 is the start of the first audio frame received; ev
 conference bridge delivers counts, with frames that carried no audio counted as silence, so the
 timeline advances with the wall clock and utterance times from the engine land on it directly.
 
+`call.ended`'s transcript is the whole call's: the final documents of every connection of the engine
+stream merged onto the call's timeline by `vblaze.transcript.merge` (the engine's own documents go in
+`engine_finals`, each with its offset). If the pipeline itself fails, the audio no utterance confirmed
+becomes a `pipeline_error` gap, and the transcript keeps what was heard.
+
 A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`):
 - one stream: a mixed recording, sent like a plain call; utterances carry role "mixed";
 - two streams, `siprec.delivery = stereo`: one engine stream with two channels, channel 0 the caller
