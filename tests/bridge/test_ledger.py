@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import ledger as ledger_module
 from bridge.events import BridgeEvent
 from bridge.ledger import COMPACT_EVERY, CallLedger, LedgerEntry, end_lost_calls
 
@@ -225,3 +227,22 @@ def test_worker_counts_lost_calls_the_supervisor_did_not_see(tmp_path: Path, sam
     worker._end_lost_calls()
     assert [e.call_id for e in worker.sink.events] == ["x0", "x1", "x2"]
     assert counter._value.get() - before == (0 if same_supervisor else 3)
+
+
+async def test_heartbeat_keeps_the_last_sign_of_life_fresh(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While calls are up the worker touches its journal, so a lost call's duration runs to within a
+    heartbeat of the death even if no event came for a long time; with no call up it stops."""
+    monkeypatch.setattr(ledger_module, "HEARTBEAT_SECONDS", 0.05)
+    ledger = CallLedger(tmp_path, 5080)
+    ledger.take_orphans()
+    ledger.update(LedgerEntry("quiet", 1, time.time()))
+    os.utime(ledger.path, (1.0, 1.0))
+    await asyncio.sleep(0.2)
+    assert time.time() - ledger.path.stat().st_mtime < 1.0
+    ledger.forget("quiet")
+    await asyncio.sleep(0.1)
+    os.utime(ledger.path, (1.0, 1.0))
+    await asyncio.sleep(0.2)
+    assert ledger.path.stat().st_mtime == 1.0  # nothing up: no heartbeat
