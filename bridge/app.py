@@ -220,6 +220,13 @@ class Supervisor:
     def port_of(self, slot: WorkerSlot) -> int:
         return self.cfg.sip.first_port + slot.index
 
+    def worker_command(self, index: int, control_fd: int) -> list[str]:
+        """The command line of worker `index`, whose end of the control channel is `control_fd`."""
+        return [
+            sys.executable, "-m", "bridge", "worker", "--config", str(self.config_path),
+            "--index", str(index), "--control-fd", str(control_fd),
+        ]  # fmt: skip
+
     def _drain_bound(self) -> float:
         return self.cfg.drain.timeout_seconds + self.cfg.engine.final_timeout_seconds + STOP_GRACE_SECONDS
 
@@ -265,10 +272,7 @@ class Supervisor:
         slot.enter(SlotState.STARTING)
         slot.served_at = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = [
-            sys.executable, "-m", "bridge", "worker", "--config", str(self.config_path),
-            "--index", str(slot.index), "--control-fd", str(theirs.fileno()),
-        ]  # fmt: skip
+        cmd = self.worker_command(slot.index, theirs.fileno())
         try:
             try:
                 # Its own session: a Ctrl-C on the terminal reaches the supervisor alone, which
@@ -297,7 +301,7 @@ class Supervisor:
             async with asyncio.timeout(READY_TIMEOUT_SECONDS):
                 line = await slot.reader.readline()
         except TimeoutError:
-            logger.error("worker %d not ready after %.0f s; killing it", slot.index, READY_TIMEOUT_SECONDS)
+            logger.error("worker %d not ready after %g s; killing it", slot.index, READY_TIMEOUT_SECONDS)
             slot.enter(SlotState.KILLING)
             self._signal(slot, signal.SIGKILL)
             return False
@@ -383,9 +387,11 @@ class Supervisor:
                         await process.wait()
                 except TimeoutError:
                     logger.error("worker %d (pid %d) is still there; killing it", slot.index, process.pid)
+                    slot.enter(SlotState.KILLING)
                     self._signal(slot, signal.SIGKILL)
-                    async with asyncio.timeout(STOP_GRACE_SECONDS):
-                        await process.wait()
+                    # No bound here: a process that outlives SIGKILL is beyond our reach, and a slot
+                    # that stays KILLING past its bound stops the watchdog (checks_pass).
+                    await process.wait()
             calls_lost = metrics.retire_process(process.pid)
         if slot.writer is not None:
             slot.writer.close()
