@@ -324,6 +324,7 @@ def test_a_second_signal_forces(standin_vad: Standin, make_bridge: Any, first: i
 
 FRESH_BRIDGES = 20
 AT_ONCE = 4
+BAD_START_LINES = ("Traceback", "database is locked", "failed to start", ": hung")
 
 
 @pytest.fixture
@@ -379,7 +380,7 @@ def test_20_fresh_bridges_of_4_workers_all_start(
             if code != 0:
                 failures.append(f"{bridge.config_path}: exit {code}\n{bridge.log()[-3000:]}")
             for line in bridge.log().splitlines():
-                if any(bad in line for bad in ("Traceback", "database is locked", "failed to start", "hung")):
+                if any(bad in line for bad in BAD_START_LINES):
                     failures.append(f"{bridge.config_path}: {line[:3000]}")
                     break
 
