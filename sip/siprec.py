@@ -250,6 +250,7 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
         send.setdefault(pid, []).extend(_all_text(assoc, "send"))
         recv.setdefault(pid, []).extend(_all_text(assoc, "recv"))
 
+    sends, recvs = _resolve(send, streams), _resolve(recv, streams)
     participants: list[Participant] = []
     for index, participant in enumerate(_children(root, "participant")):
         pid = _attr(participant, "participant_id", "id") or f"#{index}"
@@ -268,8 +269,8 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
                 participant_id=pid,
                 aor=aor,
                 name=display,
-                send=tuple(dict.fromkeys(_resolve(send.get(pid, []), streams))),
-                recv=tuple(dict.fromkeys(_resolve(recv.get(pid, []), streams))),
+                send=sends.get(pid, ()),
+                recv=recvs.get(pid, ()),
             )
         )
     return Metadata(
@@ -286,11 +287,15 @@ def _all_text(element: ET.Element, name: str) -> list[str]:
     return [c.text.strip() for c in _children(element, name) if c.text and c.text.strip()]
 
 
-def _resolve(refs: list[str], streams: list[Stream]) -> list[str]:
-    """Stream references as stream ids; some SRCs put the label in <send> instead of the id."""
+def _resolve(refs: dict[str, list[str]], streams: list[Stream]) -> dict[str, tuple[str, ...]]:
+    """Each participant's stream references as stream ids, deduplicated in order; some SRCs put the
+    label in <send> instead of the id. The lookups are built once: linear in the metadata's size."""
     ids = {s.stream_id for s in streams}
     by_label = {_norm_label(s.label): s.stream_id for s in streams if s.label is not None}
-    return [ref if ref in ids else by_label.get(_norm_label(ref), ref) for ref in refs]
+    return {
+        pid: tuple(dict.fromkeys(ref if ref in ids else by_label.get(_norm_label(ref), ref) for ref in items))
+        for pid, items in refs.items()
+    }
 
 
 # --- the INVITE body -------------------------------------------------------------------------------
