@@ -21,7 +21,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="one worker process (started by `run`)")
     worker.add_argument("--config", type=Path, required=True)
     worker.add_argument("--index", type=int, required=True)
-    worker.add_argument("--ready-fd", type=int, default=None)
+    worker.add_argument("--control-fd", type=int, default=None, help="the supervisor's socketpair end")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, default=Path("config.yaml"))
     dlist = sub.add_parser("dispatcher-list", help="print Kamailio's dispatcher.list for the worker pool")
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from bridge.worker import main as worker_main
 
-        worker_main(config, args.index, args.ready_fd)
+        worker_main(config, args.index, args.control_fd)
         return 0
     import uvloop
 

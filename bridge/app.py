@@ -1,27 +1,61 @@
-"""The supervisor: starts the worker pool, restarts a worker that dies, drains on SIGTERM.
+"""The supervisor: starts the worker pool, replaces a worker that dies or hangs, drains on a signal.
 
 Lifecycle, in order:
-- startup(): every worker is spawned (`python -m bridge worker --index i`) on SIP port
-  `sip.first_port + i` and reports readiness through a pipe; the supervisor is ready when all are.
-- main_loop(): a worker that exits unexpectedly is logged, counted and started again at once (within
-  a second; a worker that keeps dying is restarted with a growing delay, capped at 5 s). Its calls are
-  lost; the others go on.
-- shutdown(): SIGTERM is passed to every worker, which refuses new calls with 503 and lets its calls
-  run for `drain.timeout_seconds`, then hangs them up and flushes their transcripts. A worker that
-  has not left by then (+ the engine's final timeout + grace) is killed. A second SIGTERM or SIGINT
-  kills the workers at once.
+
+- startup(): every worker slot gets a task (`_run_slot`) that spawns `python -m bridge worker --index i`
+  on SIP port `sip.first_port + i` and supervises it. startup() returns once every slot's first start
+  is over (ready, or failed); run() then sends READY=1 as soon as at least one worker serves.
+- main_loop(): waits for a signal. Meanwhile each slot's task replaces its worker whenever it exits,
+  hangs or fails to start, with the delay of :func:`restart_delay` (none for a worker that lived a
+  while, growing to 5 s for one that keeps failing). Its calls are lost; the others go on.
+- shutdown(): the first SIGTERM or SIGINT drains: it is passed on to every worker as SIGTERM, which
+  refuses new calls with 503, lets its calls run for `drain.timeout_seconds`, then hangs them up and
+  flushes their transcripts. A worker still there after that (+ the engine's final timeout + grace)
+  is killed. A second signal (SIGTERM or SIGINT) forces: the workers get a second SIGTERM (they hang
+  up at once and flush), and whatever is left after FORCE_GRACE_SECONDS is killed.
+
+The control channel. Each worker gets one end of a socketpair (`--control-fd`); lines of ASCII:
+
+- worker -> supervisor: ``ready`` once its SIP port is bound; ``pong N`` for ``ping N``;
+  ``draining`` when it starts to drain (the supervisor then stops pinging it);
+- supervisor -> worker: ``ping N`` every PING_INTERVAL_SECONDS while the worker serves.
+
+The worker's asyncio loop reads the ping and hands it to its pjsua thread (`SipEndpoint.ping`), which
+answers once it has drained its command queue, back through the loop: a pong proves that both run.
+A worker whose channel closes (its supervisor is gone) drains and exits.
+
+Hung workers. When HUNG_AFTER_MISSES pings in a row have gone unanswered for PING_TIMEOUT_SECONDS
+(:class:`PingMonitor`), the worker is SIGKILLed and replaced at once, counted as
+``worker_restarts_total{reason="hung"}``: a stopped or deadlocked worker is killed 2.5 s after its last
+answer, and its replacement ends the lost calls (``worker_lost``, with their gaps) from the ledger.
+
+Start failures. A worker that cannot be spawned, exits before it is ready, or is not ready within
+READY_TIMEOUT_SECONDS (it is then killed) is counted as ``worker_restarts_total{reason="start_failed"}``
+and started again after :func:`restart_delay`, for as long as the supervisor runs. Nothing else is
+stopped for it: the workers that serve keep their calls. While a worker does not serve, ``/readyz``
+answers 503 ``workers down`` (``no workers`` if none serves). At start-up, READY=1 waits until at least
+one worker serves, so a pool that can never start is left to systemd's TimeoutStartSec.
+
+The watchdog. WATCHDOG=1 is sent from this event loop (so it stops if the loop stalls) and only while
+:func:`checks_pass`: every slot still has its task, and none has stayed in one state longer than that
+state allows (:func:`state_bound`), i.e. every worker either answers its pings or is being replaced,
+started or drained within its bound. A worker that keeps failing to start does not stop the watchdog
+(a restart of the unit would cost the serving workers their calls); it shows in the metrics.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +65,142 @@ from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_en
 
 logger = logging.getLogger(__name__)
 
-READY_TIMEOUT_SECONDS = 30.0
+READY_TIMEOUT_SECONDS = 30.0  # a worker not ready by then is killed and started again
 RESTART_MAX_DELAY_SECONDS = 5.0
+QUICK_FAILURE_SECONDS = 5.0  # a worker that served less than this counts as failing again
 STOP_GRACE_SECONDS = 10.0
+FORCE_GRACE_SECONDS = 3.0  # after a second signal, how long workers get to hang up and flush
+PING_INTERVAL_SECONDS = 0.5
+PING_TIMEOUT_SECONDS = 2.0  # a ping not answered within this is missed
+HUNG_AFTER_MISSES = 2  # missed pings in a row that make a worker hung
+SERVING_SILENCE_SECONDS = 10.0  # a serving slot silent this long means its supervision is stuck
+
+
+# --- pure rules -------------------------------------------------------------------------------------
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds to wait before starting a slot's worker again after `failures` quick failures in a row.
+
+    The first failure is retried at once; then 0.5, 1, 2, 4 s, capped at RESTART_MAX_DELAY_SECONDS.
+    """
+    if failures <= 1:
+        return 0.0
+    return min(RESTART_MAX_DELAY_SECONDS, 0.25 * 2.0 ** (failures - 1))
+
+
+def failures_after(previous: int, served_seconds: float | None) -> int:
+    """Quick failures in a row once a worker is gone; `served_seconds` None if it never became ready."""
+    if served_seconds is not None and served_seconds >= QUICK_FAILURE_SECONDS:
+        return 1
+    return previous + 1
+
+
+@dataclass
+class PingMonitor:
+    """The pings in flight to one worker and the rule that calls it hung. No I/O: times are passed in.
+
+    A pong answers its ping and every earlier one. The worker is hung when `misses` pings, all sent
+    after its last answer, have waited longer than `timeout`.
+    """
+
+    timeout: float = PING_TIMEOUT_SECONDS
+    misses: int = HUNG_AFTER_MISSES
+    _next: int = 0
+    _pending: dict[int, float] = field(default_factory=dict)
+
+    def sent(self, now: float) -> int:
+        """Record a ping sent at `now`; return its number."""
+        seq = self._next
+        self._next += 1
+        self._pending[seq] = now
+        return seq
+
+    def answered(self, seq: int) -> bool:
+        """Record the pong for `seq`; False if no such ping is in flight (late, repeated or bogus)."""
+        if seq not in self._pending:
+            return False
+        for number in [n for n in self._pending if n <= seq]:
+            del self._pending[number]
+        return True
+
+    def missed(self, now: float) -> int:
+        return sum(1 for sent_at in self._pending.values() if now - sent_at >= self.timeout)
+
+    def hung(self, now: float) -> bool:
+        return self.missed(now) >= self.misses
+
+
+class SlotState(enum.Enum):
+    STARTING = "starting"  # spawned, not ready yet
+    SERVING = "serving"  # ready and answering pings
+    DRAINING = "draining"  # the worker drains (it said so, or we are stopping): no pings
+    KILLING = "killing"  # SIGKILL sent (hung or not ready in time); waiting to reap it
+    BACKOFF = "backoff"  # gone; waiting restart_delay() before the next start
+    STOPPED = "stopped"  # the supervisor is stopping, or the slot's task has ended
+
+
+def state_bound(state: SlotState, drain_bound: float) -> float | None:
+    """How long a slot may stay in `state` (for SERVING: without a pong) before the supervisor's own
+    checks fail; None for no bound. `drain_bound` is the longest drain the config allows."""
+    bounds = {
+        SlotState.STARTING: READY_TIMEOUT_SECONDS + STOP_GRACE_SECONDS,
+        SlotState.SERVING: SERVING_SILENCE_SECONDS,
+        SlotState.DRAINING: drain_bound + STOP_GRACE_SECONDS,
+        SlotState.KILLING: STOP_GRACE_SECONDS,
+        SlotState.BACKOFF: RESTART_MAX_DELAY_SECONDS + STOP_GRACE_SECONDS,
+    }
+    return bounds.get(state)
+
+
+@dataclass(frozen=True)
+class SlotView:
+    state: SlotState
+    since: float  # monotonic time of the last state change (for SERVING, of the last pong)
+    supervised: bool  # the slot's task is still running
+
+
+def checks_pass(slots: Iterable[SlotView], now: float, drain_bound: float) -> bool:
+    """The watchdog rule: every slot is supervised and none has overstayed its state's bound."""
+    for slot in slots:
+        if slot.state is SlotState.STOPPED:
+            continue
+        if not slot.supervised:
+            return False
+        bound = state_bound(slot.state, drain_bound)
+        if bound is not None and now - slot.since > bound:
+            return False
+    return True
+
+
+def restart_reason(returncode: int) -> str:
+    return "signal" if returncode < 0 else "exit"
+
+
+# --- the supervisor ---------------------------------------------------------------------------------
 
 
 @dataclass
 class WorkerSlot:
     index: int
     process: asyncio.subprocess.Process | None = None
-    started_at: float = 0.0
-    quick_deaths: int = 0
-    ready: bool = False
-    watcher: asyncio.Task[None] | None = None
+    state: SlotState = SlotState.STARTING
+    since: float = 0.0
+    served_at: float | None = None  # when the current worker became ready
+    failures: int = 0  # quick failures in a row
+    task: asyncio.Task[None] | None = None
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+
+    def enter(self, state: SlotState) -> None:
+        self.state = state
+        self.since = time.monotonic()
+
+    @property
+    def serving(self) -> bool:
+        return (
+            self.state is SlotState.SERVING and self.process is not None and self.process.returncode is None
+        )
 
 
 class Supervisor:
@@ -54,100 +211,207 @@ class Supervisor:
         self._stopping = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
+        self._serving = asyncio.Event()  # set when any worker becomes ready
         self._engine: EngineProbe | None = None
         self._health: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._child_env: dict[str, str] = {}  # set in startup(), once the metrics directory is exported
 
-    # --- workers -------------------------------------------------------------------------------------------
-
-    async def _spawn(self, slot: WorkerSlot) -> None:
-        read_fd, write_fd = os.pipe()
-        os.set_inheritable(write_fd, True)
-        cmd = [
-            sys.executable,
-            "-m",
-            "bridge",
-            "worker",
-            "--config",
-            str(self.config_path),
-            "--index",
-            str(slot.index),
-            "--ready-fd",
-            str(write_fd),
-        ]
-        try:
-            slot.process = await asyncio.create_subprocess_exec(
-                *cmd, pass_fds=(write_fd,), env=self._child_env
-            )
-        finally:
-            os.close(write_fd)
-        slot.started_at = time.monotonic()
-        slot.ready = False
-        logger.info(
-            "worker %d started (pid %d, SIP port %d)", slot.index, slot.process.pid, self.port_of(slot)
-        )
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(read_fd, "rb", 0)
-        )
-        try:
-            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
-                line = await reader.readline()
-            slot.ready = line.strip() == b"ready"
-        except TimeoutError:
-            logger.error("worker %d not ready after %.0f s", slot.index, READY_TIMEOUT_SECONDS)
-        finally:
-            transport.close()
-        if not slot.ready:
-            logger.error("worker %d failed to start", slot.index)
-
     def port_of(self, slot: WorkerSlot) -> int:
         return self.cfg.sip.first_port + slot.index
 
-    async def _watch(self, slot: WorkerSlot) -> None:
-        """Wait for the worker to exit; restart it unless we are stopping."""
-        while True:
-            process = slot.process
-            assert process is not None
-            code = await process.wait()
-            slot.ready = False
-            calls_lost = metrics.retire_process(process.pid)
+    def worker_command(self, index: int, control_fd: int) -> list[str]:
+        """The command line of worker `index`, whose end of the control channel is `control_fd`."""
+        return [
+            sys.executable, "-m", "bridge", "worker", "--config", str(self.config_path),
+            "--index", str(index), "--control-fd", str(control_fd),
+        ]  # fmt: skip
+
+    def _drain_bound(self) -> float:
+        return self.cfg.drain.timeout_seconds + self.cfg.engine.final_timeout_seconds + STOP_GRACE_SECONDS
+
+    # --- one slot -----------------------------------------------------------------------------------
+
+    async def _run_slot(self, slot: WorkerSlot, first_done: asyncio.Event) -> None:
+        """Start the slot's worker, supervise it, and start it again when it goes, until stopping."""
+        while not self._stopping:
+            reason, served = "other", None
+            try:
+                if await self._start(slot):
+                    first_done.set()
+                    served = 0.0
+                    reason = await self._supervise(slot)
+                    served = time.monotonic() - (slot.served_at or time.monotonic())
+                else:
+                    first_done.set()
+                    reason = "start_failed"
+            except Exception:
+                logger.exception("supervising worker %d failed; starting it again", slot.index)
+                first_done.set()
+                self._signal(slot, signal.SIGKILL)
+            calls_lost = await self._reap(slot)
             if self._stopping:
-                logger.info("worker %d exited with %d", slot.index, code)
-                return
-            lived = time.monotonic() - slot.started_at
-            slot.quick_deaths = slot.quick_deaths + 1 if lived < 5 else 0
-            delay = min(
-                RESTART_MAX_DELAY_SECONDS, 0.0 if slot.quick_deaths <= 1 else 0.5 * 2**slot.quick_deaths
-            )
+                break
+            slot.failures = failures_after(slot.failures, served)
+            delay = restart_delay(slot.failures)
+            metrics.SUPERVISOR.worker_restarted(reason, calls_lost=calls_lost)
             logger.error(
-                "worker %d (pid %d) died with %d after %.1f s; its calls are lost; restarting in %.1f s",
+                "worker %d %s; %d calls lost; starting it again in %.1f s",
                 slot.index,
-                process.pid,
-                code,
-                lived,
+                _reason_text(reason),
+                calls_lost,
                 delay,
             )
-            metrics.SUPERVISOR.worker_restarted("signal" if code < 0 else "exit", calls_lost=calls_lost)
-            if delay:
+            slot.enter(SlotState.BACKOFF)
+            if delay and await self._stopped_within(delay):
+                break
+        slot.enter(SlotState.STOPPED)
+
+    async def _start(self, slot: WorkerSlot) -> bool:
+        """Spawn the slot's worker and wait until it is ready. Never leaves an fd open on failure."""
+        slot.enter(SlotState.STARTING)
+        slot.served_at = None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        cmd = self.worker_command(slot.index, theirs.fileno())
+        try:
+            try:
+                # Its own session: a Ctrl-C on the terminal reaches the supervisor alone, which
+                # decides what the workers get (as KillMode=mixed does under systemd).
+                slot.process = await asyncio.create_subprocess_exec(
+                    *cmd, pass_fds=(theirs.fileno(),), env=self._child_env, start_new_session=True
+                )
+            finally:
+                theirs.close()
+            slot.reader, slot.writer = await asyncio.open_unix_connection(sock=ours)
+        except OSError:
+            logger.exception("worker %d could not be started", slot.index)
+            ours.close()
+            self._signal(slot, signal.SIGKILL)
+            return False
+        except BaseException:
+            ours.close()
+            self._signal(slot, signal.SIGKILL)
+            raise
+        if self._stopping:  # shutdown() signalled the pool while this one was being spawned
+            self._signal(slot, signal.SIGTERM)
+        logger.info(
+            "worker %d started (pid %d, SIP port %d)", slot.index, slot.process.pid, self.port_of(slot)
+        )
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_SECONDS):
+                line = await slot.reader.readline()
+        except TimeoutError:
+            logger.error("worker %d not ready after %g s; killing it", slot.index, READY_TIMEOUT_SECONDS)
+            slot.enter(SlotState.KILLING)
+            self._signal(slot, signal.SIGKILL)
+            return False
+        if line.strip() != b"ready":
+            logger.error("worker %d (pid %d) ended before it was ready", slot.index, slot.process.pid)
+            return False
+        slot.served_at = time.monotonic()
+        slot.enter(SlotState.SERVING)
+        self._serving.set()
+        return True
+
+    async def _supervise(self, slot: WorkerSlot) -> str:
+        """Ping a ready worker until it exits or hangs; return the restart reason."""
+        process, reader, writer = slot.process, slot.reader, slot.writer
+        assert process is not None and reader is not None and writer is not None
+        monitor = PingMonitor()
+        exited = asyncio.ensure_future(process.wait())
+        listener = asyncio.create_task(self._listen(slot, reader, monitor), name=f"listen-{slot.index}")
+        try:
+            while not exited.done():
+                if self._stopping:
+                    slot.enter(SlotState.DRAINING)
+                    await exited  # shutdown() bounds this
+                    break
+                if slot.state is SlotState.DRAINING:
+                    try:
+                        async with asyncio.timeout(self._drain_bound() - (time.monotonic() - slot.since)):
+                            await asyncio.shield(exited)
+                        break
+                    except TimeoutError:
+                        logger.error("worker %d still draining after %.0f s", slot.index, self._drain_bound())
+                        return self._kill_hung(slot)
+                if monitor.hung(time.monotonic()):
+                    logger.error(
+                        "worker %d (pid %d) did not answer %d pings within %.1f s: hung",
+                        slot.index,
+                        process.pid,
+                        monitor.misses,
+                        monitor.timeout,
+                    )
+                    return self._kill_hung(slot)
+                if not listener.done():  # the channel is open
+                    writer.write(b"ping %d\n" % monitor.sent(time.monotonic()))
+                await asyncio.wait({exited}, timeout=PING_INTERVAL_SECONDS)
+        finally:
+            listener.cancel()
+        code = exited.result()
+        if not self._stopping:
+            logger.error("worker %d (pid %d) died with %d", slot.index, process.pid, code)
+        return restart_reason(code)
+
+    async def _listen(self, slot: WorkerSlot, reader: asyncio.StreamReader, monitor: PingMonitor) -> None:
+        """Read the worker's lines until its end closes: pongs, and its notice that it drains."""
+        try:
+            while line := await reader.readline():
+                self._heard(slot, line, monitor)
+        except OSError as exc:  # the worker's end went away: its exit is seen by _supervise()
+            logger.warning("control channel of worker %d: %s", slot.index, exc)
+
+    def _heard(self, slot: WorkerSlot, line: bytes, monitor: PingMonitor) -> None:
+        word, _, arg = line.strip().partition(b" ")
+        if word == b"pong" and arg.isdigit():
+            if monitor.answered(int(arg)) and slot.state is SlotState.SERVING:
+                slot.since = time.monotonic()
+        elif word == b"draining" and slot.state is SlotState.SERVING:
+            if not self._stopping:
+                logger.warning("worker %d drains on its own; it is replaced once it exits", slot.index)
+            slot.enter(SlotState.DRAINING)
+
+    def _kill_hung(self, slot: WorkerSlot) -> str:
+        slot.enter(SlotState.KILLING)
+        self._signal(slot, signal.SIGKILL)
+        return "hung"
+
+    async def _reap(self, slot: WorkerSlot) -> int:
+        """Wait for the slot's worker to be gone (bounded), close its channel; the calls it had up."""
+        process = slot.process
+        calls_lost = 0
+        if process is not None:
+            if process.returncode is None:
                 try:
-                    async with asyncio.timeout(delay):
-                        await self._stop.wait()
-                    return
+                    async with asyncio.timeout(STOP_GRACE_SECONDS):
+                        await process.wait()
                 except TimeoutError:
-                    pass
-            await self._spawn(slot)
+                    logger.error("worker %d (pid %d) is still there; killing it", slot.index, process.pid)
+                    slot.enter(SlotState.KILLING)
+                    self._signal(slot, signal.SIGKILL)
+                    # No bound here: a process that outlives SIGKILL is beyond our reach, and a slot
+                    # that stays KILLING past its bound stops the watchdog (checks_pass).
+                    await process.wait()
+            calls_lost = metrics.retire_process(process.pid)
+        if slot.writer is not None:
+            slot.writer.close()
+        slot.process = slot.reader = slot.writer = None
+        return calls_lost
+
+    async def _stopped_within(self, delay: float) -> bool:
+        try:
+            async with asyncio.timeout(delay):
+                await self._stop.wait()
+            return True
+        except TimeoutError:
+            return False
 
     # --- life ---------------------------------------------------------------------------------------
 
     def readiness(self) -> Readiness:
         """The pool's state for /readyz, from the workers' live gauges and the engine probe."""
         pool = metrics.read_pool_gauges()
-        alive = sum(
-            1 for slot in self.slots if slot.ready and slot.process and slot.process.returncode is None
-        )
+        alive = sum(1 for slot in self.slots if slot.serving)
         return Readiness(
             draining=self._stopping or self._stop.is_set(),
             workers_alive=alive,
@@ -162,27 +426,43 @@ class Supervisor:
         self._engine = result
 
     async def startup(self) -> bool:
+        """Start every slot; return once each first start is over: True if every worker is ready."""
         metrics.setup_multiprocess_dir(_metrics_dir())
         self._child_env = sdnotify.clean_child_env(os.environ)
+        if self.cfg.sink.kind == "webhook":
+            from bridge.webhook import spool  # here: only a webhook sink has a spool
+
+            spool.prepare(self.cfg.webhook.spool_path)  # WAL and schema once, before any worker opens it
         if self.cfg.metrics.port:
             app = make_app(self.readiness, metrics.multiprocess_dir() or _metrics_dir())
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
         self._tasks.append(asyncio.create_task(run_engine_probe(self.cfg.engine.url, self._engine_probed)))
-        await asyncio.gather(*(self._spawn(slot) for slot in self.slots))
+        firsts = []
         for slot in self.slots:
-            slot.watcher = asyncio.create_task(self._watch(slot), name=f"watch-worker-{slot.index}")
-        ok = all(slot.ready for slot in self.slots)
-        if ok:
+            first = asyncio.Event()
+            firsts.append(first)
+            slot.enter(SlotState.STARTING)
+            slot.task = asyncio.create_task(self._run_slot(slot, first), name=f"worker-{slot.index}")
+        self._tasks.append(asyncio.create_task(sdnotify.run_watchdog(healthy=self._healthy)))
+        await asyncio.gather(*(first.wait() for first in firsts))
+        serving = [slot.index for slot in self.slots if slot.serving]
+        if len(serving) == len(self.slots):
             logger.info(
                 "all %d workers ready on SIP ports %d-%d",
                 len(self.slots),
                 self.cfg.sip.first_port,
                 self.cfg.sip.first_port + len(self.slots) - 1,
             )
-        return ok
+            return True
+        logger.error(
+            "%d of %d workers ready; the others are being started again", len(serving), len(self.slots)
+        )
+        return False
 
-    def request_stop(self, signum: int = signal.SIGTERM) -> None:
-        if self._stop.is_set() or signum == signal.SIGINT:
+    def request_stop(self) -> None:
+        """A signal: the first asks for a drain, the second forces."""
+        if self._stop.is_set():
+            logger.warning("second signal: forcing exit")
             self._force.set()
         self._stop.set()
 
@@ -192,29 +472,38 @@ class Supervisor:
     async def shutdown(self) -> None:
         sdnotify.notify("STOPPING=1")
         self._stopping = True
-        force = self._force.is_set()
-        logger.info("stopping %d workers (%s)", len(self.slots), "now" if force else "draining")
+        logger.info(
+            "stopping %d workers (%s)", len(self.slots), "now" if self._force.is_set() else "draining"
+        )
         for slot in self.slots:
-            self._signal(slot, signal.SIGKILL if force else signal.SIGTERM)
-        bound = self.cfg.drain.timeout_seconds + self.cfg.engine.final_timeout_seconds + STOP_GRACE_SECONDS
-        watchers = [slot.watcher for slot in self.slots if slot.watcher is not None]
+            self._signal(slot, signal.SIGTERM)
+        tasks = [slot.task for slot in self.slots if slot.task is not None]
+        done_all: asyncio.Future[Any] = asyncio.gather(*tasks, return_exceptions=True)
         forced: asyncio.Future[Any] = asyncio.ensure_future(self._force.wait())
-        done_all: asyncio.Future[Any] = asyncio.gather(*watchers, return_exceptions=True)
-        await asyncio.wait([done_all, forced], timeout=bound, return_when=asyncio.FIRST_COMPLETED)
-        if not done_all.done():
-            logger.warning("workers still running; killing them")
-            for slot in self.slots:
-                self._signal(slot, signal.SIGKILL)
-            try:
-                async with asyncio.timeout(STOP_GRACE_SECONDS):
-                    await done_all
-            except TimeoutError:
-                logger.error("workers did not exit after SIGKILL")
-        forced.cancel()
-        for task in self._tasks:
-            task.cancel()
-        if self._health is not None:
-            await self._health.close()
+        try:
+            if not self._force.is_set():
+                await asyncio.wait(
+                    [done_all, forced], timeout=self._drain_bound(), return_when=asyncio.FIRST_COMPLETED
+                )
+            if not done_all.done() and self._force.is_set():
+                for slot in self.slots:
+                    self._signal(slot, signal.SIGTERM)  # a worker's second signal: hang up now, flush
+                await asyncio.wait([done_all], timeout=FORCE_GRACE_SECONDS)
+            if not done_all.done():
+                logger.warning("workers still running; killing them")
+                for slot in self.slots:
+                    self._signal(slot, signal.SIGKILL)
+                try:
+                    async with asyncio.timeout(STOP_GRACE_SECONDS * 2):
+                        await done_all
+                except TimeoutError:
+                    logger.error("workers did not exit after SIGKILL")
+        finally:
+            forced.cancel()
+            for task in self._tasks:
+                task.cancel()
+            if self._health is not None:
+                await self._health.close()
 
     def _signal(self, slot: WorkerSlot, signum: int) -> None:
         process = slot.process
@@ -226,22 +515,37 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.request_stop, signal.SIGTERM)
-        loop.add_signal_handler(signal.SIGINT, self.request_stop, signal.SIGINT)
-        ok = await self.startup()
-        if not ok:
-            self._force.set()
-            await self.shutdown()
-            return 1
-        sdnotify.notify("READY=1")
-        self._tasks.append(asyncio.create_task(sdnotify.run_watchdog(healthy=self._healthy)))
-        await self.main_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        await self.startup()
+        if not self._serving.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            serving = asyncio.ensure_future(self._serving.wait())
+            await asyncio.wait({stop, serving}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            serving.cancel()
+        if not self._stop.is_set():
+            sdnotify.notify("READY=1")
+            await self.main_loop()
         await self.shutdown()
         return 0
 
     def _healthy(self) -> bool:
-        """The watchdog pings only while at least one worker is up (a wedged pool gets restarted)."""
-        return any(slot.process is not None and slot.process.returncode is None for slot in self.slots)
+        """The watchdog rule (:func:`checks_pass`) over the slots as they are now."""
+        views = [
+            SlotView(slot.state, slot.since, slot.task is not None and not slot.task.done())
+            for slot in self.slots
+        ]
+        return checks_pass(views, time.monotonic(), self._drain_bound())
+
+
+def _reason_text(reason: str) -> str:
+    return {
+        "hung": "hung and was killed",
+        "start_failed": "failed to start",
+        "signal": "was killed by a signal",
+        "exit": "exited",
+    }.get(reason, "failed")
 
 
 def _metrics_dir() -> Path:

@@ -9,6 +9,11 @@ The call's timeline: second 0 is the start of the first audio frame received; ev
 conference bridge delivers counts, with frames that carried no audio counted as silence, so the
 timeline advances with the wall clock and utterance times from the engine land on it directly.
 
+`call.ended`'s transcript is the whole call's: the final documents of every connection of the engine
+stream merged onto the call's timeline by `vblaze.transcript.merge` (the engine's own documents go in
+`engine_finals`, each with its offset). If the pipeline itself fails, the audio no utterance confirmed
+becomes a `pipeline_error` gap, and the transcript keeps what was heard.
+
 A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`):
 - one stream: a mixed recording, sent like a plain call; utterances carry role "mixed";
 - two streams, `siprec.delivery = stereo`: one engine stream with two channels, channel 0 the caller
@@ -39,6 +44,7 @@ from bridge.events import BridgeEvent, EventKind, EventSink
 from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics, EngineMetrics
+from bridge.vblaze import transcript as merged_transcript
 from bridge.vblaze.client import EngineStream, StreamResult
 from bridge.vblaze.protocol import Utterance
 from sip.events import CallStarted
@@ -46,6 +52,7 @@ from sip.siprec import StreamRole
 
 logger = logging.getLogger(__name__)
 
+PIPELINE_ERROR = "pipeline_error"  # gap cause: the call's own pipeline failed (a defect, logged)
 METRICS_BATCH_FRAMES = 10  # audio frames counted per metrics update (1 s of 100 ms frames)
 
 Delivery = Literal["mono", "stereo", "streams"]
@@ -295,28 +302,32 @@ class CallPipeline:
         self.log.info("call started from %s", info.from_uri)
         transcript: Any = None
         gaps: list[dict[str, Any]] = []
+        finals: list[dict[str, Any]] = []
         try:
             async with asyncio.TaskGroup() as group:
                 runners = [
                     group.create_task(stream.run(), name=f"engine-{self.call_id}-{index}")
                     for index, stream in enumerate(self.streams)
                 ]
-                await self._ended.wait()
-                if self._pairer is not None:
-                    for frame, at in self._pairer.flush():
-                        self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
-                        self.stream.push_audio(frame, at)
-                results = await asyncio.gather(*(stream.finish() for stream in self.streams))
-                transcript, gaps = self._outcome(results)
+                try:
+                    await self._ended.wait()
+                    if self._pairer is not None:
+                        for frame, at in self._pairer.flush():
+                            self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
+                            self.stream.push_audio(frame, at)
+                    results = await asyncio.gather(*(stream.finish() for stream in self.streams))
+                    transcript, gaps, finals = self._outcome(results)
+                except Exception:
+                    self._abandon()  # before the TaskGroup cancels the streams: the cause is ours
+                    raise
                 for runner in runners:
                     if not runner.done():
                         runner.cancel()
         except* Exception as group_error:
             for error in group_error.exceptions:
                 self.log.error("call pipeline failed", exc_info=error)
-                gaps.append(
-                    {"start": 0.0, "duration": round(self._audio_seconds, 3), "cause": "pipeline_error"}
-                )
+            self._abandon()
+            transcript, gaps, finals = self._outcome([stream.result() for stream in self.streams])
         finally:
             duration = time.monotonic() - self._answered_mono
             ended: dict[str, Any] = {
@@ -325,6 +336,7 @@ class CallPipeline:
                 "audio_seconds": round(self._audio_seconds, 3),
                 "utterances": self._utterances,
                 "transcript": transcript,
+                "engine_finals": finals,
                 "gaps": gaps,
             }
             if info.siprec is not None:
@@ -356,20 +368,38 @@ class CallPipeline:
             return 0.0
         return time.monotonic() - self._first_frame_mono
 
-    def _outcome(self, results: Sequence[StreamResult]) -> tuple[Any, list[dict[str, Any]]]:
-        """`call.ended`'s transcript and gaps: the engine's own for one engine stream; with one per audio
-        stream, {"streams": [{stream, role, channel, transcript}]} and gaps tagged with their stream."""
+    def _abandon(self) -> None:
+        """The pipeline failed: what no utterance confirmed and no gap covers yet is a `pipeline_error` gap
+        (counted in the gap metrics like every other gap)."""
+        for stream in self.streams:
+            stream.abandon(PIPELINE_ERROR)
+
+    def _outcome(
+        self, results: Sequence[StreamResult]
+    ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+        """`call.ended`'s transcript, gaps and engine finals. The transcript is the call's complete one,
+        every engine stream's final document merged onto the call's timeline (`vblaze.transcript`); with
+        one engine stream per audio stream, {"streams": [{stream, role, channel, transcript}]}, and gaps
+        and finals tagged with their audio stream."""
         if self.delivery != "streams":
-            return results[0].final, [gap.as_dict() for gap in results[0].gaps]
+            result = results[0]
+            merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
+            finals = merged_transcript.engine_finals(result.streams)
+            return merged, [gap.as_dict() for gap in result.gaps], finals
         transcripts = []
         gaps = []
+        finals = []
         for index, result in enumerate(results):
             role = self.roles[index]
+            merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
             transcripts.append(
-                {"stream": index, "role": role.role, "channel": role.channel, "transcript": result.final}
+                {"stream": index, "role": role.role, "channel": role.channel, "transcript": merged}
             )
             gaps += [{**gap.as_dict(), "stream": index} for gap in result.gaps]
-        return {"streams": transcripts}, gaps
+            finals += [
+                {**final, "audio_stream": index} for final in merged_transcript.engine_finals(result.streams)
+            ]
+        return {"streams": transcripts}, gaps, finals
 
     def _role_of(self, utt: Utterance, stream: int | None) -> StreamRole | None:
         if not self.roles:

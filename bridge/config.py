@@ -45,7 +45,7 @@ DEFAULT_METRICS_PORT = 9400
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
-DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label", "mline")
+DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label")  # no guess
 DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
 
@@ -222,6 +222,7 @@ class SiprecConfig(_Section):
     agent_labels: tuple[str, ...] = ()  # a=label values of the agent's stream
     caller_labels: tuple[str, ...] = ()  # a=label values of the caller's stream
     mline_order: tuple[Literal["caller", "agent"], ...] = DEFAULT_SIPREC_MLINE_ORDER  # roles by m-line order
+    number_forms: bool = True  # metadata: a sender with an E.164 number is the caller, an extension the agent
     delivery: Literal["stereo", "streams"] = (
         DEFAULT_SIPREC_DELIVERY  # one 2-channel engine stream, or one each
     )
@@ -240,6 +241,7 @@ class SiprecConfig(_Section):
             agent_labels=self.agent_labels,
             caller_labels=self.caller_labels,
             mline_order=self.mline_order,
+            number_forms=self.number_forms,
         )
 
 

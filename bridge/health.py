@@ -3,7 +3,9 @@
 - ``GET /metrics``: the whole worker pool in Prometheus text format (see :mod:`bridge.metrics`).
 - ``GET /healthz``: ``200 ok`` as long as the supervisor's event loop answers.
 - ``GET /readyz``: ``200 ready`` when a new call would be taken, else ``503`` with the reason as plain
-  text: ``draining``, ``no workers``, ``pool full``, ``engine unreachable`` or ``engine full``.
+  text: ``draining``, ``no workers``, ``workers down``, ``pool full``, ``engine unreachable`` or
+  ``engine full``. ``workers down``: some worker is not serving (starting, failing to start, hung, being
+  replaced); the others still take calls on their ports, but the pool is not what was configured.
 
 The readiness rule is the pure function :func:`decide` over a :class:`Readiness` snapshot, which the
 supervisor keeps current (it replaces the snapshot with ``dataclasses.replace`` whenever a figure
@@ -44,8 +46,8 @@ class Readiness:
     """What the supervisor knows about whether the pool can take a call."""
 
     draining: bool = False
-    workers_alive: int = 0
-    workers_total: int = 0
+    workers_alive: int = 0  # workers ready and answering the supervisor's pings
+    workers_total: int = 0  # sip.workers
     calls_active: int = 0
     capacity: int = 0  # calls the live workers can hold (sip.calls_per_worker x workers_alive)
     engine_reachable: bool | None = None  # None: not probed yet, or probing disabled
@@ -59,7 +61,8 @@ class Decision:
 
 
 def decide(state: Readiness) -> Decision:
-    """The readiness rule, in order: draining, no workers, pool full, engine unreachable, engine full.
+    """The readiness rule, in order: draining, no workers, workers down, pool full, engine unreachable,
+    engine full.
 
     An engine that was never probed (``None``) does not block readiness: the bridge answers calls
     and buffers audio while it connects, as ``engine.on_unreachable = answer`` intends.
@@ -68,6 +71,8 @@ def decide(state: Readiness) -> Decision:
         return Decision(False, "draining")
     if state.workers_alive <= 0 or state.capacity <= 0:
         return Decision(False, "no workers")
+    if state.workers_alive < state.workers_total:
+        return Decision(False, "workers down")
     if state.calls_active >= state.capacity:
         return Decision(False, "pool full")
     if state.engine_reachable is False:

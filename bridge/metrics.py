@@ -74,6 +74,7 @@ GAP_CAUSES = (
     "final_timeout",  # no final transcript within engine.final_timeout_seconds
     "cancelled",  # the call was torn down (drain timeout, forced stop)
     "error",  # the stream failed on an error of ours (logged with its traceback)
+    "pipeline_error",  # the call's pipeline failed on an error of ours (logged with its traceback)
     "worker_lost",  # the worker process died with the call up
     "other",
 )
@@ -84,7 +85,9 @@ SIP_DROP_REASONS = ("malformed", "oversized", "other")
 RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
-RESTART_REASONS = ("exit", "signal", "watchdog", "start_failed", "other")
+# exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
+# start_failed: a start that never became ready (spawn error, exit before ready, not ready in time).
+RESTART_REASONS = ("exit", "signal", "hung", "start_failed", "other")
 
 OTHER = "other"
 

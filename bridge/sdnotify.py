@@ -2,11 +2,14 @@
 
 The supervisor uses it:
 
-- ``notify("READY=1")`` once every port is bound (metrics port, and each worker's SIP port);
-- ``notify("STOPPING=1")`` when SIGTERM starts the drain;
+- ``notify("READY=1")`` once the metrics port is bound and at least one worker serves (the others are
+  retried in the background; see :mod:`bridge.app`);
+- ``notify("STOPPING=1")`` when the first SIGTERM or SIGINT starts the drain;
 - ``notify("STATUS=...")`` for a human-readable line in ``systemctl status``;
 - :func:`run_watchdog` as a task on its event loop: it sends ``WATCHDOG=1`` every half of
   ``WATCHDOG_USEC`` from that loop, so if the loop stalls the pings stop and systemd restarts the unit.
+  The supervisor also passes its own checks as `healthy` (``bridge.app.checks_pass``: every worker
+  answers its pings or is being replaced within a bound), so a supervisor stuck on a worker stops too.
 
 Every function is a no-op when ``NOTIFY_SOCKET`` is unset (not under systemd, or ``Type=simple``).
 Sending never blocks: the socket is non-blocking and a full or missing peer is logged and ignored.
@@ -88,7 +91,7 @@ async def run_watchdog(
 
     `interval` defaults to :func:`watchdog_interval`; with no watchdog configured this returns at once.
     `healthy` is asked before each ping: a False answer skips the ping, so a supervisor that knows it
-    is wedged (for instance its worker pool no longer answers) lets systemd restart it.
+    is wedged (for instance a worker it can no longer replace) lets systemd restart it.
     """
     if interval is None:
         interval = watchdog_interval(env)

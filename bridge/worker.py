@@ -4,6 +4,11 @@ The SIP thread (`sip.endpoint`) reports calls, DTMF and audio; this module moves
 worker's asyncio loop with `call_soon_threadsafe` and gives each call a `CallPipeline`. SIGTERM
 drains: new INVITEs are answered 503, active calls may go on for `drain.timeout_seconds`, then are
 hung up and flushed; a second SIGTERM or SIGINT hangs everything up at once.
+
+The supervisor's control channel (see `bridge.app`): the worker says ``ready`` once its SIP port is
+bound, answers each ``ping N`` with ``pong N`` only after its pjsua thread has drained its command
+queue and its loop has run the reply (so a pong proves both alive), says ``draining`` when it starts
+to drain, and drains if the channel closes (its supervisor is gone).
 """
 
 from __future__ import annotations
@@ -14,16 +19,16 @@ import functools
 import logging
 import os
 import signal
+import socket
 import time
-from typing import Any
 
 import uvloop
 
 from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
-from bridge.events import BridgeEvent, EventSink
-from bridge.ledger import CallLedger, lost_call_ended
+from bridge.events import EventSink
+from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
 from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
@@ -50,6 +55,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._frames: collections.deque[tuple[int, int, bytes | None, float]] = collections.deque()
         self._drain_pending = False
+        self._control: asyncio.StreamWriter | None = None  # the supervisor's channel, once open
         self.sink: EventSink = make_sink(config)
         self.ledger = CallLedger(config.state.directory, self.port)
         self.call_metrics = metrics.CallMetrics()
@@ -140,20 +146,50 @@ class Worker:
     # --- life -----------------------------------------------------------------------------------------------
 
     def _end_lost_calls(self) -> None:
-        """End the calls a previous worker of this index left behind when it died."""
-        now = time.time()
-        for entry in self.ledger.take_orphans():
-            logger.error("call %s was lost with the previous worker %d", entry.call_id, self.index)
-            data = lost_call_ended(entry, now)
+        """End the calls a previous worker of this index left behind when it died (`bridge.ledger`:
+        their call.ended goes out after whatever of them is still spooled, whichever worker holds it).
+        The supervisor that saw the death counted them; after a whole-pool restart, none did: here."""
+        for lost, data in end_lost_calls(self.ledger, self.sink, time.time()):
+            logger.error("call %s was lost with the previous worker %d", lost.entry.call_id, self.index)
             self.engine_metrics.gap(data["gaps"][0]["duration"], "worker_lost")
-            self.sink.submit(BridgeEvent("call.ended", entry.call_id, entry.next_seq, now, data))
+            if not lost.same_supervisor:
+                metrics.CALLS.labels("worker_lost").inc()
 
     def request_stop(self) -> None:
         if self._stop.is_set():
             self._force.set()
         self._stop.set()
 
-    async def run(self, ready: Any = None) -> None:
+    # --- the supervisor's control channel ---------------------------------------------------------------
+
+    async def _serve_control(self, control: socket.socket) -> None:
+        """Say ``ready``, then answer pings until the supervisor's end closes (then drain)."""
+        reader, writer = await asyncio.open_unix_connection(sock=control)
+        self._control = writer
+        writer.write(b"ready\n")
+        try:
+            while line := await reader.readline():
+                word, _, arg = line.strip().partition(b" ")
+                if word == b"ping" and arg.isdigit():
+                    self.endpoint.ping(functools.partial(self._pinged, int(arg)))
+        except OSError as exc:
+            logger.warning("control channel: %s", exc)
+        if not self._stop.is_set():
+            logger.warning("the supervisor is gone; draining")
+            self.request_stop()
+
+    def _pinged(self, seq: int) -> None:
+        """From the pjsua thread, once it has drained its queue: answer from the loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._pong, seq)
+        except RuntimeError:  # the loop is closed: the worker is leaving and owes no answer
+            logger.debug("ping %d not answered: the loop is closed", seq)
+
+    def _pong(self, seq: int) -> None:
+        if self._control is not None and not self._control.is_closing():
+            self._control.write(b"pong %d\n" % seq)
+
+    async def run(self, control: socket.socket | None = None) -> None:
         await self.sink.start()
         self._end_lost_calls()
         await self._loop.run_in_executor(None, self.endpoint.start)
@@ -172,9 +208,12 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, 4))
-        if ready is not None:
-            ready()
+        channel = None
+        if control is not None:
+            channel = asyncio.create_task(self._serve_control(control), name="control")
         await self._stop.wait()
+        if self._control is not None and not self._control.is_closing():
+            self._control.write(b"draining\n")
         if probe is not None:
             probe.cancel()
         self.worker_metrics.stopping()
@@ -190,6 +229,8 @@ class Worker:
             task.cancel()
         await self._loop.run_in_executor(None, self.endpoint.stop)
         await self.sink.aclose(SHUTDOWN_GRACE_SECONDS)
+        if channel is not None:
+            channel.cancel()
 
     async def _wait_idle(self, limit: float) -> None:
         idle = asyncio.ensure_future(self._idle.wait())
@@ -201,19 +242,15 @@ class Worker:
             force.cancel()
 
 
-def main(config: Config, index: int, ready_fd: int | None) -> None:
-    """Run one worker until it is told to stop, then leave with os._exit (see sip.endpoint)."""
+def main(config: Config, index: int, control_fd: int | None) -> None:
+    """Run one worker until it is told to stop, then leave with os._exit (see sip.endpoint).
 
-    def ready() -> None:
-        if ready_fd is not None:
-            os.write(ready_fd, b"ready\n")
-            os.close(ready_fd)
-
+    `control_fd`: the worker's end of the supervisor's socketpair (None when run by hand)."""
     setup_logging(config.logging, f"worker-{index}")
 
     async def run() -> None:
         worker = Worker(config, index)
-        await worker.run(ready)
+        await worker.run(None if control_fd is None else socket.socket(fileno=control_fd))
 
     code = 0
     try:

@@ -6,7 +6,11 @@ Checked in this order, so the cheapest and most specific answer wins:
 3. the worker is draining → 503 with Retry-After
 4. the worker is full → 503 with Retry-After
 5. the engine is unreachable and `engine.on_unreachable` is reject → 503 with Retry-After
-6. no SDP offer, or no audio codec in common → 488
+6. no SDP offer → 488; an SDP offer that `parse_offer` refuses (`SdpError`) → 400; no audio codec
+   in common → 488
+
+`decide` raises nothing, whatever the request's bytes: every refusal is a `Reject` with a
+`result` from the fixed list in `bridge.metrics`, so its caller answers and counts it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sip.message import SipRequest
-from sip.sdp import parse_offer
+from sip.sdp import SdpError, parse_offer
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class Accept:
 class Reject:
     status: int
     reason: str
-    result: str  # metrics label: rejected_acl, rejected_draining, rejected_full, rejected_codec
+    result: str  # metrics label: rejected_acl, _rate, _draining, _full, _engine, _codec, _invalid
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
@@ -107,7 +111,10 @@ def decide(
         return Reject(503, "Transcription Engine Unavailable", "rejected_engine", retry)
     if "application/sdp" not in request.content_type() and "multipart" not in request.content_type():
         return Reject(488, "SDP Offer Required", "rejected_codec")
-    offer = parse_offer(request.body)
+    try:
+        offer = parse_offer(request.body)
+    except SdpError:
+        return Reject(400, "Malformed SDP Offer", "rejected_invalid")
     offered = offer.encodings()
     common = tuple(codec for codec in policy.codecs if codec in offered)
     if not offer.audio or not common:

@@ -2,11 +2,14 @@
 
 pjsua2 hands `onIncomingCall` the whole INVITE as text (`prm.rdata.wholeMsg`). We parse the header
 section ourselves, tolerantly: folded lines are unfolded, compact header names are expanded, and
-header names are matched case-insensitively.
+header names are matched case-insensitively. `parse_request` raises ValueError and nothing else,
+whatever the text: a request line that is not `METHOD uri SIP/x` (method an RFC 3261 token, uri not
+empty); header lines without a colon are skipped.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 COMPACT = {
@@ -19,6 +22,7 @@ COMPACT = {
     "v": "via",
     "k": "supported",
 }
+_TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")  # RFC 3261 §25.1 `token`, ASCII only
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,12 @@ def parse_request(text: str) -> SipRequest:
     head, _, body = text.replace("\r\n", "\n").partition("\n\n")
     lines = head.split("\n")
     request_line = lines[0].strip().split(" ")
-    if len(request_line) != 3 or not request_line[2].upper().startswith("SIP/"):
+    if (
+        len(request_line) != 3
+        or not _TOKEN.fullmatch(request_line[0])
+        or not request_line[1]
+        or not request_line[2].upper().startswith("SIP/")
+    ):
         raise ValueError(f"not a SIP request line: {lines[0][:80]!r}")
     headers: list[tuple[str, str]] = []
     for line in lines[1:]:

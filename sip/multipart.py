@@ -13,7 +13,11 @@ in the field get the framing wrong in small ways, so this reader is tolerant:
   at the end of the body;
 - part header names are case-insensitive, folded lines are unfolded; a part without headers gets a
   content type sniffed from its body (SDP or XML) instead of the RFC default `text/plain`;
-- nested multipart parts (`multipart/alternative` inside `multipart/mixed`) are flattened in order.
+- nested multipart parts (`multipart/alternative` inside `multipart/mixed`) are flattened in order,
+  `MAX_DEPTH` levels deep at most.
+
+Nothing here raises, whatever the text: a body that cannot be split gives no parts (or one part,
+for a body that is not multipart), and the caller decides what a missing part means.
 
     parts = split_multipart(request.header("content-type") or "", request.body)
     sdp = find_part(parts, "application/sdp")

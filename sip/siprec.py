@@ -14,16 +14,25 @@ What this module decides, from the raw INVITE only:
 4. `map_streams(offer, metadata, rules)` → `[StreamRole]`: which audio m-line is the caller and
    which the agent, which channel each goes to, and a human-readable `reason`.
 
-How roles are decided (`SiprecRules.order` is tried in turn; the first strategy that decides wins):
+How roles are decided (`SiprecRules.order` is tried in turn; the first strategy that decides wins;
+the default is metadata, then label):
 
-- "metadata": each stream's label (a=label) is looked up in the metadata, the participant that
-  sends it is matched against `caller_patterns` / `agent_patterns` (regexes on AOR and name).
+- "metadata": each stream's label (a=label) is looked up in the metadata and the participant that
+  sends it (`<send>`) is classified: first by `caller_patterns` / `agent_patterns` (regexes on AOR
+  and name), then, with `number_forms` (the default), by the form of its address: a number in E.164
+  form (``sip:+15551230001@…``, ``tel:+1…``, a name such as ``+1 555 123 0001``) is the caller, a short
+  extension (2 to 6 digits, ``sip:2001@pbx``) is the agent. Nothing else in the metadata says who is
+  who in every SBC style: participant order differs (CUBE lists the agent first), `<send>`/`<recv>`
+  are symmetric, and the SIPREC INVITE's own From/To are the recording client and the recorder.
 - "label": the a=label values are matched against `caller_labels` / `agent_labels`.
-- "mline": the audio m-lines in order take the roles of `mline_order` (caller first by default).
+- "mline": the audio m-lines in order take the roles of `mline_order` (caller first by default); a
+  guess, only tried when configured in `order`.
 
 With two streams, one stream decided is enough: the other takes the other role. A strategy that
-gives both streams the same role does not decide. A single audio stream is a mixed recording:
-role "mixed", channel 0. Channel is 0 for the caller and 1 for the agent.
+gives both streams the same role does not decide. When no strategy decides, the roles are "unknown"
+and the channels follow the m-lines (0, 1). A single audio stream is a mixed recording: role
+"mixed", channel 0. Channel is 0 for the caller and 1 for the agent. `StreamRole.decided_by` names
+the strategy that decided (or "single_stream", "undecided"), `reason` says how.
 
 Participants come from the metadata whenever it names the stream's sender, whichever strategy
 decided the role.
@@ -46,6 +55,10 @@ METADATA_TYPE = "application/rs-metadata+xml"
 SDP_TYPE = "application/sdp"
 MAX_METADATA_BYTES = 256 * 1024
 STRATEGIES = ("metadata", "label", "mline")
+DEFAULT_ORDER = ("metadata", "label")  # mline is a guess: only when configured
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")  # a number in international form: the party outside
+EXTENSION = re.compile(r"^\d{2,6}$")  # a short internal number: the agent's phone
+VISUAL_SEPARATORS = re.compile(r"[\s\-.()]")  # as in "+1 (555) 123-0001"
 
 Role = Literal["caller", "agent", "mixed", "unknown"]
 CHANNEL: dict[str, int] = {"caller": 0, "agent": 1, "mixed": 0}
@@ -169,18 +182,36 @@ def _attr(element: ET.Element, *names: str) -> str | None:
     return None
 
 
+class _NoDoctypeBuilder(ET.TreeBuilder):
+    """A tree builder that refuses a DOCTYPE in any encoding (entities can only be declared in one)."""
+
+    def doctype(self, name: str, pubid: str, system: str) -> None:
+        raise MetadataError("metadata carries a DTD or entity declarations; refused")
+
+
 def parse_metadata(xml_text: str | bytes) -> Metadata:
-    """Parse RFC 7865 recording metadata tolerantly; raise MetadataError if it cannot be read at all."""
-    raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
+    """Parse RFC 7865 recording metadata tolerantly; raise MetadataError if it cannot be read at all.
+
+    MetadataError (a ValueError) is the only exception that escapes, whatever the bytes."""
+    try:
+        raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
+    except UnicodeEncodeError as exc:  # a lone surrogate
+        raise MetadataError(f"metadata is not valid Unicode: {exc}") from exc
     if len(raw) > MAX_METADATA_BYTES:
         raise MetadataError(f"metadata is {len(raw)} bytes, over {MAX_METADATA_BYTES}")
     lowered = raw.lower()
     if b"<!doctype" in lowered or b"<!entity" in lowered:
         raise MetadataError("metadata carries a DTD or entity declarations; refused")
+    parser = ET.XMLParser(target=_NoDoctypeBuilder())  # the check above misses UTF-16 and the like
     try:
-        root = ET.fromstring(raw.strip())
+        parser.feed(raw.strip())
+        root = parser.close()
+    except MetadataError:
+        raise
     except ET.ParseError as exc:
         raise MetadataError(f"metadata is not well-formed XML: {exc}") from exc
+    except (LookupError, ValueError) as exc:  # an encoding expat does not know or cannot read
+        raise MetadataError(f"metadata cannot be decoded: {exc}") from exc
     if _local(root.tag)[1].lower() != "recording":
         found = root.find(".//{*}recording")
         if found is None:
@@ -219,6 +250,7 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
         send.setdefault(pid, []).extend(_all_text(assoc, "send"))
         recv.setdefault(pid, []).extend(_all_text(assoc, "recv"))
 
+    sends, recvs = _resolve(send, streams), _resolve(recv, streams)
     participants: list[Participant] = []
     for index, participant in enumerate(_children(root, "participant")):
         pid = _attr(participant, "participant_id", "id") or f"#{index}"
@@ -237,8 +269,8 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
                 participant_id=pid,
                 aor=aor,
                 name=display,
-                send=tuple(dict.fromkeys(_resolve(send.get(pid, []), streams))),
-                recv=tuple(dict.fromkeys(_resolve(recv.get(pid, []), streams))),
+                send=sends.get(pid, ()),
+                recv=recvs.get(pid, ()),
             )
         )
     return Metadata(
@@ -255,11 +287,15 @@ def _all_text(element: ET.Element, name: str) -> list[str]:
     return [c.text.strip() for c in _children(element, name) if c.text and c.text.strip()]
 
 
-def _resolve(refs: list[str], streams: list[Stream]) -> list[str]:
-    """Stream references as stream ids; some SRCs put the label in <send> instead of the id."""
+def _resolve(refs: dict[str, list[str]], streams: list[Stream]) -> dict[str, tuple[str, ...]]:
+    """Each participant's stream references as stream ids, deduplicated in order; some SRCs put the
+    label in <send> instead of the id. The lookups are built once: linear in the metadata's size."""
     ids = {s.stream_id for s in streams}
     by_label = {_norm_label(s.label): s.stream_id for s in streams if s.label is not None}
-    return [ref if ref in ids else by_label.get(_norm_label(ref), ref) for ref in refs]
+    return {
+        pid: tuple(dict.fromkeys(ref if ref in ids else by_label.get(_norm_label(ref), ref) for ref in items))
+        for pid, items in refs.items()
+    }
 
 
 # --- the INVITE body -------------------------------------------------------------------------------
@@ -286,7 +322,9 @@ class SiprecBody:
 
 
 def parse_body(request: SipRequest) -> SiprecBody:
-    """Extract SDP and rs-metadata from the body (multipart or plain SDP), tolerating what is missing."""
+    """Extract SDP and rs-metadata from the body (multipart or plain SDP), tolerating what is missing.
+
+    Raises nothing: what cannot be read is named in `problems` (the SDP itself is not parsed here)."""
     content_type = request.header("content-type") or ""
     problems: list[str] = []
     if not is_multipart(content_type):
@@ -322,12 +360,13 @@ def parse_body(request: SipRequest) -> SiprecBody:
 class SiprecRules:
     """How streams are mapped to caller and agent (config section `siprec:`)."""
 
-    order: tuple[str, ...] = STRATEGIES
+    order: tuple[str, ...] = DEFAULT_ORDER
     agent_patterns: tuple[str, ...] = ()
     caller_patterns: tuple[str, ...] = ()
     agent_labels: tuple[str, ...] = ()
     caller_labels: tuple[str, ...] = ()
     mline_order: tuple[Role, ...] = ("caller", "agent")
+    number_forms: bool = True  # metadata: an E.164 sender is the caller, an extension the agent
     _compiled: tuple[tuple[re.Pattern[str], ...], tuple[re.Pattern[str], ...]] = field(
         init=False, repr=False, compare=False
     )
@@ -369,6 +408,7 @@ class StreamRole:
     reason: str
     participants: tuple[Participant, ...] = ()
     stream_id: str | None = None
+    decided_by: str = "undecided"  # metadata, label, mline, single_stream or undecided
 
     @property
     def participant(self) -> Participant | None:
@@ -384,6 +424,7 @@ class StreamRole:
             "channel": self.channel,
             "participants": [p.as_dict() for p in self.participants],
             "reason": self.reason,
+            "decided_by": self.decided_by,
         }
 
 
@@ -414,7 +455,8 @@ def map_streams(offer: Offer, metadata: Metadata | None, rules: SiprecRules) -> 
         slot = slots[0]
         names = ", ".join(p.describe() for p in slot.senders)
         by = f"; metadata: sent by {names}" if names else ""
-        return [_role(0, slot, "mixed", f"single audio stream: mixed recording on channel 0{by}")]
+        reason = f"single audio stream: mixed recording on channel 0{by}"
+        return [_role(0, slot, "mixed", reason, "single_stream")]
 
     notes: list[str] = []
     for strategy in rules.order:
@@ -423,12 +465,15 @@ def map_streams(offer: Offer, metadata: Metadata | None, rules: SiprecRules) -> 
             notes.append(f"{strategy}: {why}")
             continue
         skipped = f" (not decided by {'; '.join(notes)})" if notes else ""
-        return [_role(i, slot, roles[i], f"{strategy}: {why[i]}{skipped}") for i, slot in enumerate(slots)]
-    reason = "no rule decided: " + "; ".join(notes)
+        return [
+            _role(i, slot, roles[i], f"{strategy}: {why[i]}{skipped}", strategy)
+            for i, slot in enumerate(slots)
+        ]
+    reason = "no rule decided, roles unknown, channels by m-line: " + "; ".join(notes)
     return [_role(i, slot, "unknown", reason) for i, slot in enumerate(slots)]
 
 
-def _role(index: int, slot: _Slot, role: Role, reason: str) -> StreamRole:
+def _role(index: int, slot: _Slot, role: Role, reason: str, decided_by: str = "undecided") -> StreamRole:
     return StreamRole(
         index=index,
         label=slot.offer.label,
@@ -438,6 +483,7 @@ def _role(index: int, slot: _Slot, role: Role, reason: str) -> StreamRole:
         reason=reason,
         participants=slot.senders,
         stream_id=slot.stream.stream_id if slot.stream else None,
+        decided_by=decided_by,
     )
 
 
@@ -465,8 +511,8 @@ def _by_metadata(slots: list[_Slot], metadata: Metadata | None, rules: SiprecRul
         return None, "no metadata"
     if not metadata.participants:
         return None, "metadata names no participants"
-    if not rules.agent_patterns and not rules.caller_patterns:
-        return None, "no agent_patterns or caller_patterns configured"
+    if not rules.agent_patterns and not rules.caller_patterns and not rules.number_forms:
+        return None, "no agent_patterns or caller_patterns configured, number_forms off"
     agent_res, caller_res = rules._compiled
     decided: list[Role | None] = []
     why: list[str] = []
@@ -491,15 +537,47 @@ def _by_metadata(slots: list[_Slot], metadata: Metadata | None, rules: SiprecRul
                 role = "agent" if role_name == "agent" else "caller"
                 text += f"; {role} by rule '{key}' ({hit.pattern!r})"
                 break
+        if role is None and rules.number_forms:
+            form = number_form(sender)
+            if form is not None:
+                role, how = form
+                text += f"; {role} by its address form ({how})"
         decided.append(role)
         why.append(text)
     if all(r is None for r in decided):
-        return None, "no participant matched a pattern (" + "; ".join(why) + ")"
+        return None, "no participant matched a pattern or an address form (" + "; ".join(why) + ")"
     return _complete(decided, why)
 
 
 def _matches(pattern: re.Pattern[str], participant: Participant) -> bool:
     return any(v is not None and pattern.search(v) for v in (participant.aor, participant.name))
+
+
+def _user_part(address: str) -> str | None:
+    """The user of a sip:/sips:/tel: URI, or the address itself, without visual separators."""
+    text = address.strip().strip("<>")
+    scheme, _, rest = text.partition(":")
+    if scheme.lower() in ("sip", "sips"):
+        user, at, _ = rest.partition("@")
+        if not at:
+            return None
+        text = user.split(";", 1)[0]
+    elif scheme.lower() == "tel":
+        text = rest.split(";", 1)[0]
+    return VISUAL_SEPARATORS.sub("", text)
+
+
+def number_form(participant: Participant) -> tuple[Role, str] | None:
+    """caller for an E.164 number, agent for a short extension (its AOR first, then its name)."""
+    for value in (participant.aor, participant.name):
+        user = _user_part(value) if value else None
+        if user is None:
+            continue
+        if E164.match(user):
+            return "caller", f"E.164 number {user}"
+        if EXTENSION.match(user):
+            return "agent", f"extension {user}"
+    return None
 
 
 def _by_label(slots: list[_Slot], metadata: Metadata | None, rules: SiprecRules) -> _Result:

@@ -4,7 +4,8 @@
 returns the audio payload bytes; `format` is set once the `fmt ` chunk and the `data` chunk header
 have been read. Streaming writers put 0 or 0xFFFFFFFF in the RIFF and data size fields: both mean
 "until the end of the stream". A definite data size is honoured and bytes after it (trailing chunks)
-are dropped.
+are dropped. `feed` raises `AudioError` and nothing else, whatever the bytes, and the same in any
+split (tests/standin/test_standin_fuzz.py).
 
 `SampleDecoder.decode(data)` turns payload bytes of any length into an int16 array of shape
 (frames, channels), carrying a partial frame over to the next call. Linear PCM of 1 (unsigned),

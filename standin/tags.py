@@ -2,12 +2,15 @@
 
 `collect_tags` merges the two documented places a tag can be given; `parse_tags` turns the raw strings
 into a frozen `Tags`, raising `TagError` (which names the tag) for a value V-Blaze would not accept.
+`TagError` is the only exception `parse_tags` raises, whatever the strings; `collect_tags` raises none.
 
 Choices where the vendor page is silent (see docs/standin.md):
 - tag names are matched case-insensitively; in header names `-` after `X-Voci-` is read as `_`, so
   `X-Voci-Utterance-Callback` and `X-Voci-utterance_callback` are the same tag;
 - a tag given both as header and in the query string takes the query string's value;
 - enumerated values (`WAVE`, `LITTLE`, `true`, `level`, ...) are matched case-insensitively;
+- integers are ASCII decimal digits with an optional sign (`int()` would also read `٣` or `1_000`);
+- a URL tag needs an http or https scheme, a host and, if it names one, a port from 1 to 65535;
 - tags the stand-in does not implement are accepted, echoed in `streamtags` and otherwise ignored,
   except features that would change the result's shape (`scrubaudio`, `outzip`, ...), which get a 400.
 """
@@ -31,6 +34,7 @@ DEFAULT_UTTPADDING_MS = 300
 DEFAULT_UTTMAXTIME_S = 150
 
 MAX_TAG_VALUE_CHARS = 8192
+_INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 
 
 class TagError(ValueError):
@@ -209,10 +213,10 @@ def _bool(raw: Mapping[str, str], name: str, default: bool) -> bool:
 def _int(raw: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
     if name not in raw:
         return default
-    try:
-        value = int(raw[name].strip())
-    except ValueError:
-        raise TagError(name, f"must be an integer, not {raw[name]!r}") from None
+    text = raw[name].strip()
+    if not _INTEGER.fullmatch(text):
+        raise TagError(name, f"must be an integer, not {raw[name][:80]!r}")
+    value = int(text)
     if not low <= value <= high:
         raise TagError(name, f"must be between {low} and {high}, not {value}")
     return value
@@ -238,9 +242,13 @@ def _url(raw: Mapping[str, str], name: str) -> str | None:
     if name not in raw or not raw[name].strip():
         return None
     value = raw[name].strip()
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise TagError(name, f"must be an http or https URL, not {value!r}")
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError when not a number from 0 to 65535
+    except ValueError:
+        raise TagError(name, f"must be an http or https URL, not {value[:200]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or port == 0:
+        raise TagError(name, f"must be an http or https URL, not {value[:200]!r}")
     return value
 
 

@@ -65,6 +65,7 @@ from bridge.vblaze.protocol import (
     Utterance,
     request_headers,
 )
+from bridge.vblaze.transcript import Segment, StreamRecord
 
 logger = logging.getLogger(__name__)
 _logger = logger  # EngineStream's `logger` argument shadows the name
@@ -151,7 +152,8 @@ class StreamStats:
     failures: int = 0  # connection attempts that failed
     losses: int = 0  # established streams that ended early
     reconnects: int = 0  # streams established after a loss
-    utterances: int = 0  # utterances delivered
+    utterances: int = 0  # utterances delivered (handed to on_utterance, which took them)
+    delivery_failures: int = 0  # utterances received whose on_utterance raised (logged, not delivered)
     duplicates: int = 0  # utterances of a replayed stream dropped as already delivered
     protocol_errors: int = 0  # messages that could not be parsed (skipped)
     frames_sent: int = 0
@@ -167,7 +169,9 @@ class StreamResult:
     times are those of the stream that sent it, which starts at ``final_offset`` seconds on the call's
     timeline (0 unless the stream was re-established). ``reason`` is None when the final arrived, else
     ``final_timeout``, ``engine_unavailable``, ``engine_rejected``, ``cancelled`` or ``error``.
-    ``utterances`` are all utterances delivered, on the call's timeline.
+    ``utterances`` are all utterances delivered, on the call's timeline. ``streams`` has one record per
+    connection (each with its own final document, if any, and its offset): what
+    `transcript.merge` turns into the call's complete transcript.
     """
 
     final: dict[str, Any] | str | None
@@ -177,6 +181,46 @@ class StreamResult:
     gaps: tuple[Gap, ...]
     stats: StreamStats
     audio_seconds: float
+    streams: tuple[StreamRecord, ...] = ()
+
+
+@dataclass
+class _Record:
+    """What one connection did, while it is open (frozen into a `StreamRecord` for results)."""
+
+    index: int
+    segments: list[list[int]] = dataclasses.field(default_factory=list)  # [stream byte, call byte, length]
+    stream_bytes: int = 0
+    confirmed: int | None = None  # call byte up to which this stream's audio is confirmed
+    final: dict[str, Any] | str | None = None
+    live: list[Utterance] = dataclasses.field(default_factory=list)
+    ended: str | None = "open"
+
+    def sent(self, position: int, length: int) -> None:
+        last = self.segments[-1] if self.segments else None
+        if last is not None and last[1] + last[2] == position:
+            last[2] += length
+        else:
+            self.segments.append([self.stream_bytes, position, length])
+        self.stream_bytes += length
+
+    def frozen(self, bytes_per_second: int, acked: int, reason: str | None) -> StreamRecord:
+        """The record as it stands; a stream still open ends with the stream's `reason` (or "open")."""
+        confirmed = self.confirmed if self.confirmed is not None else acked
+        covered = tuple(
+            (call / bytes_per_second, min(call + length, confirmed) / bytes_per_second)
+            for _, call, length in self.segments
+            if call < confirmed
+        )
+        return StreamRecord(
+            index=self.index,
+            bytes_per_second=bytes_per_second,
+            segments=tuple(Segment(*segment) for segment in self.segments),
+            covered=covered,
+            final=self.final,
+            live=tuple(self.live),
+            ended=(reason or "open") if self.ended == "open" else self.ended,
+        )
 
 
 def classify_connect_error(exc: BaseException) -> tuple[EngineError, str]:
@@ -247,6 +291,7 @@ class EngineStream:
         self._reason: str | None = None
         self._overflow_logged = False
         self._connected_at = 0.0
+        self._records: list[_Record] = []
 
     # -- what the call pipeline uses -----------------------------------------------------------------
     @property
@@ -279,6 +324,7 @@ class EngineStream:
 
     def result(self) -> StreamResult:
         """The stream's outcome so far (what `finish` returns)."""
+        bps = self._buffer.bytes_per_second
         return StreamResult(
             final=self._final.raw if self._final is not None else None,
             reason=self._reason,
@@ -287,7 +333,17 @@ class EngineStream:
             gaps=tuple(self._buffer.gaps),
             stats=dataclasses.replace(self.stats),
             audio_seconds=self._buffer.seconds(self._buffer.pushed),
+            streams=tuple(r.frozen(bps, self._buffer.acked, self._reason) for r in self._records),
         )
+
+    def abandon(self, cause: str) -> list[Gap]:
+        """Nothing more of this call will be transcribed (the call pipeline failed): the audio no
+        utterance confirmed and no gap covers yet becomes a gap with `cause`, reported like any other."""
+        if self._complete:
+            return []
+        if self._reason is None:
+            self._reason = ERROR
+        return self._report_gaps(self._buffer.abandon(cause))
 
     async def run(self) -> None:
         """Connect, stream and reconnect until `finish` is complete (see the module docstring)."""
@@ -401,6 +457,9 @@ class EngineStream:
         if time.monotonic() - self._connected_at >= self._engine.reconnect_max_seconds:
             self._attempt = 0
         self._notify("connection_lost", cause)
+        if self._records and self._records[-1].ended == "open":
+            self._records[-1].ended = cause
+            self._records[-1].confirmed = self._buffer.acked
         gaps = self._report_gaps(self._buffer.rewind())
         self.log.warning(
             "engine stream lost (%s) %.1f s into the call; replaying from %.1f s%s",
@@ -415,6 +474,8 @@ class EngineStream:
         """Run one stream until the final after the end of audio (returns) or its loss (EngineClosed)."""
         session = Session(self._audio, self._engine.datahdr, self.channels)
         self._session = session
+        record = _Record(len(self._records))
+        self._records.append(record)
         sender = asyncio.create_task(self._send_loop(ws, session), name=f"vblaze-send-{self.call_id}")
         sender.add_done_callback(lambda task: _abort_if_failed(task, ws))
         lost: EngineClosed | None = None
@@ -455,6 +516,7 @@ class EngineStream:
                 await self._wake.wait()
                 continue
             frame = session.send_audio(chunk.data, chunk.position)
+            self._records[-1].sent(chunk.position, len(chunk.data))
             await self._send(ws, frame)
             self.stats.frames_sent += 1
             self.stats.bytes_sent += len(chunk.data)
@@ -492,18 +554,23 @@ class EngineStream:
                 self.log.warning("skipping a message from the engine: %s", exc)
                 continue
             self._attempt = 0  # the engine answers: the next failure starts the backoff afresh
+            record = self._records[-1]
             if isinstance(event, Utterance):
                 self._deliver(event, session)
             elif isinstance(event, Separator):
                 if session.sent_until is not None and session.end_sent:
                     self._buffer.ack(session.sent_until)
+                    record.confirmed = session.sent_until
             else:
                 assert isinstance(event, Final)
+                record.final = event.raw
                 if session.end_sent:
                     self._final = event
                     self._final_offset = session.call_start or 0.0
                     self._complete = True
                     self._reason = None
+                    record.ended = None
+                    record.confirmed = session.sent_until or 0
                     self.log.debug("final transcript received")
                 return
 
@@ -517,15 +584,25 @@ class EngineStream:
         if session.sent_until is not None:
             position = min(position, session.sent_until)
         arrival = self._buffer.arrival_of(position)
+        # The engine transcribed this audio whatever becomes of the utterance here: it is not replayed
+        # and it belongs to the call's transcript.
         self._buffer.ack(position)
+        self._records[-1].live.append(utt)
+        try:
+            self._on_utterance(utt)
+        except Exception:
+            self.stats.delivery_failures += 1
+            self.log.exception(
+                "on_utterance callback failed; utterance %.2f-%.2f s not delivered (%d so far)",
+                utt.start,
+                utt.end,
+                self.stats.delivery_failures,
+            )
+            return
         self.stats.utterances += 1
         self.utterances.append(utt)
         if arrival is not None:
             self._notify("utterance", utt.received_at - arrival)
-        try:
-            self._on_utterance(utt)
-        except Exception:
-            self.log.exception("on_utterance callback failed")
 
     async def _await_close(self, ws: ClientConnection) -> None:
         """After the final the engine closes; close ourselves only if it has not within send_timeout."""

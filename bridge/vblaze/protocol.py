@@ -26,7 +26,10 @@ Contract:
   ``utterances`` list is taken as the final transcript even without a separator.
 - Sending in the wrong state raises `InvalidState`. A message the engine should not have sent (binary,
   anything after the final, unparseable JSON in place of an utterance) raises `EngineProtocolError` and
-  leaves the session as it was, so a caller may log it and go on.
+  leaves the session as it was, so a caller may log it and go on. `receive_text` and `receive_binary`
+  raise `EngineProtocolError` and nothing else, whatever the engine sends: JSON nested too deep to
+  parse, ``NaN``/``Infinity`` (which would make the webhook's JSON invalid), numbers too large for a
+  float and fields of the wrong type are refused or ignored, never passed on.
 
 States: ``OPEN`` (audio may be sent) → ``DRAINING`` (empty frame sent, waiting for the final) → ``DONE``
 (final received). The engine may send the final while the session is still ``OPEN`` (it ended the stream
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import struct
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -197,9 +201,33 @@ def wav_stream_header(sample_rate: int, channels: int = CHANNELS, sample_width: 
 
 
 def _number(value: Any) -> float | None:
+    """A finite JSON number as a float, else None (an int too large for a float included)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:40]} is too large for a float")
+    return number
+
+
+def _loads(text: str) -> Any:
+    """`json.loads` that refuses NaN, Infinity and 1e999 and turns a nesting too deep into ValueError."""
+    try:
+        return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 class Session:
@@ -279,7 +307,7 @@ class Session:
             self.separator_seen = True
             return Separator()
         try:
-            doc = json.loads(text)
+            doc = _loads(text)
         except ValueError as exc:
             raise EngineProtocolError(f"utterance message is not JSON: {text[:80]!r}") from exc
         if not isinstance(doc, dict):
@@ -295,7 +323,7 @@ class Session:
             raw = None
         else:
             try:
-                parsed = json.loads(text)
+                parsed = _loads(text)
             except ValueError:
                 parsed = None
             raw = parsed if isinstance(parsed, dict) else text
@@ -311,7 +339,8 @@ class Session:
         if start is None or end is None:
             raise EngineProtocolError("utterance without numeric start and end")
         words = []
-        for event in body.get("events") or ():
+        events = body.get("events")
+        for event in events if isinstance(events, list) else ():
             if not isinstance(event, dict) or not isinstance(event.get("word"), str):
                 continue
             w_start = _number(event.get("start"))

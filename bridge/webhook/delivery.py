@@ -5,6 +5,19 @@ sending its head. The head is retried until the receiver answers 2xx (delivered)
 (rejected, recorded); only then does the next event of that call go out to that URL. Other calls and
 other URLs have their own queues and never wait for it.
 
+Across owners (worker processes, and each worker's earlier lives), one rule keeps a call in order: an
+event is sent only once this sink has finished its predecessor (seq - 1), or, when it has not (the
+first event a sink holds of a call it took over, or a lost call's ``call.ended``), once the spool
+holds no earlier event of that call for that URL under another owner, alive or dead. While one does,
+the event waits, and this sink claims the rows of dead owners at once, so that they come into its
+queue ahead of it. So who writes an event does not matter for order:
+
+- a lost call's ``call.ended`` (reason ``worker_lost``) is written by the replacement worker of the
+  same index, which holds the dead worker's ledger (`bridge/ledger.py`), into the spool as its own
+  row, behind whatever of the call is still spooled; it goes out after those, whoever holds them;
+- if the spool already holds that ``seq`` of the call (the real ``call.ended`` made it to disk
+  before the worker died), the ledger's copy is not written and not sent.
+
 Lifecycle::
 
     sink = make_webhook_sink(config)   # or WebhookSink(WebhookSettings.from_config(...), observer=...)
@@ -21,15 +34,18 @@ fsync'ed), so the event loop never waits on the disk. A 2xx deletes the row befo
 event is sent, so after a crash the receiver may see the last delivered event again (same
 `event_id`) but never an older event after a newer one of the same call.
 
-The spool is bounded: above `spool_warn_fraction` of `spool_max_bytes` a warning is logged every
-30 s; at the limit an event is refused, logged as an error and counted (`observer.dropped`), and the
-receiver sees a hole in that call's `seq`.
+The spool is bounded: above `spool_warn_fraction` of `spool_max_bytes` (checked after every write and
+every claim, so every `claim_interval_seconds` at least) a warning is logged every 30 s; at the
+limit an event is refused, logged as an error and counted (`observer.dropped`), and the receiver sees
+a hole in that call's `seq`. `claim_interval_seconds` is also how often a running sink adopts the
+events of dead owners.
 """
 
 from __future__ import annotations
 
 import asyncio
 import bisect
+import dataclasses
 import enum
 import functools
 import logging
@@ -54,8 +70,8 @@ from bridge.config import (
 )
 from bridge.errors import BridgeError, ConfigError
 from bridge.events import BridgeEvent
-from bridge.webhook import payload, policy
-from bridge.webhook.spool import InsertResult, NewEvent, Spool, SpooledEvent
+from bridge.webhook import crashpoint, payload, policy
+from bridge.webhook.spool import InsertResult, LostEndResult, NewEvent, Spool, SpooledEvent
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +83,8 @@ DEFAULT_SPOOL_WARN_FRACTION = 0.8
 DEFAULT_CLAIM_INTERVAL = 10.0  # how often a running sink adopts the events of dead owners
 DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
 SPOOL_WARN_INTERVAL = 30.0
+FINISHED_KEPT = 100_000  # (url, call) pairs whose last finished seq is remembered
+ORDER_POLL = 0.25  # while an earlier event of the call is held by another owner: how often to look again
 BODIES_KEPT = 8  # per queue, the first events keep their body in memory; the rest are read back when due
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
 
@@ -176,6 +194,8 @@ class WebhookSettings:
             backoff_initial_seconds=config.backoff_initial_seconds,
             backoff_max_seconds=config.backoff_max_seconds,
             spool_max_bytes=config.spool_max_bytes,
+            spool_warn_fraction=config.spool_warn_fraction,
+            claim_interval_seconds=config.claim_interval_seconds,
             bearer_token=bearer,
             basic_auth=basic,
         )
@@ -199,6 +219,7 @@ class _Item:
     persisted: asyncio.Future[InsertResult] | None  # None: loaded from the spool, already there
     attempts: int = 0
     deep: bool = False  # queued behind BODIES_KEPT others: free the body once it is spooled
+    row: int = 0  # index of this item's row in its spool insert
 
 
 @dataclass(eq=False)
@@ -246,6 +267,10 @@ class WebhookSink:
         self._executor: ThreadPoolExecutor | None = None
         self._queues: dict[tuple[str, str], _Queue] = {}
         self._depth = 0
+        # (url, call_id) -> seq of the last event this sink finished; dropped with the call.ended.
+        self._finished: dict[tuple[str, str], int] = {}
+        self._waiting: set[tuple[str, str]] = set()  # queues whose wait was logged
+        self._last_claim = -math.inf
         self._claimer: asyncio.Task[None] | None = None
         self._startup: asyncio.Task[None] | None = None
         self._last_warn_log = -math.inf
@@ -399,10 +424,75 @@ class WebhookSink:
             future.add_done_callback(functools.partial(self._persisted, []))
             return
         items = []
-        for url in urls:
-            item = _Item(event.seq, eid, event.kind, event.time, body, future)
+        for row, url in enumerate(urls):
+            item = _Item(event.seq, eid, event.kind, event.time, body, future, row=row)
             items.append((self._enqueue(url, event.call_id, item), item))
         future.add_done_callback(functools.partial(self._persisted, items))
+
+    def submit_lost(self, event: BridgeEvent) -> None:
+        """Spool and send the call.ended (worker_lost) of a call whose worker died (`bridge.ledger`).
+
+        The spool numbers it after the call's last spooled event if that is past `event.seq`, and drops
+        it if the real call.ended is spooled already; it is sent after the call's earlier events, which
+        ever owner holds them (see the module docstring). Call once the sink is started.
+        """
+        if self._state is not _State.RUNNING:
+            raise SinkStateError(f"submit_lost() in state {self._state.name}")
+        urls = list(self._s.urls)
+
+        def encode(seq: int) -> tuple[str, bytes]:
+            numbered = dataclasses.replace(event, seq=seq)
+            return payload.event_id(event.call_id, seq), payload.encode(numbered)
+
+        future = self._spool_future(
+            self._spool.insert_lost_end, urls, event.call_id, event.seq, event.time, encode
+        )
+        future.add_done_callback(functools.partial(self._lost_persisted, event, urls))
+
+    def _lost_persisted(
+        self, event: BridgeEvent, urls: list[str], future: asyncio.Future[LostEndResult]
+    ) -> None:
+        if future.cancelled():
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error(
+                "webhook spool: cannot write the call.ended of lost call %s: %r", event.call_id, error
+            )
+            return
+        result = future.result()
+        self._check_size(result.used_bytes, refused=not result.written and not result.already_ended)
+        if result.already_ended:
+            logger.info("lost call %s: its call.ended is spooled already; that one is sent", event.call_id)
+            return
+        if result.seq is None:
+            logger.error("webhook spool full: call.ended of lost call %s dropped", event.call_id)
+            self._observer.dropped("spool_full")
+            return
+        eid = payload.event_id(event.call_id, result.seq)
+        if self._state is not _State.RUNNING:
+            return  # spooled: the next start sends it
+        for url in urls:
+            self._enqueue(url, event.call_id, _Item(result.seq, eid, event.kind, event.time, None, None))
+
+    def ordered_after(self, fn: Callable[[], None]) -> None:
+        """Run `fn` on the spool thread once every spool write submitted so far is done (the call ledger
+        records a call's end only after its call.ended is on disk). Runs it at once if the sink is not
+        open. `fn` must be short; an exception is logged."""
+
+        def guarded() -> None:
+            try:
+                fn()
+            except Exception:
+                logger.exception("webhook spool thread: a function run after the writes failed")
+
+        if self._executor is None or self._state not in (_State.STARTING, _State.RUNNING, _State.CLOSING):
+            guarded()
+            return
+        try:
+            self._executor.submit(guarded)
+        except RuntimeError:  # shut down meanwhile
+            guarded()
 
     async def wait_persisted(self, seconds: float) -> None:
         """Wait, at most `seconds`, until every event submitted so far is spooled (or refused)."""
@@ -461,11 +551,15 @@ class WebhookSink:
         self._check_size(result.used_bytes, refused=not result.accepted)
         for queue, item in items:
             head = queue.in_flight and queue.items[0] is item
-            if not result.accepted:
+            duplicate = bool(result.inserted) and not result.inserted[item.row]
+            if not result.accepted or duplicate:
                 if not head and item in queue.items:  # the head's own task drops it (_wait_persisted)
                     queue.items.remove(item)
                     self._set_depth(self._depth - 1)
-                    self._dropped(queue, item)
+                    if duplicate:
+                        self._duplicate(queue, item)
+                    else:
+                        self._dropped(queue, item)
             elif item.deep and not head:
                 item.body = None
 
@@ -479,6 +573,16 @@ class WebhookSink:
             extra={"call_id": queue.call_id},
         )
         self._observer.dropped("spool_full")
+
+    def _duplicate(self, queue: _Queue, item: _Item) -> None:
+        logger.warning(
+            "event %d (%s) of call %s for %s is already spooled by another owner; that one is sent",
+            item.seq,
+            item.kind,
+            queue.call_id,
+            queue.shown_url,
+            extra={"call_id": queue.call_id},
+        )
 
     def _check_size(self, used: int, *, refused: bool = False) -> None:
         """Log loudly, at most every SPOOL_WARN_INTERVAL each: near the limit, and at it."""
@@ -504,19 +608,70 @@ class WebhookSink:
 
     async def _run(self, queue: _Queue) -> None:
         """Send the queue's head until it is done, then the next, until the queue is empty."""
+        key = (queue.url, queue.call_id)
         try:
             while queue.items:
-                queue.in_flight = True
                 item = queue.items[0]
+                if not await self._in_order(queue, item):
+                    continue  # look at the head again: a claim may have queued earlier events
+                queue.in_flight = True
                 await self._deliver(queue, item)
                 queue.items.pop(0)
                 queue.in_flight = False
                 self._set_depth(self._depth - 1)
+                if item.kind == "call.ended":
+                    self._finished.pop(key, None)
+                else:
+                    if len(self._finished) >= FINISHED_KEPT:  # calls whose end another owner sends
+                        self._finished.clear()  # costs one spool check per call, nothing else
+                    self._finished[key] = item.seq
         finally:
             queue.in_flight = False
             queue.task = None
             if not queue.items and self._queues.get((queue.url, queue.call_id)) is queue:
                 del self._queues[(queue.url, queue.call_id)]
+
+    async def _in_order(self, queue: _Queue, item: _Item) -> bool:
+        """Whether `item` may go now (see the module docstring); if not, wait a little and say False."""
+        key = (queue.url, queue.call_id)
+        if item.seq == 0 or self._finished.get(key) == item.seq - 1:
+            return True
+        try:
+            blocked = await self._spool_op(self._spool.earlier_elsewhere, queue.url, queue.call_id, item.seq)
+        except TimeoutError:
+            logger.error(
+                "webhook spool busy: cannot check what precedes event %d of call %s", item.seq, queue.call_id
+            )
+            await asyncio.sleep(ORDER_POLL)
+            return False
+        except Exception:
+            logger.exception(
+                "webhook spool: cannot check what precedes event %d of call %s; sending it",
+                item.seq,
+                queue.call_id,
+            )
+            blocked = False
+        if not blocked:
+            self._waiting.discard(key)
+            self._finished[key] = item.seq - 1  # checked once, not again
+            return True
+        if key not in self._waiting:
+            self._waiting.add(key)
+            logger.info(
+                "event %d (%s) of call %s waits for its earlier events, held by another owner",
+                item.seq,
+                item.kind,
+                queue.call_id,
+                extra={"call_id": queue.call_id},
+            )
+        now = time.monotonic()
+        if now - self._last_claim >= ORDER_POLL:
+            self._last_claim = now
+            await self._claim_once()
+            if queue.items and queue.items[0] is not item:
+                return False
+        await asyncio.sleep(min(ORDER_POLL, self._s.claim_interval_seconds))
+        return False
 
     async def _deliver(self, queue: _Queue, item: _Item) -> None:
         """Return when `item` is delivered, rejected or dropped. Only cancellation raises."""
@@ -580,7 +735,11 @@ class WebhookSink:
             return True  # logged by _persisted; send from memory
         if not result.accepted:
             self._dropped(queue, item)
-        return result.accepted
+            return False
+        if result.inserted and not result.inserted[item.row]:
+            self._duplicate(queue, item)
+            return False
+        return True
 
     async def _attempt(
         self, queue: _Queue, item: _Item, body: bytes
@@ -601,6 +760,7 @@ class WebhookSink:
             bearer_token=self._s.bearer_token,
             basic_auth=self._s.basic_auth,
         )
+        crashpoint.reached("delivery.before_post")
         started = time.monotonic()
         try:
             async with asyncio.timeout(self._s.timeout_seconds):
@@ -619,6 +779,7 @@ class WebhookSink:
         self._observer.attempt(policy.outcome(status), time.monotonic() - started)
         verdict = policy.verdict(status)
         if verdict == "delivered":
+            crashpoint.reached("delivery.after_2xx")
             await self._finish(queue, item, self._spool.delete, queue.url, queue.call_id, item.seq)
             if item.kind == "utterance":
                 self._observer.delivered(time.time() - item.event_time)
@@ -668,18 +829,22 @@ class WebhookSink:
     async def _claim_loop(self) -> None:
         while True:
             await asyncio.sleep(self._s.claim_interval_seconds)
-            try:
-                claimed = await self._spool_op(self._spool.claim_orphans)
-                used = await self._spool_op(self._spool.used_bytes)
-            except TimeoutError:
-                logger.error("webhook spool busy: orphan claim skipped")
-                continue
-            except Exception:
-                logger.exception("webhook spool: orphan claim failed")
-                continue
-            self._check_size(used)
-            if claimed and self._state is _State.RUNNING:
-                self._load(claimed)
+            await self._claim_once()
+
+    async def _claim_once(self) -> None:
+        """Adopt the rows of dead owners and queue them; check the spool's size."""
+        try:
+            claimed = await self._spool_op(self._spool.claim_orphans)
+            used = await self._spool_op(self._spool.used_bytes)
+        except TimeoutError:
+            logger.error("webhook spool busy: orphan claim skipped")
+            return
+        except Exception:
+            logger.exception("webhook spool: orphan claim failed")
+            return
+        self._check_size(used)
+        if claimed and self._state is _State.RUNNING:
+            self._load(claimed)
 
 
 def make_webhook_sink(

@@ -11,6 +11,13 @@ Every row names its owner; a process only delivers its own rows. `claim_orphans`
 owners whose lock is free (dead, or closed cleanly with events left) and returns them in order. The
 lock file is renamed into place only once locked, so a live owner is never mistaken for a dead one.
 
+First open. Switching a new file to WAL takes an exclusive lock that SQLite does not wait for (its busy
+handler is not called there), so several processes opening a fresh spool at once used to fail with
+"database is locked". Every open, and `prepare` (which the supervisor calls once before it spawns the
+workers), therefore creates the file, switches it to WAL and creates the schema while holding an
+exclusive `flock` on ``<spool>.init.lock``, waiting at most the busy timeout for it. Once the file is
+in WAL mode the opens that follow only read the mode and go on.
+
 Durability: WAL with ``synchronous=FULL`` survives a killed process and a power cut. The size bound is
 the database's used pages; an insert that would pass `max_bytes` is refused as a whole.
 
@@ -20,6 +27,7 @@ so the event loop never waits on the disk.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -28,14 +36,17 @@ import socket
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from bridge.webhook import crashpoint
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 10.0
+INIT_LOCK_POLL = 0.005  # seconds between attempts at the first-open lock
 REJECTED_KEEP = 10_000  # rejected events kept for inspection, oldest dropped first
 
 _SCHEMA = """
@@ -109,6 +120,86 @@ class RejectedEvent:
 class InsertResult:
     accepted: bool  # False: the spool is full and nothing was written
     used_bytes: int
+    # One per event, in order: False where the spool already held that (url, call_id, seq), written
+    # by another owner (a lost call's call.ended whose real one is spooled): that copy is not sent.
+    inserted: tuple[bool, ...] = ()
+
+
+@dataclass(frozen=True)
+class LostEndResult:
+    """What `insert_lost_end` did."""
+
+    seq: int | None  # the seq the call.ended was written with; None: not written (see `written`)
+    written: bool  # False: the spool is full, or already holds a call.ended of this call
+    already_ended: bool
+    used_bytes: int
+
+
+@contextlib.contextmanager
+def _init_lock(path: Path, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on ``<path>.init.lock``; sqlite3.OperationalError after `timeout`."""
+    fd = os.open(path.with_name(path.name + ".init.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise sqlite3.OperationalError(
+                        f"{path}: another process held the spool's first-open lock for {timeout:g} s"
+                    ) from None
+                time.sleep(INIT_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _connect(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, str]:
+    """Open `path`, make it a WAL spool with the current schema; the connection and its schema version.
+
+    Holds the first-open lock throughout, so any number of processes may call it at once.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _init_lock(path, busy_timeout):
+        db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA journal_size_limit=16777216")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in filter(str.strip, _SCHEMA.split(";")):
+                    db.execute(statement)
+                db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except BaseException:
+            db.close()
+            raise
+    return db, str(version)
+
+
+def prepare(path: str | Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT) -> None:
+    """Create the spool at `path` (WAL, schema) once, before any worker opens it; a no-op if it exists.
+
+    The supervisor calls it before spawning the workers. Raises sqlite3.Error if the file cannot be
+    made a spool of this version (the bridge should not start then).
+    """
+    db, version = _connect(Path(path), busy_timeout)
+    db.close()
+    if int(version) != SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"{path}: spool schema {version}, expected {SCHEMA_VERSION}")
 
 
 def _token() -> str:
@@ -135,21 +226,9 @@ class Spool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.owners_dir.mkdir(exist_ok=True)
         self._lock_fd = self._take_lock()
-        db = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
         try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA journal_size_limit=16777216")
-            db.execute("BEGIN IMMEDIATE")
-            for statement in filter(str.strip, _SCHEMA.split(";")):
-                db.execute(statement)
-            db.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
-            )
-            (version,) = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            db.execute("COMMIT")
+            db, version = _connect(self.path, self._busy_timeout)
         except BaseException:
-            db.close()
             self._release_lock()
             raise
         if int(version) != SCHEMA_VERSION:
@@ -202,6 +281,7 @@ class Spool:
 
     def insert(self, events: Sequence[NewEvent]) -> InsertResult:
         """Write `events` in one transaction, owned by this owner, or none of them if the spool is full."""
+        crashpoint.reached("spool.before_insert")
         db = self.db
         incoming = sum(len(e.body) + len(e.url) + len(e.call_id) + 128 for e in events)
         db.execute("BEGIN IMMEDIATE")
@@ -211,19 +291,68 @@ class Spool:
                 db.execute("ROLLBACK")
                 return InsertResult(False, used)
             now = time.time()
-            db.executemany(
-                "INSERT OR IGNORE INTO events (url, call_id, seq, event_id, kind, event_time, spooled_at, "
-                "owner, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (e.url, e.call_id, e.seq, e.event_id, e.kind, e.event_time, now, self.owner, e.body)
-                    for e in events
-                ],
+            inserted = tuple(
+                db.execute(
+                    "INSERT OR IGNORE INTO events (url, call_id, seq, event_id, kind, event_time, "
+                    "spooled_at, owner, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (e.url, e.call_id, e.seq, e.event_id, e.kind, e.event_time, now, self.owner, e.body),
+                ).rowcount
+                == 1
+                for e in events
             )
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return InsertResult(True, used + incoming)
+        return InsertResult(True, used + incoming, inserted)
+
+    def insert_lost_end(
+        self,
+        urls: Sequence[str],
+        call_id: str,
+        seq: int,
+        event_time: float,
+        encode: Callable[[int], tuple[str, bytes]],
+    ) -> LostEndResult:
+        """Write a lost call's call.ended for every URL in one transaction, numbered after the call.
+
+        Its seq is `seq` (the ledger's next one) or one past the call's last spooled event, whichever
+        is larger; `encode(seq)` gives its event id and body. Nothing is written if the spool already
+        holds a call.ended of the call (its worker wrote it before dying) or if it is full.
+        """
+        crashpoint.reached("spool.before_insert")
+        db = self.db
+        marks = ",".join("?" * len(urls))
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            (ended,) = db.execute(
+                f"SELECT COUNT(*) FROM events WHERE call_id = ? AND kind = 'call.ended' AND url IN ({marks})",
+                (call_id, *urls),
+            ).fetchone()
+            used = self.used_bytes()
+            if ended:
+                db.execute("ROLLBACK")
+                return LostEndResult(None, False, True, used)
+            (last,) = db.execute(
+                f"SELECT MAX(seq) FROM events WHERE call_id = ? AND url IN ({marks})", (call_id, *urls)
+            ).fetchone()
+            final = seq if last is None else max(seq, int(last) + 1)
+            event_id, body = encode(final)
+            incoming = len(urls) * (len(body) + len(call_id) + 128) + sum(map(len, urls))
+            if used + incoming > self.max_bytes:
+                db.execute("ROLLBACK")
+                return LostEndResult(None, False, False, used)
+            now = time.time()
+            db.executemany(
+                "INSERT INTO events (url, call_id, seq, event_id, kind, event_time, spooled_at, owner, body) "
+                "VALUES (?, ?, ?, ?, 'call.ended', ?, ?, ?, ?)",
+                [(url, call_id, final, event_id, event_time, now, self.owner, body) for url in urls],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return LostEndResult(final, True, False, used + incoming)
 
     def body(self, url: str, call_id: str, seq: int) -> bytes | None:
         row = self.db.execute(
@@ -266,6 +395,14 @@ class Spool:
             args,
         ).fetchall()
         return [SpooledEvent(*row) for row in rows]
+
+    def earlier_elsewhere(self, url: str, call_id: str, seq: int) -> bool:
+        """Whether another owner, alive or dead, holds an event of (url, call_id) before `seq`."""
+        row = self.db.execute(
+            "SELECT 1 FROM events WHERE url = ? AND call_id = ? AND seq < ? AND owner != ? LIMIT 1",
+            (url, call_id, seq, self.owner),
+        ).fetchone()
+        return row is not None
 
     def count(self) -> int:
         """Events waiting, over every owner."""
@@ -342,6 +479,7 @@ class Spool:
             try:
                 rows = self._select("owner = ?", (owner,))
                 db.execute("UPDATE events SET owner = ? WHERE owner = ?", (self.owner, owner))
+                crashpoint.reached("spool.claim")
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

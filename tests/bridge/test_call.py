@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from websockets.asyncio.server import ServerConnection
 
+from bridge import metrics
 from bridge.call import MAX_LAG_FRAMES, CallPipeline, StereoPairer, delivery_of, mapping_change
 from bridge.config import Config
 from bridge.events import BridgeEvent
@@ -26,7 +27,7 @@ from bridge.metrics import CallMetrics, EngineMetrics
 from bridge.webhook import payload
 from sip.events import CallStarted, SiprecSession
 from sip.siprec import Participant, StreamRole
-from tests.bridge.vblaze.vblaze_scripted import Conn, ScriptedEngine
+from tests.bridge.vblaze.vblaze_scripted import Conn, ScriptedEngine, bursts, segmenting_script
 
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(payload.SCHEMA_PATH.read_text()))
 FRAME_SAMPLES = 800  # 100 ms at 8 kHz
@@ -363,3 +364,51 @@ def test_schema_checks_the_siprec_fields(kind: str, data: dict[str, Any]) -> Non
     bad = BridgeEvent(kind=kind, call_id="c", seq=0, time=0.0, data={**base[kind], **data})  # type: ignore[arg-type]
     with pytest.raises(jsonschema.ValidationError):
         VALIDATOR.validate(json.loads(payload.encode(bad)))
+
+
+# --- a failing pipeline, the complete transcript ---------------------------------------------------
+
+
+class GapRecorder(EngineMetrics):
+    def __init__(self) -> None:
+        super().__init__()
+        self.gaps: list[tuple[float, str]] = []
+
+    def gap(self, seconds: float, cause: str) -> None:
+        self.gaps.append((seconds, cause))
+        super().gap(seconds, cause)
+
+
+async def test_a_failed_pipeline_gaps_only_the_audio_not_transcribed(tmp_path: Path) -> None:
+    """The pipeline fails at hangup: the gap `pipeline_error` starts where the last utterance ended (not
+    at 0), is counted in the gap metrics under its own label, and the transcript keeps what was heard."""
+    recorder = GapRecorder()
+    async with ScriptedEngine([segmenting_script()]) as engine:
+        config = Config.model_validate(
+            {"engine": {"url": engine.url, "final_timeout_seconds": 5}, "state": {"directory": str(tmp_path)}}
+        )
+        sink = ListSink()
+        call = CallPipeline(
+            started(None), config, sink, 0, CallMetrics(), recorder, CallLedger(str(tmp_path), 5080)
+        )
+        task = asyncio.create_task(call.run())
+        audio = bursts(2)  # tones at 0-1 s and 2.5-3.5 s, 5 s in all
+        for i in range(0, len(audio), 2 * FRAME_SAMPLES):
+            call.audio(0, audio[i : i + 2 * FRAME_SAMPLES], asyncio.get_running_loop().time())
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.5)  # the engine answers each burst after 0.5 s of silence
+        assert len(sink.of("utterance")) == 2
+
+        async def broken() -> Any:
+            raise RuntimeError("a defect at hangup")
+
+        call.stream.finish = broken  # type: ignore[method-assign]
+        call.ended("remote_bye")
+        await asyncio.wait_for(task, 10)
+    (end,) = sink.of("call.ended")
+    VALIDATOR.validate(json.loads(payload.encode(sink.events[-1])))
+    assert end["gaps"] == [{"start": 3.5, "duration": 1.5, "cause": "pipeline_error"}]
+    assert recorder.gaps == [(1.5, "pipeline_error")]
+    assert metrics.bounded("pipeline_error", metrics.GAP_CAUSES) == "pipeline_error"
+    assert [(u["start"], u["end"]) for u in end["transcript"]["utterances"]] == [(0.0, 1.0), (2.5, 3.5)]
+    assert end["transcript"]["complete"] is False

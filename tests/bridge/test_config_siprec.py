@@ -6,14 +6,15 @@ import pytest
 
 from bridge.config import Config, parse_config
 from bridge.errors import ConfigError
-from sip.siprec import STRATEGIES, SiprecRules
+from sip.siprec import DEFAULT_ORDER, SiprecRules
 
 
 def test_defaults_are_the_rules_defaults() -> None:
     cfg = Config().siprec
     assert cfg.accept_require is True and cfg.delivery == "stereo"
     assert cfg.rules() == SiprecRules()
-    assert tuple(cfg.order) == STRATEGIES
+    assert tuple(cfg.order) == DEFAULT_ORDER == ("metadata", "label")  # no m-line guess by default
+    assert cfg.number_forms is True
 
 
 def test_rules_carry_every_key() -> None:

@@ -34,7 +34,10 @@ READY = Readiness(workers_alive=2, workers_total=2, calls_active=3, capacity=8, 
         (replace(READY, calls_active=8, engine_reachable=False), Decision(False, "pool full")),
         (replace(READY, engine_reachable=False), Decision(False, "engine unreachable")),
         (replace(READY, engine_full=True), Decision(False, "engine full")),
-        (replace(READY, workers_alive=1, capacity=4), Decision(True, "ready")),
+        (replace(READY, workers_alive=1, capacity=4), Decision(False, "workers down")),
+        (replace(READY, workers_alive=1, capacity=4, draining=True), Decision(False, "draining")),
+        (replace(READY, workers_alive=1, capacity=4, calls_active=4), Decision(False, "workers down")),
+        (replace(READY, workers_total=1), Decision(True, "ready")),
     ],
 )
 def test_decide(state: Readiness, expected: Decision) -> None:

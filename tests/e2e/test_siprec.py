@@ -222,3 +222,60 @@ def test_streams_delivery(standin_whisper: Standin, tmp_path: Path, voices: tupl
     transcript = events[-1]["data"]["transcript"]
     assert [(s["stream"], s["role"]) for s in transcript["streams"]] == [(0, "caller"), (1, "agent")]
     assert all(s["transcript"] for s in transcript["streams"])
+
+
+# --- the default rules: roles follow the metadata, or are unknown ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def default_bridge(standin_whisper: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
+    """No patterns, no labels configured: the metadata's address forms decide."""
+    bridge = start_bridge(tmp_path_factory.mktemp("siprec-default"), standin_whisper.url)
+    yield bridge
+    stop_bridge(bridge)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("style", ["rfc", "cisco", "oracle", "avaya"])
+@pytest.mark.parametrize("swap", [False, True])
+def test_default_rules_follow_the_metadata(
+    default_bridge: Bridge, voices: tuple[Path, Path], style: str, swap: bool
+) -> None:
+    """Whichever stream comes first in the SDP, each voice comes back on its role's channel."""
+    _, events = call(default_bridge, voices, metadata_style=style, swap_mlines=swap)
+    roles = events[0]["data"]["siprec"]["roles"]
+    expected = [(0, "agent", 1), (1, "caller", 0)] if swap else [(0, "caller", 0), (1, "agent", 1)]
+    assert [(r["index"], r["role"], r["channel"]) for r in roles] == expected, roles
+    assert [r["decided_by"] for r in roles] == ["metadata", "metadata"]
+    check_two_voices(events)
+
+
+def test_default_rules_live(standin_vad: Standin, tmp_path: Path, voices: tuple[Path, Path]) -> None:
+    """Through the live bridge with the default siprec settings: CUBE-style metadata with the agent's
+    stream first decides by the senders' address forms; an INVITE without metadata gets roles unknown
+    (channels by m-line), and call.started says so rather than guessing."""
+    bridge = start_bridge(tmp_path / "bridge", standin_vad.url)
+    try:
+        _, swapped = call(bridge, voices, metadata_style="cisco", swap_mlines=True)
+        _, bare = call(bridge, voices, metadata_style=None)
+    finally:
+        stop_bridge(bridge)
+    assert utterances(swapped) and utterances(bare)
+    roles = swapped[0]["data"]["siprec"]["roles"]
+    assert [(r["index"], r["role"], r["channel"], r["decided_by"]) for r in roles] == [
+        (0, "agent", 1, "metadata"),
+        (1, "caller", 0, "metadata"),
+    ]
+    assert "agent by its address form (extension 2001)" in roles[0]["reason"]
+    assert [p["aor"] for p in roles[0]["participants"]] == [AGENT_AOR]
+    for data in utterances(swapped):
+        assert (data["role"], data["participant"]["aor"]) == (
+            ("agent", AGENT_AOR) if data["channel"] == 1 else ("caller", CALLER_AOR)
+        )
+    roles = bare[0]["data"]["siprec"]["roles"]
+    assert [(r["index"], r["role"], r["channel"], r["decided_by"]) for r in roles] == [
+        (0, "unknown", 0, "undecided"),
+        (1, "unknown", 1, "undecided"),
+    ]
+    assert roles[0]["reason"].startswith("no rule decided, roles unknown, channels by m-line")
+    assert all(d["role"] == "unknown" for d in utterances(bare))

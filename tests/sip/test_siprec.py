@@ -15,10 +15,12 @@ from sip.message import SipRequest, parse_request
 from sip.sdp import parse_offer
 from sip.siprec import (
     MetadataError,
+    Participant,
     SiprecRules,
     answer_direction,
     is_siprec,
     map_streams,
+    number_form,
     parse_body,
     parse_metadata,
     requires_siprec,
@@ -188,7 +190,7 @@ def test_reason_names_participant_and_rule() -> None:
         "agent by rule 'agent_patterns' ('^sip:2\\\\d{3}@')"
     )
     assert caller.reason.startswith(f"metadata: participant Customer <{CALLER_AOR}> sends stream label '1'")
-    assert caller.reason.endswith("caller because the other stream is the agent")
+    assert caller.reason.endswith("caller by its address form (E.164 number +15551230001)")
     assert caller.participant is not None and caller.participant.aor == CALLER_AOR
     assert caller.stream_id == "UAAMm5GRQKSCMVvLyl4rFw=="
     json.dumps([caller.as_dict(), agent.as_dict()])
@@ -199,28 +201,104 @@ def test_caller_pattern_alone_decides() -> None:
     assert roles(request("cisco", labels=("2", "1")), rules) == [("2", "agent", 1), ("1", "caller", 0)]
 
 
-def test_no_patterns_falls_back_to_label_then_mline() -> None:
-    by_label = SiprecRules(agent_labels=("1",))
+def test_no_metadata_decision_falls_back_to_label_then_mline_when_configured() -> None:
+    forms_off = SiprecRules(number_forms=False)
+    by_label = SiprecRules(agent_labels=("1",), number_forms=False)
     assert roles(request("rfc"), by_label) == [("1", "agent", 1), ("2", "caller", 0)]
     parsed = parse_body(request("rfc", labels=("2", "1")))
-    first, _ = map_streams(parse_offer(parsed.sdp), parsed.metadata, SiprecRules())
-    assert (first.role, first.channel) == ("caller", 0)  # wrong speaker, but the reason says why
+    guessing = SiprecRules(order=("metadata", "label", "mline"), number_forms=False)
+    first, _ = map_streams(parse_offer(parsed.sdp), parsed.metadata, guessing)
+    assert (first.role, first.channel, first.decided_by) == ("caller", 0, "mline")  # a guess, and says so
     assert first.reason == (
         "mline: stream label '2' is audio m-line 0; caller by m-line order (not decided by "
-        "metadata: no agent_patterns or caller_patterns configured; label: no agent_labels or "
-        "caller_labels configured)"
+        "metadata: no agent_patterns or caller_patterns configured, number_forms off; label: no "
+        "agent_labels or caller_labels configured)"
     )
     assert first.participant is not None and first.participant.aor == AGENT_AOR  # still named
+    assert roles(request("rfc", labels=("2", "1")), forms_off) == [("2", "unknown", 0), ("1", "unknown", 1)]
 
 
-def test_missing_labels_fall_back_to_mline_order() -> None:
+def test_missing_labels_are_unknown_unless_mline_is_configured() -> None:
     parsed = parse_body(request("rfc", labels=(None, None)))
     first, second = map_streams(parse_offer(parsed.sdp), parsed.metadata, AGENTS)
+    assert (first.role, first.channel, second.role, second.channel) == ("unknown", 0, "unknown", 1)
+    assert first.decided_by == "undecided" and "m-line 0 (no label) not in metadata" in first.reason
+    assert first.reason.startswith("no rule decided, roles unknown, channels by m-line: ")
+    guessing = SiprecRules(order=("metadata", "label", "mline"), agent_patterns=AGENTS.agent_patterns)
+    first, second = map_streams(parse_offer(parsed.sdp), parsed.metadata, guessing)
     assert (first.role, second.role) == ("caller", "agent")
-    assert "m-line 0 (no label) not in metadata" in first.reason
     assert first.reason.startswith("mline: m-line 0 (no label) is audio m-line 0; caller by m-line order")
-    swapped = SiprecRules(mline_order=("agent", "caller"))
+    swapped = SiprecRules(order=("mline",), mline_order=("agent", "caller"))
     assert roles(request("rfc", labels=(None, None)), swapped) == [(None, "agent", 1), (None, "caller", 0)]
+
+
+# --- the default: the metadata decides, by the senders' address forms ------------------------------
+
+
+@pytest.mark.parametrize("style", ["rfc", "cisco", "oracle", "avaya"])
+def test_default_rules_follow_the_metadata_in_both_mline_orders(style: str) -> None:
+    """No patterns configured: each style's metadata decides, whichever stream the SRC puts first (Cisco
+    lists the agent first among the participants, Avaya has names and no AORs, Oracle the draft shape)."""
+    l0, l1 = style_labels(style)
+    for labels in ((l0, l1), (l1, l0)):
+        parsed = parse_body(request(style, labels=labels))
+        mapped = map_streams(parse_offer(parsed.sdp), parsed.metadata, SiprecRules())
+        expected = {l0: ("caller", 0, CALLER_AOR), l1: ("agent", 1, AGENT_AOR)}
+        for role in mapped:
+            assert role.label is not None
+            sender = role.participant.aor or role.participant.name if role.participant else None
+            assert (role.role, role.channel, sender) == expected[role.label], (style, labels, role.reason)
+            assert role.decided_by == "metadata" and role.reason.startswith("metadata: participant ")
+            assert "by its address form" in role.reason
+            assert role.as_dict()["decided_by"] == "metadata"
+
+
+def test_an_e164_caller_and_a_named_agent_first_in_the_offer() -> None:
+    """The issue's case: sip:agent42@pbx sends the stream labelled 2, which is m-line 0."""
+    meta = metadata_xml("rfc", agent="sip:agent42@pbx")
+    agent, caller = map_streams(
+        parse_offer(parse_body(request("rfc", labels=("2", "1"), meta=meta)).sdp),
+        parse_body(request("rfc", labels=("2", "1"), meta=meta)).metadata,
+        SiprecRules(),
+    )
+    assert (agent.role, agent.channel, caller.role, caller.channel) == ("agent", 1, "caller", 0)
+    assert caller.reason.endswith("caller by its address form (E.164 number +15551230001)")
+    assert agent.reason.endswith("agent because the other stream is the caller")
+
+
+@pytest.mark.parametrize(
+    ("caller", "agent"),
+    [
+        ("sip:alice@atlanta.example.com", "sip:bob@biloxi.example.com"),  # RFC 7865's own example
+        ("sip:+15551230001@carrier.example.net", "sip:+15559870002@carrier.example.net"),  # both outside
+        ("sip:2001@pbx", "sip:2002@pbx"),  # an internal call
+    ],
+)
+def test_metadata_that_cannot_tell_gives_unknown_roles(caller: str, agent: str) -> None:
+    for labels in (("1", "2"), ("2", "1")):
+        meta = metadata_xml("rfc", caller=caller, agent=agent)
+        result = roles(request("rfc", labels=labels, meta=meta), SiprecRules())
+        assert result == [(labels[0], "unknown", 0), (labels[1], "unknown", 1)]
+
+
+@pytest.mark.parametrize(
+    ("aor", "name", "expected"),
+    [
+        ("sip:+15551230001@carrier.example.net;user=phone", None, "caller"),
+        ("tel:+44-20-7946-0001", None, "caller"),
+        ("sips:2001@pbx.example", None, "agent"),
+        (None, "+1 (555) 123-0001", "caller"),
+        (None, "sip:2001@pbx", "agent"),
+        ("sip:5551230001@carrier", None, None),  # national form: not decidable
+        ("sip:agent42@pbx", "Agent 42", None),
+        ("sip:pbx.example", None, None),
+        (None, None, None),
+        ("sip:+0123@x", None, None),
+    ],
+)
+def test_number_form(aor: str | None, name: str | None, expected: str | None) -> None:
+    form = number_form(Participant("p", aor=aor, name=name))
+    assert (form[0] if form else None) == expected
 
 
 def test_one_labelled_stream_is_enough() -> None:
@@ -232,12 +310,12 @@ def test_conflict_does_not_decide() -> None:
     everyone = SiprecRules(agent_patterns=(r"^sip:",))
     parsed = parse_body(request("rfc"))
     first, _ = map_streams(parse_offer(parsed.sdp), parsed.metadata, everyone)
-    assert first.role == "caller"
+    assert (first.role, first.channel, first.decided_by) == ("unknown", 0, "undecided")
     assert "metadata: every stream matched agent" in first.reason
 
 
 def test_undecided_without_mline_strategy() -> None:
-    rules = SiprecRules(order=("metadata",))
+    rules = SiprecRules(order=("metadata",), number_forms=False)
     result = roles(request("rfc"), rules)
     assert result == [("1", "unknown", 0), ("2", "unknown", 1)]
 
@@ -275,7 +353,9 @@ def test_reinvite_with_new_metadata_after_transfer() -> None:
 def test_three_streams() -> None:
     offer = parse_offer(offer_sdp([4000, 4002, 4004], ["1", "2", "3"]))
     result = map_streams(offer, None, SiprecRules())
-    assert [(r.role, r.channel) for r in result] == [("caller", 0), ("agent", 1), ("unknown", 2)]
+    assert [(r.role, r.channel) for r in result] == [("unknown", 0), ("unknown", 1), ("unknown", 2)]
+    guessing = map_streams(offer, None, SiprecRules(order=("mline",)))
+    assert [(r.role, r.channel) for r in guessing] == [("caller", 0), ("agent", 1), ("unknown", 2)]
 
 
 @pytest.mark.parametrize(

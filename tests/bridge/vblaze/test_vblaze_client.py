@@ -29,6 +29,7 @@ from bridge.config import AudioConfig, EngineConfig
 from bridge.errors import EngineRejected, EngineUnavailable, is_retryable
 from bridge.vblaze.client import EngineStream, StreamResult, classify_connect_error
 from bridge.vblaze.protocol import Gap, InvalidState, Utterance
+from bridge.vblaze.transcript import merge
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -301,6 +302,17 @@ async def test_engine_closes_mid_call_reconnect_replay_and_map_times() -> None:
     assert result.stats.duplicates == 0 and result.stats.bytes_replayed > 0
     assert call.observer.named("reconnected") == [()]
     assert call.observer.named("connection_lost") == [("closed",)]
+    # One record per connection: the first lost without a final, the second with its own on its clock.
+    lost, kept = result.streams
+    assert lost.final is None and lost.ended == "closed" and spans(lost.live) == [(0.0, 1.0), (2.5, 3.5)]
+    assert lost.covered == ((0.0, 3.5),)
+    assert kept.ended is None and kept.offset == 3.5 and kept.covered == ((3.5, 10.0),)
+    assert isinstance(kept.final, dict) and [u["start"] for u in kept.final["utterances"]] == [1.5, 4.0]
+    doc = merge(result.streams, result.audio_seconds, result.gaps)
+    assert doc is not None
+    assert [(u["start"], u["end"]) for u in doc["utterances"]] == spans(result.utterances)
+    assert doc["audiosecs"] == 10.0 and doc["gaps"] == [] and doc["complete"] is True
+    assert [s["source"] for s in doc["engine_streams"]] == ["live", "final"]
 
 
 async def test_engine_reset_mid_call_is_a_loss_too() -> None:
@@ -448,6 +460,31 @@ async def test_callback_errors_do_not_stop_the_stream(caplog: pytest.LogCaptureF
         await asyncio.wait_for(task, 2)
     assert len(seen) == 2 and result.reason is None
     assert "on_utterance callback failed" in caplog.text
+    # Received and transcribed (no replay, in the transcript), but not counted as delivered.
+    assert result.stats.utterances == 0 and result.stats.delivery_failures == 2
+    assert result.utterances == () and len(result.streams[0].live) == 2
+    assert result.gaps == ()
+
+
+async def test_a_failed_delivery_is_not_reported_as_an_utterance() -> None:
+    calls = 0
+
+    def flaky(utt: Utterance) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("sink full")
+
+    observer = Recorder()
+    async with ScriptedEngine([segmenting_script()]) as engine:
+        stream = EngineStream(engine_config(engine.url), AudioConfig(), "c", flaky, observer)
+        task = asyncio.create_task(stream.run())
+        await feed(stream, bursts(2))
+        result = await stream.finish()
+        await asyncio.wait_for(task, 2)
+    assert result.stats.utterances == 1 and result.stats.delivery_failures == 1
+    assert spans(result.utterances) == [(2.5, 3.5)]
+    assert len(observer.named("utterance")) == 1  # the metric counts deliveries only
 
 
 async def test_observer_errors_and_late_audio() -> None:

@@ -77,7 +77,25 @@ def call_events(
             "reason": "bye",
             "duration": 2.0 * utterances + 1,
             "utterances": utterances,
-            "transcript": {"text": " ".join(f"utterance number {i}" for i in range(utterances))},
+            "transcript": {
+                "utterances": [
+                    {"start": 2.0 * i, "end": 2.0 * i + 1.5, "text": f"utterance number {i}"}
+                    for i in range(utterances)
+                ],
+                "audiosecs": 2.0 * utterances + 1,
+                "confidence": 0.91,
+                "engine_streams": [
+                    {
+                        "stream": 0,
+                        "offset": 0.0,
+                        "source": "final",
+                        "ended": "final",
+                        "utterances": utterances,
+                    }
+                ],
+                "gaps": [],
+                "complete": True,
+            },
             "gaps": [{"start": 0.5, "duration": 0.2, "cause": "disconnected"}] if utterances > 1 else [],
         },
     )

@@ -393,3 +393,63 @@ async def test_start_fails_loudly_if_the_spool_cannot_be_opened(settings: Make, 
     with pytest.raises(SinkStateError):
         sink.submit(call_events("c", utterances=0)[0])
     await sink.aclose(0.5)
+
+
+def _settings_from(tmp_path: Path, **keys: Any) -> WebhookSettings:
+    config = WebhookConfig(spool_path=str(tmp_path / "spool" / "s.sqlite3"), **keys)
+    return WebhookSettings.from_config(config, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "test-secret"})
+
+
+@pytest.mark.parametrize(("fraction", "warned"), [(0.05, True), (0.8, False)])
+async def test_spool_warn_fraction_from_config_takes_effect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, fraction: float, warned: bool
+) -> None:
+    """About 15% of a 1 MiB spool filled while the receiver is down: warned at 5%, not at 80%."""
+    url = f"http://127.0.0.1:{free_port()}/hook"
+    settings = _settings_from(
+        tmp_path, urls=(url,), spool_max_bytes=1024 * 1024, spool_warn_fraction=fraction
+    )
+    assert settings.spool_warn_fraction == fraction
+    sink = WebhookSink(settings)
+    await sink.start()
+    try:
+        for event in call_events("big", utterances=8):
+            event.data["text"] = "x" * 20_000
+            sink.submit(event)
+        await sink.wait_persisted(5)
+        await asyncio.sleep(0.05)
+    finally:
+        await sink.aclose(0.1)
+    assert any("% of its limit" in r.getMessage() for r in caplog.records) == warned
+
+
+async def test_claim_interval_from_config_takes_effect(receivers: Make, tmp_path: Path) -> None:
+    """With webhook.claim_interval_seconds 0.1 a running sink adopts a gone owner's events at once
+    (the default, 10 s, would leave them for this test's whole bound)."""
+    receiver: Receiver = await receivers()
+    settings = _settings_from(tmp_path, urls=(receiver.url,), claim_interval_seconds=0.1)
+    assert settings.claim_interval_seconds == 0.1
+    sink = WebhookSink(settings)
+    await sink.start()
+    try:
+        other = Spool(settings.spool_path, 10**8)
+        other.open()
+        events = call_events("orphan", utterances=1)
+        other.insert(
+            [
+                NewEvent(
+                    receiver.url,
+                    e.call_id,
+                    e.seq,
+                    payload.event_id(e.call_id, e.seq),
+                    e.kind,
+                    e.time,
+                    payload.encode(e),
+                )
+                for e in events
+            ]
+        )
+        other.close()
+        await receiver.wait_for(lambda: len(receiver.processed) == len(events), seconds=2)
+    finally:
+        await sink.aclose(1)

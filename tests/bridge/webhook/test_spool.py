@@ -1,15 +1,18 @@
 from __future__ import annotations
 
+import multiprocessing
+import os
 import sqlite3
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bridge.webhook.spool import NewEvent, Spool
+from bridge.webhook.spool import NewEvent, Spool, prepare
 
 
 def ev(call_id: str, seq: int, url: str = "http://r/hook", size: int = 10) -> NewEvent:
@@ -154,5 +157,99 @@ def test_insert_is_fast_enough(path: Path) -> None:
         per_event = (time.perf_counter() - started) / n
         print(f"spool insert+delete: {per_event * 1000:.2f} ms per event")
         assert per_event < 0.25
+    finally:
+        spool.close()
+
+
+def _open_at_once(path: str, barrier: Any, results: Any) -> None:
+    """In a child process: wait for the others, then open (and close) the fresh spool."""
+    spool = Spool(path, 10**8)
+    barrier.wait(10)
+    try:
+        spool.open()
+        spool.insert([ev(f"c{os.getpid()}", 0)])
+        spool.close()
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which fails on it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _race(paths: list[Path], processes: int, prepared: bool) -> list[str]:
+    ctx = multiprocessing.get_context("fork")
+    failures: list[str] = []
+    for path in paths:
+        if prepared:
+            prepare(path)
+        barrier = ctx.Barrier(processes)
+        results = ctx.Queue()
+        procs = [
+            ctx.Process(target=_open_at_once, args=(str(path), barrier, results)) for _ in range(processes)
+        ]
+        for proc in procs:
+            proc.start()
+        try:
+            outcomes = [results.get(timeout=30) for _ in procs]
+        finally:
+            for proc in procs:
+                proc.join(10)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+        failures.extend(o for o in outcomes if o != "ok")
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+            assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == processes
+    return failures
+
+
+def test_fresh_spool_opened_by_four_processes_at_once(tmp_path: Path) -> None:
+    """20 rounds of 4 processes released by one barrier onto a spool that does not exist yet."""
+    paths = [tmp_path / f"round{i}" / "spool.sqlite3" for i in range(20)]
+    assert _race(paths, 4, prepared=False) == []
+
+
+def test_prepared_spool_opened_by_four_processes_at_once(tmp_path: Path) -> None:
+    """What the supervisor does: prepare() once, then the workers open it together."""
+    paths = [tmp_path / f"round{i}" / "spool.sqlite3" for i in range(5)]
+    assert _race(paths, 4, prepared=True) == []
+    prepare(paths[0])  # again, on an existing spool: a no-op
+
+
+def _encode(seq: int) -> tuple[str, bytes]:
+    return f"id-{seq}", f"ended at {seq}".encode()
+
+
+def test_lost_call_end_is_numbered_after_what_is_spooled(path: Path) -> None:
+    """The ledger may lag the spool by an event (killed between the two writes): the lost call's
+    call.ended then takes the next seq after the spooled ones, never one of theirs."""
+    dead = Spool(path, 10**8)
+    dead.open()
+    dead.insert([ev("c", 0), ev("c", 1), ev("c", 2)])
+    dead.close()
+    spool = Spool(path, 10**8)
+    spool.open()
+    try:
+        assert spool.earlier_elsewhere("http://r/hook", "c", 3)  # held by the dead owner
+        result = spool.insert_lost_end(["http://r/hook"], "c", 2, 9.0, _encode)
+        assert (result.written, result.seq) == (True, 3)
+        assert spool.body("http://r/hook", "c", 3) == b"ended at 3"
+        assert spool.insert_lost_end(["http://r/hook"], "d", 5, 9.0, _encode).seq == 5  # nothing spooled
+        spool.claim_orphans()
+        assert not spool.earlier_elsewhere("http://r/hook", "c", 3)  # ours now
+    finally:
+        spool.close()
+
+
+def test_lost_call_end_is_not_written_if_the_real_one_is_spooled(path: Path) -> None:
+    spool = Spool(path, 10**8)
+    spool.open()
+    try:
+        ended = NewEvent("http://r/hook", "c", 4, "id-c-4", "call.ended", 5.0, b"real")
+        spool.insert([ev("c", 3), ended])
+        result = spool.insert_lost_end(["http://r/hook"], "c", 4, 9.0, _encode)
+        assert (result.written, result.already_ended, result.seq) == (False, True, None)
+        assert spool.body("http://r/hook", "c", 4) == b"real"
+        dup = spool.insert([ended])  # the same row again, as a lost copy would be
+        assert dup.inserted == (False,)
     finally:
         spool.close()

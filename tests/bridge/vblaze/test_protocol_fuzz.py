@@ -1,0 +1,209 @@
+"""The V-Blaze session fed what a broken or hostile engine might send: only EngineProtocolError escapes.
+
+Whatever arrives (random text, mutated utterances, JSON of the right shape with values of any type,
+binary frames), `receive_text`/`receive_binary` return an event or raise `EngineProtocolError`, a
+refused message leaves the session as it was, and every event's JSON can be written as strict JSON
+(no NaN or Infinity reaches a webhook).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.config import AudioConfig
+from bridge.errors import EngineProtocolError
+from bridge.vblaze.protocol import Final, Separator, Session, State, Utterance
+from tests.fixtures.fuzz import FUZZ, mutated, random_text
+
+AUDIO = AudioConfig()
+
+
+def utt(start: float, end: float, **extra: object) -> str:
+    body: dict[str, object] = {
+        "start": start,
+        "end": end,
+        "confidence": 0.9,
+        "events": [
+            {"word": "hello", "start": start, "end": start + 0.2, "confidence": 0.8},
+            {"word": "there", "start": start + 0.2, "end": end, "confidence": 0.7},
+        ],
+        "metadata": {"uttid": 1, "channel": 0, "source": "stream"},
+    }
+    body.update(extra)
+    return json.dumps(body)
+
+
+MESSAGES = [
+    utt(0.5, 1.5),
+    utt(2, 3.25, text="hello there"),
+    json.dumps({"utterance": json.loads(utt(1, 2)), "requestid": "r"}),
+    json.dumps({"requestid": "x", "utterances": [json.loads(utt(0.5, 1.5))]}),
+    "",
+    "hello there\n",
+]
+KEYS = [
+    "start",
+    "end",
+    "events",
+    "metadata",
+    "text",
+    "utterance",
+    "utterances",
+    "confidence",
+    "word",
+    "channel",
+]
+
+
+def session(state: str) -> Session:
+    """A stereo session that has sent audio with a jump (so times are mapped), in the given state."""
+    s = Session(AUDIO, "NONE", channels=2)
+    s.send_audio(b"\x00" * 3200, 0)
+    s.send_audio(b"\x00" * 3200, 64000)  # audio dropped in between: the session maps across the jump
+    if state in ("draining", "separated"):
+        s.send_end()
+    if state == "separated":
+        s.receive_text("", 0.0)
+    if state == "done":
+        s.receive_text(json.dumps({"utterances": []}), 0.0)
+    return s
+
+
+STATES = st.sampled_from(["open", "draining", "separated", "done"])
+
+
+def snapshot(s: Session) -> tuple[object, ...]:
+    return (s.state, s.separator_seen, s.final, s.stream_bytes, s.sent_until)
+
+
+def check(s: Session, text: str) -> None:
+    before = snapshot(s)
+    try:
+        event = s.receive_text(text, 1.0)
+    except EngineProtocolError:
+        assert snapshot(s) == before, "a refused message changed the session"
+        return
+    if isinstance(event, Utterance):
+        times = [event.start, event.end, *(t for w in event.words for t in (w.start, w.end))]
+        assert all(isinstance(t, float) and math.isfinite(t) for t in times)
+        assert isinstance(event.text, str) and isinstance(event.channel, int)
+        assert event.confidence is None or math.isfinite(event.confidence)
+        json.dumps(event.raw, allow_nan=False)
+        assert s.state is before[0]
+    elif isinstance(event, Final):
+        json.dumps(event.raw, allow_nan=False)
+        assert s.state is State.DONE
+    else:
+        assert isinstance(event, Separator) and s.separator_seen
+
+
+@FUZZ
+@given(STATES, random_text())
+def test_random_text(state: str, text: str) -> None:
+    check(session(state), text)
+
+
+@FUZZ
+@given(STATES, st.lists(mutated(MESSAGES), min_size=1, max_size=4))
+def test_mutated_messages_in_sequence(state: str, texts: list[str]) -> None:
+    s = session(state)
+    for text in texts:
+        check(s, text)
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=5), inner)
+    ),
+    max_leaves=20,
+)
+NUMBERS = (
+    st.integers(min_value=-(10**400), max_value=10**400)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([0, 1.5, 10**309, -(10**309), math.nan, math.inf, -math.inf, 1e308])
+)
+WORDS = st.lists(
+    st.fixed_dictionaries(
+        {"word": st.text(max_size=5) | JSON_VALUES},
+        optional={"start": NUMBERS | JSON_VALUES, "end": NUMBERS, "confidence": NUMBERS | JSON_VALUES},
+    ),
+    max_size=3,
+)
+SHAPED = st.fixed_dictionaries(
+    {"start": NUMBERS, "end": NUMBERS},
+    optional={
+        "events": WORDS | JSON_VALUES,
+        "metadata": st.fixed_dictionaries({"channel": JSON_VALUES}) | JSON_VALUES,
+        "text": JSON_VALUES,
+        "confidence": NUMBERS | JSON_VALUES,
+        "utterances": JSON_VALUES,
+    },
+)
+
+
+@FUZZ
+@given(STATES, SHAPED)
+def test_json_of_the_right_shape_with_any_values(state: str, doc: dict[str, Any]) -> None:
+    check(session(state), json.dumps(doc))  # NaN and Infinity go out as the engine might write them
+    check(session(state), json.dumps({"utterance": doc, "requestid": "r"}))
+
+
+@FUZZ
+@given(st.binary(max_size=4096))
+def test_binary_messages_are_refused(data: bytes) -> None:
+    s = session("open")
+    before = snapshot(s)
+    with pytest.raises(EngineProtocolError):
+        s.receive_binary(data)
+    assert snapshot(s) == before
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000,  # RecursionError from json
+        '{"a":' * 50_000 + "1" + "}" * 50_000,
+        '{"start": 1' + "0" * 400 + ', "end": 2}',  # OverflowError converting to float
+        '{"start": NaN, "end": 1}',
+        '{"start": 0, "end": Infinity}',
+        '{"start": 0, "end": -Infinity}',
+        '{"start": 1e400, "end": 2}',
+        '{"start": 0, "end": 1, "confidence": 1e999}',  # json reads 1e999 as inf
+        '{"start": 0, "end": 1, "events": [{"word": "a", "start": -1e999}]}',
+    ],
+)
+def test_refused_messages(text: str) -> None:
+    s = session("open")
+    with pytest.raises(EngineProtocolError):
+        s.receive_text(text, 0.0)
+    assert s.state is State.OPEN
+
+
+def test_fields_of_the_wrong_type_are_ignored() -> None:
+    event = session("open").receive_text(
+        '{"start": 0, "end": 1, "events": 5, "confidence": "x", "metadata": {"channel": true}}', 0.0
+    )
+    assert isinstance(event, Utterance) and event.words == () and event.confidence is None
+    assert event.channel == 0
+    big = "1" + "0" * 400  # an int too large for a float
+    words = session("open").receive_text(
+        f'{{"start": 0, "end": 1, "events": [{{"word": "a", "start": {big}, "confidence": {big}}}]}}', 0.0
+    )
+    assert isinstance(words, Utterance) and words.words[0].start == 0.0 and words.words[0].confidence is None
+
+
+def test_final_with_nan_is_kept_as_text() -> None:
+    s = session("separated")
+    final = s.receive_text('{"utterances": [], "score": NaN}', 0.0)
+    assert final == Final('{"utterances": [], "score": NaN}') and s.state is State.DONE
