@@ -26,8 +26,9 @@ A worker whose channel closes (its supervisor is gone) drains and exits.
 
 Hung workers. When HUNG_AFTER_MISSES pings in a row have gone unanswered for PING_TIMEOUT_SECONDS
 (:class:`PingMonitor`), the worker is SIGKILLed and replaced at once, counted as
-``worker_restarts_total{reason="hung"}``: a stopped or deadlocked worker is killed 2.5 s after its last
-answer, and its replacement ends the lost calls (``worker_lost``, with their gaps) from the ledger.
+``worker_restarts_total{reason="hung"}``: a stopped or deadlocked worker is killed 2.5-3 s after its
+last answer, and its lost calls end (``worker_lost``, with their gaps) from the call ledger
+(:mod:`bridge.ledger`) once the replacement starts, as for a worker that died.
 
 Start failures. A worker that cannot be spawned, exits before it is ready, or is not ready within
 READY_TIMEOUT_SECONDS (it is then killed) is counted as ``worker_restarts_total{reason="start_failed"}``

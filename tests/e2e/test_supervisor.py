@@ -148,6 +148,52 @@ def test_a_stopped_worker_is_killed_and_replaced_within_5_s(
     assert "hung" in bridge.log()
 
 
+def test_a_worker_told_to_drain_by_someone_else_is_not_taken_for_hung(
+    standin_vad: Standin, make_bridge: Any
+) -> None:
+    """SIGTERM straight to worker 0 with a call up: it says it drains, so the supervisor stops pinging
+    it instead of killing it; the call finishes normally, then the worker is replaced (reason exit)."""
+    port = metrics_port()
+    bridge = make_bridge(standin_vad.url, metrics={"port": port}, drain={"timeout_seconds": 30})
+    with live_call(bridge.sip_port) as dialog:
+        wait_until(lambda: len(bridge.calls()) == 1, 10, "the call started")
+        victim = worker_pid(bridge.config_path, 0)
+        os.kill(victim, signal.SIGTERM)
+        time.sleep(4.0)  # longer than hung detection takes
+        assert victim in pids_of(bridge) and not ended(bridge)
+        assert sipua.invite(bridge.sip_port).status == 503  # it drains
+        hang_up(dialog)
+        wait_until(lambda: victim not in pids_of(bridge), 15, "the drained worker left")
+    wait_for_sip(bridge.sip_port, timeout=10)
+    (call,) = ended(bridge)
+    assert call["data"]["reason"] == "remote_bye" and call["data"]["gaps"] == []
+    text = scrape(port)
+    assert metric(text, "vblaze_bridge_worker_restarts_total", 'reason="exit"') == 1
+    assert metric(text, "vblaze_bridge_worker_restarts_total", 'reason="hung"') == 0
+    assert sipua.invite(bridge.sip_port).status == 200
+
+
+def test_workers_drain_and_leave_when_their_supervisor_is_killed(
+    standin_vad: Standin, make_bridge: Any
+) -> None:
+    """SIGKILL the supervisor with a call up: its worker sees the control socket close and drains (new
+    calls 503, the call goes on), then leaves once the call is over; no orphan keeps the port."""
+    bridge = make_bridge(standin_vad.url, drain={"timeout_seconds": 30})
+    assert bridge.proc is not None
+    with live_call(bridge.sip_port) as dialog:
+        wait_until(lambda: len(bridge.calls()) == 1, 10, "the call started")
+        orphan = worker_pid(bridge.config_path, 0)
+        bridge.proc.kill()
+        bridge.proc.wait(5)
+        time.sleep(1.0)
+        assert orphan in pids_of(bridge) and not ended(bridge)
+        assert sipua.invite(bridge.sip_port).status == 503
+        hang_up(dialog)
+        wait_until(lambda: not pids_of(bridge), 15, "the orphaned worker left")
+    (call,) = ended(bridge)
+    assert call["data"]["reason"] == "remote_bye" and call["data"]["gaps"] == []
+
+
 # --- start failures -----------------------------------------------------------------------------------
 
 

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.e2e.conftest import Standin, run_sipp, run_standin, speech
 from tests.e2e.test_faults import set_faults
 
@@ -99,6 +101,7 @@ def test_engine_killed_mid_call_and_restarted(make_bridge: Any, speech_dir: Path
             extra.stop()
 
 
+@pytest.mark.slow  # a 32 s call
 def test_engine_down_25_seconds(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:
     engine = vad_engine()
     port = port_of(engine)
