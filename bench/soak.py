@@ -7,6 +7,13 @@ plus workers) and the calls active; at the end the least-squares slope of each p
 ended. Everything stops by itself.
 
     .venv/bin/python bench/soak.py --minutes 30 --calls 52
+
+With `--hostile RATE`, RATE malformed datagrams and torture INVITEs a second (tests/fixtures/torture.py's
+invalid messages and INVITEs that must be refused) arrive at the workers meanwhile, from other loopback
+addresses, mostly over UDP and every tenth over TCP; at the end it checks that no call was lost, no
+worker restarted and every call's events are complete and in order:
+
+    .venv/bin/python bench/soak.py --minutes 10 --calls 40 --hostile 100
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -38,8 +48,68 @@ from bridge.demo import (  # noqa: E402
     stop_process,
     wait_for_sip,
 )
+from tests.fixtures import rawsip  # noqa: E402
+from tests.fixtures.torture import INVALID  # noqa: E402
 
 CALLS_PER_WORKER = 4
+HOSTILE_SOURCES = [f"127.0.0.{i}" for i in range(2, 10)]
+
+
+def hostile_messages(port: int) -> list[bytes]:
+    """What the hostile sender cycles through: the torture suite's invalid messages and INVITEs that must
+    be refused (no SDP, no codec in common, a Content-Length beyond the datagram)."""
+    sdp = rawsip.SDP.format(port=4000, pts="18").replace("0 PCMU", "18 G729")
+    return [
+        *INVALID.values(),
+        rawsip.invite(port, body="", content_type=None),
+        rawsip.invite(port, body=sdp),
+        rawsip.invite(port, content_length=900),
+    ]
+
+
+def send_hostile(ports: list[int], rate: float, stop: threading.Event, sent: list[int]) -> None:
+    """Send `rate` hostile messages a second, round robin over ports, sources and messages, until `stop`."""
+    catalogue = {port: hostile_messages(port) for port in ports}
+    udp = {}
+    for source in HOSTILE_SOURCES:
+        udp[source] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp[source].bind((source, 0))
+    n = 0
+    next_at = time.monotonic()
+    try:
+        while not stop.is_set():
+            port = ports[n % len(ports)]
+            messages = catalogue[port]
+            message = messages[(n // len(ports)) % len(messages)]
+            source = HOSTILE_SOURCES[n % len(HOSTILE_SOURCES)]
+            branch = f"z9hG4bK{uuid.uuid4().hex[:16]}"
+            try:
+                if n % 10 == 9:
+                    with socket.create_connection(
+                        (("127.0.0.1", port)), timeout=1, source_address=(source, 0)
+                    ) as tcp:
+                        tcp.sendall(rawsip.fill(message, "tcp", source, tcp.getsockname()[1], branch))
+                else:
+                    sock = udp[source]
+                    data = rawsip.fill(message, "udp", source, sock.getsockname()[1], branch)
+                    sock.sendto(data[:65507], ("127.0.0.1", port))
+            except OSError:
+                pass
+            n += 1
+            sent[0] = n
+            next_at += 1.0 / rate
+            stop.wait(max(0.0, next_at - time.monotonic()))
+    finally:
+        for sock in udp.values():
+            sock.close()
+
+
+def restarts(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return sum(
+        float(v) for v in re.findall(r"^vblaze_bridge_worker_restarts_total\{[^}]*\} (\S+)$", text, re.M)
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -104,6 +174,9 @@ def main() -> int:
     parser.add_argument(
         "--warmup-seconds", type=float, default=60.0, help="samples before this are not in the slope"
     )
+    parser.add_argument(
+        "--hostile", type=float, default=0.0, help="malformed datagrams and torture INVITEs a second"
+    )
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the finally below stops what it started
     workers = max(1, math.ceil(args.calls / CALLS_PER_WORKER))
@@ -162,6 +235,15 @@ def main() -> int:
         print(f"soak: {args.calls} concurrent calls of {args.call_seconds} s on {workers} workers for "
               f"{args.minutes:.0f} min; files in {work}", flush=True)  # fmt: skip
         print(f"{'t (s)':>7} {'active':>6} {'RSS MB':>8} {'PSS MB':>8} {'fds':>5} {'procs':>5}", flush=True)
+        stop_hostile = threading.Event()
+        sent = [0]
+        hostile = threading.Thread(
+            target=send_hostile,
+            args=([sip_port + i for i in range(workers)], args.hostile, stop_hostile, sent),
+            daemon=True,
+        )
+        if args.hostile > 0:
+            hostile.start()
         start = time.monotonic()
         series: dict[str, list[tuple[float, float]]] = {"rss": [], "pss": [], "fds": []}
         while time.monotonic() - start < duration:
@@ -176,6 +258,8 @@ def main() -> int:
                 series["rss"].append((elapsed, rss))
                 series["pss"].append((elapsed, pss))
                 series["fds"].append((elapsed, fds))
+        stop_hostile.set()
+        hostile_seconds = time.monotonic() - start
         for proc in procs[1:]:
             try:
                 proc.wait(timeout=2 * args.call_seconds + 60)
@@ -183,16 +267,26 @@ def main() -> int:
                 print(f"sipp (pid {proc.pid}) still running after the soak; stopped", flush=True)
                 stop_process(proc, 10)
         time.sleep(2)
+        restarted = restarts(metrics_port)
         bridge.send_signal(signal.SIGTERM)
         bridge.wait(timeout=120)
         ended: Counter[str] = Counter()
         gaps = 0
+        by_call: dict[str, list[dict[str, object]]] = {}
         with (work / "events.jsonl").open() as handle:
             for line in handle:
                 event = json.loads(line)
+                by_call.setdefault(event["call_id"], []).append(event)
                 if event["kind"] == "call.ended":
                     ended[event["data"]["reason"]] += 1
                     gaps += len(event["data"]["gaps"])
+        broken = [
+            call_id
+            for call_id, events in by_call.items()
+            if [e["seq"] for e in events] != list(range(len(events)))
+            or events[0]["kind"] != "call.started"
+            or events[-1]["kind"] != "call.ended"
+        ]
         sipp_ok = sipp_failed = 0
         for index in range(workers):
             rows = (work / f"sipp-{index}.csv").read_text().splitlines()
@@ -209,7 +303,12 @@ def main() -> int:
                 print(f"  {name.upper():4} {slope_per_hour(series[name]):+8.2f} {unit}/h ({span})")
         print(f"calls by sipp: {sipp_ok} ok, {sipp_failed} failed; call.ended by reason: {dict(ended)}")
         print(f"gaps reported: {gaps}")
-        return 0
+        print(
+            f"worker restarts: {restarted:.0f}; calls with events incomplete or out of order: {len(broken)}"
+        )
+        if args.hostile > 0:
+            print(f"hostile messages sent: {sent[0]} ({sent[0] / hostile_seconds:.1f}/s)")
+        return 0 if not broken and not restarted and not sipp_failed else 1
     finally:
         for proc in procs:
             if proc.poll() is None:

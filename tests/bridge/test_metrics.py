@@ -194,7 +194,8 @@ def test_label_values_are_bounded() -> None:
         metrics.RESTART_REASONS,
     ):
         assert "other" in values
-        assert len(values) <= 12
+        # a call's result names every refusal the gate can give (13 today); the causes stay within 12
+        assert len(values) <= (16 if values is metrics.CALL_RESULTS else 12)
 
 
 def test_histogram_buckets_increase_and_cover_their_hop() -> None:

@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import pytest
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin, speech
 from tests.fixtures import rawsip, sipua
 from tests.fixtures.siprec_caller import metadata_xml, multipart_body, offer_sdp
+from tests.fixtures.torture import INVALID, UNANSWERED_BY_PJSIP, VALID_ODD, VIA
 
 TRANSPORTS = ("udp", "tcp")
 ACK_TIMEOUT = 3.0
@@ -341,208 +341,6 @@ def test_draining_worker_answers_503_and_finishes_its_call(make_bridge: Any, sta
     assert events[-1]["kind"] == "call.ended" and events[-1]["data"]["reason"] == "remote_bye"
 
 
-# --- RFC 4475 torture messages ---------------------------------------------------------------------
-
-
-def _m(text: str) -> bytes:
-    """A torture message: `|` stands for CRLF; @CALLID@ is made unique per send."""
-    return text.replace("|", "\r\n").replace("@CALLID@", f"torture-{uuid.uuid4().hex[:12]}").encode()
-
-
-_SDP = (
-    "v=0|o=- 1 1 IN IP4 127.0.0.1|s=-|c=IN IP4 127.0.0.1|t=0 0|m=audio 4000 RTP/AVP 0|a=rtpmap:0 PCMU/8000|"
-)
-_VIA = "Via: SIP/2.0/@TRANSPORT@ @HOST@:@LOCAL@;branch=@BRANCH@;rport|"
-_COMMON = (
-    "From: <sip:t@@HOST@:@LOCAL@>;tag=t1|To: <sip:svc@127.0.0.1>|Call-ID: @CALLID@|Max-Forwards: 70|"
-    "Contact: <sip:t@@HOST@:@LOCAL@>|"
-)
-
-
-def _with_sdp(head: str) -> bytes:
-    body = _SDP.replace("|", "\r\n")
-    return _m(head + f"Content-Type: application/sdp|Content-Length: {len(body)}||") + body.encode()
-
-
-VALID_ODD: dict[str, bytes] = {
-    # 3.1.1.1 wsinv: line folding, odd whitespace and case, unknown headers, escaped quotes
-    "wsinv": _with_sdp(
-        "INVITE sip:vivekg@chair-dnrc.example.com;unknownparam SIP/2.0|"
-        "TO :| sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n|"
-        'from   : "J Rosenberg \\\\\\""       <sip:jdrosen@example.com>|  ;|  tag = 98asjd8|'
-        "MaX-fOrWaRdS: 0068|Call-ID: @CALLID@|cseq: 0009|  INVITE|"
-        "Via  : SIP  /   2.0| /@TRANSPORT@|    @HOST@:@LOCAL@;branch=@BRANCH@;rport|"
-        "s :|NewFangledHeader:   newfangled value| continued newfangled value|"
-        "UnknownHeaderWithUnusualValue: ;;,,;;,;|"
-        'm:"Quoted string \\"\\"" <sip:jdrosen@example.com> ; newparam =|      newvalue ;|'
-        "  secondparam ; q = 0.33|"
-    ),
-    # 3.1.1.2 intmeth: a method name made of every token character
-    "intmeth": _m(
-        "!interesting-Method0123456789_*+`.%indeed'~ sip:1_unusual.URI~(to-be!sure)&isn't+it$/crazy?,/;;*"
-        ":&it+has=1,weird!*pas$wo~d_too.(doesn't-it)@example.com SIP/2.0|"
-        + _VIA
-        + "To: <sip:svc@127.0.0.1>|From: <sip:t@@HOST@>;tag=1|Call-ID: @CALLID@|Max-Forwards: 70|"
-        "CSeq: 139122385 !interesting-Method0123456789_*+`.%indeed'~|Content-Length: 0||"
-    ),
-    # 3.1.1.3 esc01: escaped characters in the Request-URI user part
-    "esc01": _with_sdp(
-        "INVITE sip:sip%3Auser%40example.com@127.0.0.1;lr SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-    ),
-    # 3.1.1.4 escnull: an escaped NUL in the user part
-    "escnull": _with_sdp("INVITE sip:null-%00-null@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"),
-    # 3.1.1.6 lwsdisp: no whitespace between the display name and '<'
-    "lwsdisp": _m(
-        "OPTIONS sip:user@example.com SIP/2.0|" + _VIA + "To: sip:user@example.com|"
-        "From: caller<sip:caller@example.com>;tag=323|Max-Forwards: 70|Call-ID: @CALLID@|CSeq: 1 OPTIONS|"
-        "Content-Length: 0||"
-    ),
-    # 3.1.1.7 longreq (shortened to fit a datagram): long display names, values and many parameters
-    "longreq": _with_sdp(
-        "INVITE sip:user@127.0.0.1 SIP/2.0|"
-        + _VIA
-        + f'To: "{"I have a user name of " * 20}"<sip:svc@127.0.0.1>|'
-        "From: <sip:t@@HOST@>;tag=" + "12982424" * 20 + "|Call-ID: @CALLID@|Max-Forwards: 70|CSeq: 1 INVITE|"
-        "Contact: <sip:t@@HOST@:@LOCAL@>|"
-        "X-Unknown: " + ";".join(f"p{i}=v{i}" for i in range(120)) + "|"
-    ),
-    # 3.1.1.8 dblreq: two requests in one datagram (the second is to be ignored)
-    "dblreq": _m(
-        "REGISTER sip:example.com SIP/2.0|"
-        + _VIA
-        + "To: sip:j.user@example.com|From: sip:j.user@example.com;tag=43251j3j324|"
-        "Max-Forwards: 8|I: @CALLID@|Contact: sip:j.user@host.example.com|CSeq: 8 REGISTER|L: 0||"
-        "INVITE sip:joe@example.com SIP/2.0|t: sip:joe@example.com|From: sip:caller@example.net;tag=141334|"
-        "Max-Forwards: 8|Call-ID: dblreq.0ha0isnda977644900765@192.0.2.15|CSeq: 8 INVITE|"
-        "Via: SIP/2.0/UDP 192.0.2.15;branch=z9hG4bKkdjuw380234|Content-Type: application/sdp|"
-        "Content-Length: 151||"
-    ),
-    # 3.1.1.9 semiuri: a semicolon-separated parameter in the user part
-    "semiuri": _with_sdp(
-        "INVITE sip:user;par=u%40example.net@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-    ),
-    # 3.1.1.10 transports: unknown transports in further Via headers
-    "transports": _m(
-        "OPTIONS sip:user@example.com SIP/2.0|"
-        + _VIA
-        + "Via: SIP/2.0/SCTP t1.example.com;branch=z9hG4bKkdjuw|"
-        "Via: SIP/2.0/TLS t2.example.com;branch=z9hG4bKklasjdhf|"
-        "Via: SIP/2.0/UNKNOWN t3.example.com;branch=z9hG4bK2980|"
-        + _COMMON
-        + "CSeq: 1 OPTIONS|Content-Length: 0||"
-    ),
-    # 3.1.1.11 mpart01: a multipart body with the SDP as one part
-    "mpart01": _m(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-        "Content-Type: multipart/mixed;boundary=7a9cbec02ceef655|Content-Length: @LEN@||"
-    ),
-    # 3.1.2.x with an RFC 2543 flavour (3.1.1.13 inv2543): no magic cookie in the branch, no Max-Forwards
-    "inv2543": _with_sdp(
-        "INVITE sip:UserB@127.0.0.1 SIP/2.0|Via: SIP/2.0/@TRANSPORT@ @HOST@:@LOCAL@;rport|"
-        "From: <sip:UserA@@HOST@>;tag=1|To: <sip:UserB@127.0.0.1>|Call-ID: @CALLID@|CSeq: 1 INVITE|"
-        "Contact: <sip:UserA@@HOST@:@LOCAL@>|"
-    ),
-}
-_MPART_BODY = (
-    "--7a9cbec02ceef655|Content-Type: application/sdp|Content-Transfer-Encoding: 8bit||"
-    + _SDP
-    + "|--7a9cbec02ceef655|Content-Type: text/plain|Content-Transfer-Encoding: binary||Hello|"
-    "--7a9cbec02ceef655--|"
-).replace("|", "\r\n")
-VALID_ODD["mpart01"] = (
-    VALID_ODD["mpart01"].replace(b"@LEN@", str(len(_MPART_BODY)).encode()) + _MPART_BODY.encode()
-)
-
-# Valid by RFC 4475, but pjsip 2.15 sends no answer to them (a method of every token character; a
-# datagram holding two requests); they are not INVITEs, so the bridge's gate never decides on them.
-UNANSWERED_BY_PJSIP = {"intmeth", "dblreq"}
-
-# Invalid by RFC 4475 3.1.2.9 (trws: whitespace after the request line's version), yet pjsip and the
-# bridge read it as the INVITE it plainly is, as robust UAs do: answered like the valid ones.
-VALID_ODD["trws"] = _with_sdp("INVITE sip:svc@127.0.0.1 SIP/2.0 |" + _VIA + _COMMON + "CSeq: 1 INVITE|")
-
-INVALID: dict[str, bytes] = {
-    # 3.1.2.2 clerr: Content-Length larger than the body
-    "clerr": _m(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|Content-Length: 9999||v=0|"
-    ),
-    # 3.1.2.3 scalar02: integers out of range
-    "scalar02": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + "From: <sip:t@@HOST@>;tag=1|To: <sip:svc@127.0.0.1>|"
-        "Call-ID: @CALLID@|Max-Forwards: 300|Expires: 1" + "0" * 20 + "|CSeq: 36893488147419103232 INVITE|"
-    ),
-    # 3.1.2.4 scalarlg: a huge Content-Length
-    "scalarlg": _m(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|"
-        + _VIA
-        + _COMMON
-        + "CSeq: 1 INVITE|Content-Length: 18446744073709551617||"
-    ),
-    # 3.1.2.5 quotbal: an unterminated quoted string in a display name
-    "quotbal": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|"
-        + _VIA
-        + 'From: "Bob <sip:bob@example.com>;tag=1|To: <sip:svc@127.0.0.1>|'
-        "Call-ID: @CALLID@|Max-Forwards: 70|CSeq: 1 INVITE|"
-    ),
-    # 3.1.2.6 ltgtruri: the Request-URI enclosed in <>
-    "ltgtruri": _with_sdp("INVITE <sip:svc@127.0.0.1> SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"),
-    # 3.1.2.7 lwsruri: whitespace inside the Request-URI
-    "lwsruri": _with_sdp(
-        "INVITE sip:svc@127.0.0.1;lr; transport=udp SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-    ),
-    # 3.1.2.8 lwsstart: several spaces between the request line's parts
-    "lwsstart": _with_sdp("INVITE  sip:svc@127.0.0.1  SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"),
-    # 3.1.2.13 badvers: an unknown SIP version
-    "badvers": _with_sdp("INVITE sip:svc@127.0.0.1 SIP/7.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"),
-    # 3.1.2.14 mismatch01: the CSeq method does not match the request's
-    "mismatch01": _with_sdp("INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 OPTIONS|"),
-    # 3.1.2.16 insuf: mandatory headers missing (no Call-ID, From, CSeq)
-    "insuf": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + "To: <sip:svc@127.0.0.1>|Max-Forwards: 70|"
-    ),
-    # 3.1.2.x multi01: several values in single-value headers
-    "multi01": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "To: <sip:other@127.0.0.1>|"
-        "Call-ID: second-@CALLID@|CSeq: 1 INVITE|CSeq: 2 INVITE|"
-    ),
-    # 3.1.2.x ncl: a negative Content-Length
-    "ncl": _m("INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|Content-Length: -999||"),
-    # ours: 200 audio m-lines
-    "many_mlines": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-    ).replace(
-        b"m=audio 4000 RTP/AVP 0\r\n",
-        b"".join(b"m=audio %d RTP/AVP 0\r\n" % (4000 + 2 * i) for i in range(200)),
-    ),
-    # ours: a clock rate of 0
-    "rtpmap_rate_zero": _with_sdp(
-        "INVITE sip:svc@127.0.0.1 SIP/2.0|" + _VIA + _COMMON + "CSeq: 1 INVITE|"
-    ).replace(b"PCMU/8000", b"PCMU/0"),
-    # responses to nothing, and bytes that are no SIP at all
-    "stray_response": _m("SIP/2.0 200 OK|" + _VIA + _COMMON + "CSeq: 1 INVITE|Content-Length: 0||"),
-    "bigcode": _m(
-        "SIP/2.0 4294967301 better not break the receiver|"
-        + _VIA
-        + _COMMON
-        + "CSeq: 1 INVITE|Content-Length: 0||"
-    ),
-    "garbage": b"\x00\x01\x02garbage\xff\xfe\r\n\r\n",
-}
-
-
-def _fix_length(message: bytes) -> bytes:
-    """Content-Length as the bytes after the header section, where a case rewrote the body."""
-    head, sep, body = message.partition(b"\r\n\r\n")
-    if b"@LEN@" in head or not sep or b"Content-Length: " not in head:
-        return message
-    return re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), head) + sep + body
-
-
-INVALID["many_mlines"] = _fix_length(INVALID["many_mlines"])
-INVALID["rtpmap_rate_zero"] = _fix_length(INVALID["rtpmap_rate_zero"])
-
-
 def test_rfc4475_torture_then_the_same_worker_takes_four_calls_within_5_s(hostile: Hostile) -> None:
     port = hostile.bridge.sip_port
     pid, restarts = hostile.worker_pid(), hostile.restarts()
@@ -585,7 +383,7 @@ def _hang_up(port: int, reply: rawsip.Reply, transport: str) -> None:
         message = "\r\n".join(
             [
                 f"{method} sip:svc@127.0.0.1:{port} SIP/2.0",
-                _VIA.rstrip("|"),
+                VIA.rstrip("|"),
                 *keep,
                 f"CSeq: {cseq} {method}",
                 "Content-Length: 0",
