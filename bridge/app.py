@@ -18,7 +18,9 @@ The control channel. Each worker gets one end of a socketpair (`--control-fd`); 
 
 - worker -> supervisor: ``ready`` once its SIP port is bound; ``pong N`` for ``ping N``;
   ``draining`` when it starts to drain (the supervisor then stops pinging it);
-- supervisor -> worker: ``ping N`` every PING_INTERVAL_SECONDS while the worker serves.
+- supervisor -> worker: ``ping N`` every PING_INTERVAL_SECONDS while the worker serves; ``engine R F``
+  (R: 1 reachable, 0 not, ? never probed; F: 1 full) when the engine probe's answer changes and when a
+  worker starts serving, so that its OPTIONS answers and `engine.on_unreachable: reject` follow it.
 
 The worker's asyncio loop reads the ping and hands it to its pjsua thread (`SipEndpoint.ping`), which
 answers once it has drained its command queue, back through the loop: a pong proves that both run.
@@ -72,6 +74,7 @@ QUICK_FAILURE_SECONDS = 5.0  # a worker that served less than this counts as fai
 STOP_GRACE_SECONDS = 10.0
 FORCE_GRACE_SECONDS = 3.0  # after a second signal, how long workers get to hang up and flush
 PING_INTERVAL_SECONDS = 0.5
+ENGINE_PROBE_SECONDS = 2.0  # how often the supervisor asks the engine's /maxstreamscheck
 PING_TIMEOUT_SECONDS = 2.0  # a ping not answered within this is missed
 HUNG_AFTER_MISSES = 2  # missed pings in a row that make a worker hung
 SERVING_SILENCE_SECONDS = 10.0  # a serving slot silent this long means its supervision is stuck
@@ -312,6 +315,7 @@ class Supervisor:
         slot.served_at = time.monotonic()
         slot.enter(SlotState.SERVING)
         self._serving.set()
+        slot.writer.write(self._engine_line())
         return True
 
     async def _supervise(self, slot: WorkerSlot) -> str:
@@ -424,7 +428,25 @@ class Supervisor:
         )
 
     def _engine_probed(self, result: EngineProbe) -> None:
+        changed = self._engine is None or (self._engine.reachable, self._engine.full) != (
+            result.reachable,
+            result.full,
+        )
         self._engine = result
+        if changed:
+            for slot in self.slots:
+                if (
+                    slot.state is SlotState.SERVING
+                    and slot.writer is not None
+                    and not slot.writer.is_closing()
+                ):
+                    slot.writer.write(self._engine_line())
+
+    def _engine_line(self) -> bytes:
+        """The ``engine R F`` line of the control channel for the latest probe."""
+        if self._engine is None:
+            return b"engine ? 0\n"
+        return b"engine %d %d\n" % (self._engine.reachable, self._engine.full)
 
     async def startup(self) -> bool:
         """Start every slot; return once each first start is over: True if every worker is ready."""
@@ -437,7 +459,11 @@ class Supervisor:
         if self.cfg.metrics.port:
             app = make_app(self.readiness, metrics.multiprocess_dir() or _metrics_dir())
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
-        self._tasks.append(asyncio.create_task(run_engine_probe(self.cfg.engine.url, self._engine_probed)))
+        self._tasks.append(
+            asyncio.create_task(
+                run_engine_probe(self.cfg.engine.url, self._engine_probed, interval=ENGINE_PROBE_SECONDS)
+            )
+        )
         firsts = []
         for slot in self.slots:
             first = asyncio.Event()

@@ -7,10 +7,9 @@
   ``engine full``. ``workers down``: some worker is not serving (starting, failing to start, hung, being
   replaced); the others still take calls on their ports, but the pool is not what was configured.
 
-The readiness rule is the pure function :func:`decide` over a :class:`Readiness` snapshot, which the
-supervisor keeps current (it replaces the snapshot with ``dataclasses.replace`` whenever a figure
-changes, and the app asks for it through a callable at each request). A worker answering SIP
-OPTIONS applies the same rule to its own figures and answers :func:`sip_status` (200 or 503).
+The readiness rule is :func:`bridge.readiness.decide` over a :class:`Readiness` snapshot, which the
+supervisor keeps current (the app asks for it through a callable at each request). A worker answering
+SIP OPTIONS applies the same rule to its own figures (`sip.gate`).
 
 Engine reachability comes from :func:`probe_engine` (V-Blaze's ``GET /maxstreamscheck``: 200 with
 ``#streams``/``maxstreams`` when a stream is free, 429 when full), run every few seconds by
@@ -32,6 +31,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import metrics
+from bridge.readiness import Decision, Readiness, decide, sip_status
+
+__all__ = ["Decision", "Readiness", "decide", "sip_status"]  # the readiness rule, where /readyz uses it
 
 logger = logging.getLogger(__name__)
 
@@ -39,52 +41,6 @@ DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_PROBE_INTERVAL = 5.0
 SCRAPE_TIMEOUT = 10.0
 BIND_TIMEOUT = 5.0
-
-
-@dataclass(frozen=True)
-class Readiness:
-    """What the supervisor knows about whether the pool can take a call."""
-
-    draining: bool = False
-    workers_alive: int = 0  # workers ready and answering the supervisor's pings
-    workers_total: int = 0  # sip.workers
-    calls_active: int = 0
-    capacity: int = 0  # calls the live workers can hold (sip.calls_per_worker x workers_alive)
-    engine_reachable: bool | None = None  # None: not probed yet, or probing disabled
-    engine_full: bool = False  # the engine answered 429 to /maxstreamscheck
-
-
-@dataclass(frozen=True)
-class Decision:
-    ready: bool
-    reason: str  # "ready" or why not
-
-
-def decide(state: Readiness) -> Decision:
-    """The readiness rule, in order: draining, no workers, workers down, pool full, engine unreachable,
-    engine full.
-
-    An engine that was never probed (``None``) does not block readiness: the bridge answers calls
-    and buffers audio while it connects, as ``engine.on_unreachable = answer`` intends.
-    """
-    if state.draining:
-        return Decision(False, "draining")
-    if state.workers_alive <= 0 or state.capacity <= 0:
-        return Decision(False, "no workers")
-    if state.workers_alive < state.workers_total:
-        return Decision(False, "workers down")
-    if state.calls_active >= state.capacity:
-        return Decision(False, "pool full")
-    if state.engine_reachable is False:
-        return Decision(False, "engine unreachable")
-    if state.engine_full:
-        return Decision(False, "engine full")
-    return Decision(True, "ready")
-
-
-def sip_status(decision: Decision) -> int:
-    """The status a SIP OPTIONS ping gets for this decision: 200 or 503."""
-    return 200 if decision.ready else 503
 
 
 # --- engine probe -----------------------------------------------------------------------------------

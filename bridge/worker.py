@@ -8,7 +8,8 @@ hung up and flushed; a second SIGTERM or SIGINT hangs everything up at once.
 The supervisor's control channel (see `bridge.app`): the worker says ``ready`` once its SIP port is
 bound, answers each ``ping N`` with ``pong N`` only after its pjsua thread has drained its command
 queue and its loop has run the reply (so a pong proves both alive), says ``draining`` when it starts
-to drain, and drains if the channel closes (its supervisor is gone).
+to drain, and drains if the channel closes (its supervisor is gone). ``engine R F`` lines carry the
+supervisor's engine probe, the one source of the engine's state in the pool (workers do not probe).
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams,
 logger = logging.getLogger(__name__)
 
 SHUTDOWN_GRACE_SECONDS = 5.0
-ENGINE_PROBE_SECONDS = 2.0  # how often a worker that refuses calls without an engine checks it
 
 
 class Worker:
@@ -55,6 +55,7 @@ class Worker:
         self._loop = asyncio.get_running_loop()
         self._frames: collections.deque[tuple[int, int, bytes | None, float]] = collections.deque()
         self._drain_pending = False
+        self._frame_errors: set[int] = set()  # calls whose failing frame was logged already
         self._control: asyncio.StreamWriter | None = None  # the supervisor's channel, once open
         self.sink: EventSink = make_sink(config)
         self.ledger = CallLedger(config.state.directory, self.port)
@@ -91,7 +92,13 @@ class Worker:
             try:
                 call.audio(stream, pcm, arrival)
             except Exception:
-                call.log.exception("audio frame not taken; the call goes on")
+                # Counted each time, logged (with the traceback) once per call: never a line per frame.
+                self.call_metrics.frames_dropped(1, "other")
+                if key not in self._frame_errors:
+                    self._frame_errors.add(key)
+                    call.log.exception(
+                        "audio frame not taken (further failures only counted); the call goes on"
+                    )
 
     def _on_sip_event(self, event: SipEvent) -> None:
         if isinstance(event, CallStarted):
@@ -135,6 +142,7 @@ class Worker:
 
     def _call_done(self, key: int, task: asyncio.Task[None]) -> None:
         self.calls.pop(key, None)
+        self._frame_errors.discard(key)
         self.tasks.pop(key, None)
         failed = task.cancelled() or task.exception() is not None
         if not task.cancelled() and task.exception() is not None:
@@ -172,6 +180,11 @@ class Worker:
                 word, _, arg = line.strip().partition(b" ")
                 if word == b"ping" and arg.isdigit():
                     self.endpoint.ping(functools.partial(self._pinged, int(arg)))
+                elif word == b"engine":
+                    reachable, _, full = arg.partition(b" ")
+                    self.endpoint.set_engine_state(
+                        None if reachable == b"?" else reachable == b"1", full.strip() == b"1"
+                    )
         except OSError as exc:
             logger.warning("control channel: %s", exc)
         if not self._stop.is_set():
@@ -193,18 +206,6 @@ class Worker:
         await self.sink.start()
         self._end_lost_calls()
         await self._loop.run_in_executor(None, self.endpoint.start)
-        probe: asyncio.Task[None] | None = None
-        if self.cfg.engine.on_unreachable == "reject":
-            # Imported here: aiohttp costs a worker ~10 MB, and only this setting needs it.
-            from bridge.health import run_engine_probe
-
-            probe = asyncio.create_task(
-                run_engine_probe(
-                    self.cfg.engine.url,
-                    lambda result: self.endpoint.set_engine_down(not result.reachable or result.full),
-                    interval=ENGINE_PROBE_SECONDS,
-                )
-            )
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
         self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, 4))
@@ -214,8 +215,6 @@ class Worker:
         await self._stop.wait()
         if self._control is not None and not self._control.is_closing():
             self._control.write(b"draining\n")
-        if probe is not None:
-            probe.cancel()
         self.worker_metrics.stopping()
         logger.info(
             "draining: %d calls active, up to %.0f s", len(self.calls), self.cfg.drain.timeout_seconds

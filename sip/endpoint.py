@@ -52,6 +52,7 @@ from bridge.config import Config
 from bridge.errors import SipError
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics
+from bridge.readiness import Decision, Readiness, decide
 from sip.admission import Policy, RateLimiter
 from sip.events import (
     CallDtmf,
@@ -82,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
 POLL_MS = 10
+LOAD_HEADER = "X-VBlaze-Calls"  # on a 503 to OPTIONS: calls held / slots, for a dispatcher to read
 CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
 RTP_CHECK_SECONDS = 1.0
 # pjsip's log lines for messages it drops before any callback sees them, first match wins (pjsip 2.15:
@@ -261,7 +263,8 @@ class SipEndpoint:
         self._admitted: dict[str, Admitted] = {}
         self._graveyard: list[_Call] = []
         self._draining = False
-        self._engine_down = False
+        self._engine_reachable: bool | None = None
+        self._engine_full = False
         self._probe_socket: socket.socket | None = None
         self._stopping = False
 
@@ -287,9 +290,10 @@ class SipEndpoint:
         `reply` must be thread-safe and must not block (the worker wraps it in call_soon_threadsafe)."""
         self._commands.put(("ping", reply))
 
-    def set_engine_down(self, down: bool) -> None:
-        """The engine probe's latest answer (used when engine.on_unreachable is reject)."""
-        self._commands.put(("engine_down", down))
+    def set_engine_state(self, reachable: bool | None, full: bool) -> None:
+        """The supervisor's latest engine probe (None: never probed): OPTIONS answers follow it, and so
+        do INVITEs when engine.on_unreachable is reject."""
+        self._commands.put(("engine", (reachable, full)))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Hang up every call, shut pjsua down and wait for the thread (bounded)."""
@@ -357,7 +361,7 @@ class SipEndpoint:
             kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
             ep.transportCreate(kind, tcfg)
         ep.libStart()
-        self._gate = Gate(self._screen, self._screen_failed)
+        self._gate = Gate(self._on_request, self._screen_failed)
         self._gate.register()
         try:
             self._gate.calibrate(self._send_probe, lambda: ep.libHandleEvents(POLL_MS), CALIBRATION_POLLS)
@@ -433,8 +437,8 @@ class SipEndpoint:
                 self._hangup(entry.call, 200 if entry.confirmed else 487)
         elif command == "draining":
             self._draining = bool(arg)
-        elif command == "engine_down":
-            self._engine_down = bool(arg)
+        elif command == "engine":
+            self._engine_reachable, self._engine_full = arg
         elif command == "ping":
             arg()
         elif command == "stop":
@@ -509,20 +513,58 @@ class SipEndpoint:
                 return entry
         return None
 
+    def _readiness(self) -> Decision:
+        """This worker's answer to "would you take a call?", by the rule /readyz uses for the pool."""
+        return decide(
+            Readiness(
+                draining=self._draining,
+                workers_alive=1,
+                workers_total=1,
+                calls_active=self._calls_held(),
+                capacity=self._policy.capacity,
+                engine_reachable=self._engine_reachable,
+                engine_full=self._engine_full,
+            )
+        )
+
+    def _calls_held(self) -> int:
+        # pjsua keeps ended calls' slots until their transactions are over: count what it counts
+        return max(len(self._entries) + len(self._admitted), pjsua_calls())
+
+    def _on_request(self, incoming: Incoming) -> Answer | None:
+        """The gate's handler: OPTIONS tell readiness, new INVITEs are screened."""
+        if incoming.method == "OPTIONS":
+            return self._options()
+        return self._screen(incoming)
+
+    def _options(self) -> Answer | None:
+        """200 (pjsua's own, with its Allow and Accept) when a call would be taken; else 503 with
+        Retry-After and the reason, as `/readyz` words it, in a Reason header (RFC 3326)."""
+        decision = self._readiness()
+        if decision.ready:
+            return None
+        headers = [("Reason", f'SIP;cause=503;text="{decision.reason}"'), *self._load_header()]
+        if self._policy.retry_after:
+            headers.insert(0, ("Retry-After", str(self._policy.retry_after)))
+        return Answer(503, "Service Unavailable", tuple(headers))
+
+    def _load_header(self) -> tuple[tuple[str, str], ...]:
+        return ((LOAD_HEADER, f"{self._calls_held()}/{self._policy.capacity}"),)
+
     def _screen(self, incoming: Incoming) -> Answer | None:
-        """The gate's handler: screen a new INVITE; answer a refusal, or keep the admission for pjsua's
-        `onIncomingCall`, which pjsua calls next, from inside this same dispatch."""
+        """Screen a new INVITE; answer a refusal, or keep the admission for pjsua's `onIncomingCall`,
+        which pjsua calls next, from inside this same dispatch."""
         now = time.monotonic()
         for stale in self._admitted:  # pjsua refused it itself (e.g. 400 without Contact, 420)
             logger.info("INVITE %s admitted, then answered by pjsua itself", stale)
         self._admitted.clear()
         source = f"{incoming.source_ip}:{incoming.source_port}"
         state = WorkerState(
-            # pjsua keeps ended calls' slots until their transactions are over: count what it counts
-            active_calls=max(len(self._entries) + len(self._admitted), pjsua_calls()),
+            active_calls=self._calls_held(),
             draining=self._draining,
             within_rate=self._limiter.allow(incoming.source_ip, now),
-            engine_refuses=self._engine_down and self._cfg.engine.on_unreachable == "reject",
+            engine_refuses=self._cfg.engine.on_unreachable == "reject"
+            and (self._engine_reachable is False or self._engine_full),
             source_calls=sum(1 for e in self._entries.values() if e.source_ip == incoming.source_ip),
         )
         verdict = screen(

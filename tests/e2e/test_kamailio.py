@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -21,7 +22,8 @@ import pytest
 from bench.load import Kamailio, proxied_scenario_file, sipp_command, sipp_stats, start_kamailio
 from bridge.config import load_config
 from bridge.dispatcher import dispatcher_list
-from tests.e2e.conftest import Standin, free_port_block, speech
+from tests.e2e.conftest import Standin, free_port_block, run_standin, speech
+from tests.fixtures import sipua
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
 
@@ -151,3 +153,63 @@ def test_an_unanswering_worker_fails_over_within_the_timer(
     assert f"to sip:127.0.0.1:{bridge.sip_port} after 408" in log
     calls = bridge.wait_ended(2)
     assert all(events[-1]["data"]["reason"] == "remote_bye" for events in calls.values())
+
+
+def test_a_draining_bridge_is_taken_out_by_its_own_options_answers(
+    standin_vad: Standin, make_bridge: Any, kamailio: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    """SIGTERM to one bridge: its workers answer OPTIONS 503 (draining), Kamailio marks them inactive
+    within two probe intervals and sends every new call to the other bridge (the other host)."""
+    leaving = make_bridge(standin_vad.url, workers=2, drain={"timeout_seconds": 30})
+    staying = make_bridge(standin_vad.url, workers=2)
+    text = dispatcher_list(load_config(leaving.config_path)) + dispatcher_list(
+        load_config(staying.config_path)
+    )
+    kam = kamailio(text)
+    kam.wait_destinations(4)
+    audio = speech(COUNT, speech_dir, "count")
+    held = sipua.invite(leaving.sip_port, hangup=False)  # keeps the leaving bridge draining
+    assert held.status == 200 and held.dialog is not None
+    talker = threading.Thread(target=held.dialog.send_silence, args=(12.0,))
+    talker.start()
+    try:
+        assert leaving.proc is not None
+        leaving.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        flags = kam.wait_destinations(2, active=False, timeout=4)
+        assert time.monotonic() - signalled <= 2 * 1 + 1  # two probe intervals (1 s) and slack
+        for index in range(2):
+            assert flags[f"sip:127.0.0.1:{leaving.sip_port + index}"].startswith("I"), flags
+        proc, stats = sipp(kam.port, audio, tmp_path, calls=4, hold_ms=3000)
+        assert finish(proc, stats, 60) == {"ok": 4, "failed": 0}, kam.log()[-3000:]
+    finally:
+        talker.join()
+        held.dialog.bye()
+    assert len(staying.wait_ended(4)) == 4
+    assert len(leaving.calls()) == 1  # nothing but the call it held
+    log = kam.log()
+    assert f"to sip:127.0.0.1:{leaving.sip_port}" not in log.split("worker down")[-1]
+    assert leaving.proc.wait(timeout=40) == 0
+
+
+def test_a_worker_without_its_engine_is_taken_out_and_comes_back(
+    standin_vad: Standin, make_bridge: Any, kamailio: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    engine_port = free_port_block(1, low=28000, high=29000)
+    orphan = make_bridge(f"ws://127.0.0.1:{engine_port}/transcribe")
+    healthy = make_bridge(standin_vad.url)
+    text = dispatcher_list(load_config(orphan.config_path)) + dispatcher_list(
+        load_config(healthy.config_path)
+    )
+    kam = kamailio(text)
+    flags = kam.wait_destinations(1, active=False, timeout=10)
+    assert flags[f"sip:127.0.0.1:{orphan.sip_port}"].startswith("I"), flags
+    audio = speech(COUNT, speech_dir, "count")
+    proc, stats = sipp(kam.port, audio, tmp_path, calls=2, hold_ms=2000)
+    assert finish(proc, stats, 60) == {"ok": 2, "failed": 0}, kam.log()[-3000:]
+    assert orphan.calls() == {} and len(healthy.wait_ended(2)) == 2
+    engine = run_standin("--recognizer", "vad-only", "--port", str(engine_port))
+    try:
+        kam.wait_destinations(2, timeout=15)  # the engine is back: so is the worker
+    finally:
+        engine.stop()
