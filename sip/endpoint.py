@@ -501,6 +501,8 @@ class SipEndpoint:
         the library is gone asserts inside pjmedia, so a worker leaves with `os._exit` after this."""
         if not hasattr(self, "_ep"):
             return
+        if hasattr(self, "_gate"):
+            self._gate.unregister()
         try:
             self._ep.libDestroy()
         except pj.Error as exc:

@@ -130,6 +130,8 @@ def library() -> ctypes.CDLL:
     lib.pjsip_generic_string_hdr_create.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
     lib.pj_list_insert_before.restype = None
     lib.pj_list_insert_before.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
+    lib.pjsip_endpt_unregister_module.restype = ctypes.c_int
+    lib.pjsip_endpt_unregister_module.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
     lib.pjsip_tsx_set_timers.restype = None
     lib.pjsip_tsx_set_timers.argtypes = [ctypes.c_uint] * 4
     lib.pjsua_call_get_count.restype = ctypes.c_uint
@@ -208,6 +210,15 @@ class Gate:
         if status != 0:
             raise SipError(f"pjsip_endpt_register_module failed with status {status}")
         self._endpt = endpt
+
+    def unregister(self) -> None:
+        """Take the module out of pjsip before the library goes (the callback must not outlive us)."""
+        if self._endpt is None:
+            return
+        status = self._lib.pjsip_endpt_unregister_module(self._endpt, ctypes.byref(self._module))
+        self._endpt = None
+        if status != 0:
+            logger.warning("pjsip_endpt_unregister_module failed with status %d", status)
 
     def calibrate(self, send: Callable[[bytes], int], poll: Callable[[], None], timeout_polls: int) -> None:
         """Send a probe with `send` (returns the probe's source port), poll until it is seen."""
