@@ -80,6 +80,10 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("engine:\n  tags: {samprate: 16000}\n", "engine.tags", "samprate"),
         ("logging:\n  format: yaml\n", "logging.format", "'json'"),
         ("drain:\n  timeout_seconds: -1\n", "drain.timeout_seconds", "greater than or equal to 0"),
+        # 0 used to mean "never": a call whose BYE was lost then held its slot for ever
+        ("sip:\n  rtp_timeout_seconds: 0\n", "sip.rtp_timeout_seconds", "greater than 0"),
+        ("sip:\n  ack_timeout_seconds: 0\n", "sip.ack_timeout_seconds", "greater than 0"),
+        ("sip:\n  transaction_timeout_seconds: 60\n", "sip.transaction_timeout_seconds", "32"),
     ],
 )
 def test_bad_value_names_file_and_key(tmp_path: Path, text: str, key: str, expected: str) -> None:
