@@ -318,3 +318,14 @@ def test_request_line_refused(line: str) -> None:
 def test_admission_refuses_a_malformed_offer_with_400(sdp: str) -> None:
     decision = decided(parse_request(invite("application/sdp", sdp, "")))
     assert decision == Reject(400, "Malformed SDP Offer", "rejected_invalid")
+
+
+def test_the_samples_are_valid() -> None:
+    """The mutations start from inputs every parser accepts, so a refusal is the mutation's doing."""
+    assert all(parse_offer(sdp).audio for sdp in SDPS)
+    assert all(parse_metadata(xml).participants for xml in METADATA)
+    for content_type, body in MULTIPARTS:
+        assert find_part(split_multipart(content_type, body), "application/sdp") is not None
+    for text in INVITES:
+        request = parse_request(text)
+        assert isinstance(decided(dataclasses.replace(request, body=parse_body(request).sdp)), Accept)
