@@ -225,8 +225,8 @@ def test_metadata_at_the_size_bound_parses_in_linear_time(same_id: bool) -> None
     """Thousands of participants and streams: each participant's streams were resolved against every
     stream (3.7 s for 250 kB, on the pjsua thread that serves every call of the worker)."""
     n = 2500
-    pid = (lambda i: "p") if same_id else (lambda i: f"p{i}")
-    parts = "".join(f'<participant id="{pid(i)}"><send>{i}</send></participant>' for i in range(n))
+    pids = ["p"] * n if same_id else [f"p{i}" for i in range(n)]
+    parts = "".join(f'<participant id="{pid}"><send>{i}</send></participant>' for i, pid in enumerate(pids))
     streams = "".join(f'<stream id="s{i}"><label>{i}</label></stream>' for i in range(n))
     started = time.monotonic()
     metadata = parse_metadata(f"<recording>{parts}{streams}</recording>")
@@ -318,3 +318,14 @@ def test_request_line_refused(line: str) -> None:
 def test_admission_refuses_a_malformed_offer_with_400(sdp: str) -> None:
     decision = decided(parse_request(invite("application/sdp", sdp, "")))
     assert decision == Reject(400, "Malformed SDP Offer", "rejected_invalid")
+
+
+def test_the_samples_are_valid() -> None:
+    """The mutations start from inputs every parser accepts, so a refusal is the mutation's doing."""
+    assert all(parse_offer(sdp).audio for sdp in SDPS)
+    assert all(parse_metadata(xml).participants for xml in METADATA)
+    for content_type, body in MULTIPARTS:
+        assert find_part(split_multipart(content_type, body), "application/sdp") is not None
+    for text in INVITES:
+        request = parse_request(text)
+        assert isinstance(decided(dataclasses.replace(request, body=parse_body(request).sdp)), Accept)

@@ -237,3 +237,10 @@ def test_wave_header_byte_flips(wav: bytes, flips: list[tuple[int, int]]) -> Non
 def test_wave_refused(header: bytes) -> None:
     with pytest.raises(AudioError):
         WaveParser().feed(header + PAYLOAD)
+
+
+def test_the_samples_are_valid() -> None:
+    assert parse_tags(VALID_TAGS).samprate == 8000
+    for wav in VALID_WAVS:
+        parser = WaveParser()
+        assert parser.feed(wav).startswith(PAYLOAD[:2]) and parser.format is not None

@@ -207,3 +207,11 @@ def test_final_with_nan_is_kept_as_text() -> None:
     s = session("separated")
     final = s.receive_text('{"utterances": [], "score": NaN}', 0.0)
     assert final == Final('{"utterances": [], "score": NaN}') and s.state is State.DONE
+
+
+def test_the_samples_are_valid() -> None:
+    s = session("open")
+    events = [s.receive_text(text, 0.0) for text in MESSAGES[:3]]
+    assert all(isinstance(event, Utterance) and event.words for event in events)
+    assert isinstance(s.receive_text(MESSAGES[3], 0.0), Final)
+    assert isinstance(session("draining").receive_text("", 0.0), Separator)
