@@ -114,8 +114,7 @@ class Worker:
             task.add_done_callback(functools.partial(self._call_done, event.key))
         elif isinstance(event, InviteRejected):
             self.call_metrics.invite_response(event.status)
-            self.call_metrics.call_rejected(event.result)
-            logger.info("INVITE from %s rejected with %d (%s)", event.source, event.status, event.result)
+            self.call_metrics.call_rejected(event.result)  # sip.endpoint logs it, throttled per source
         else:
             self._on_call_event(event)
 

@@ -50,7 +50,7 @@ import pjsua2 as pj
 
 from bridge.config import Config
 from bridge.errors import SipError
-from bridge.logs import call_logger
+from bridge.logs import Throttle, call_logger
 from bridge.metrics import CallMetrics
 from bridge.readiness import Decision, Readiness, decide
 from sip.admission import Policy, RateLimiter
@@ -83,6 +83,7 @@ logger = logging.getLogger(__name__)
 
 PJSUA_MAX_CALLS = 4
 POLL_MS = 10
+REFUSAL_LOG_SECONDS = 10.0  # refusals are counted each, logged once per source and cause in this time
 LOAD_HEADER = "X-VBlaze-Calls"  # on a 503 to OPTIONS: calls held / slots, for a dispatcher to read
 CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
 RTP_CHECK_SECONDS = 1.0
@@ -239,6 +240,7 @@ class SipEndpoint:
         self._metrics = metrics if metrics is not None else CallMetrics()
         self._limiter = RateLimiter(config.sip.invite_rate_per_source, config.sip.invite_burst_per_source)
         self._next_rtp_check = 0.0
+        self._refusal_log = Throttle(REFUSAL_LOG_SECONDS)
         self.port = port
         self._rtp_port = rtp_port
         self._on_event = on_event
@@ -261,6 +263,8 @@ class SipEndpoint:
         # Call-ID -> the gate's admission, for onIncomingCall, which pjsua calls from inside the same
         # dispatch; still here at the next INVITE means pjsua answered that one itself.
         self._admitted: dict[str, Admitted] = {}
+        # Ended calls, kept until pjsua holds no call in their slot: pjsua2's Call destructor hangs up
+        # whatever call has its id then, so dropping one whose id was reused kills another call.
         self._graveyard: list[_Call] = []
         self._draining = False
         self._engine_reachable: bool | None = None
@@ -414,7 +418,8 @@ class SipEndpoint:
     def _loop(self) -> None:
         while True:
             self._ep.libHandleEvents(POLL_MS)
-            self._graveyard.clear()
+            if self._graveyard:
+                self._graveyard = [call for call in self._graveyard if call.isActive()]
             now = time.monotonic()
             if now >= self._next_rtp_check:
                 self._next_rtp_check = now + RTP_CHECK_SECONDS
@@ -574,8 +579,18 @@ class SipEndpoint:
         )
         if isinstance(verdict, Refused):
             reject = verdict.reject
-            log = logger.warning if reject.result == "rejected_invalid" else logger.info
-            log("INVITE from %s refused: %d %s (%s)", source, reject.status, reject.reason, verdict.detail)
+            suppressed = self._refusal_log.allow(f"{incoming.source_ip} {reject.result}", now)
+            if suppressed is not None:  # one line per source and cause every few seconds, whatever the rate
+                log = logger.warning if reject.result == "rejected_invalid" else logger.info
+                more = f"; {suppressed} more like it since the last line" if suppressed else ""
+                log(
+                    "INVITE from %s refused: %d %s (%s)%s",
+                    source,
+                    reject.status,
+                    reject.reason,
+                    verdict.detail,
+                    more,
+                )
             self._on_event(InviteRejected(status=reject.status, result=reject.result, source=source))
             return Answer(reject.status, reject.reason, reject.headers)
         call_id = verdict.request.header("call-id") or ""

@@ -2,8 +2,9 @@
 
 This is the bridge's one admission point (the pjsip module of `sip.gate` calls `screen` for each
 out-of-dialog INVITE). In order, so the cheapest and most specific answer wins:
-1. bytes that are not a SIP request, or whose Content-Length promises more body than arrived
-   (RFC 3261 18.3: such a datagram must not become a call) → 400
+1. bytes that are not a SIP request, a header that may appear once appearing twice (RFC 4475 3.1.2.x:
+   pjsip would take the last Call-ID where the bridge reads the first), or a Content-Length promising
+   more body than arrived (RFC 3261 18.3: such a datagram must not become a call) → 400
 2. source outside `sip.allow_from` → 403
 3. a SIPREC INVITE (RFC 7866) whose body cannot be read, or that says `Require: siprec` and carries
    rs-metadata that cannot be read (the SRC insists on a recording session the SRS cannot follow) → 400;
@@ -38,6 +39,8 @@ from sip.siprec import (
 
 MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
 NO_OFFER = Offer(())
+# Headers RFC 3261 allows once in a request (section 20; compact forms are expanded by parse_request).
+SINGLE_HEADERS = ("call-id", "from", "to", "cseq", "max-forwards", "content-length", "content-type")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
 
 
@@ -86,6 +89,9 @@ def screen(
         declared = _content_length(request)
     except ValueError as exc:
         return _invalid(f"unparseable INVITE: {exc}")
+    repeated = [name for name in SINGLE_HEADERS if sum(1 for key, _ in request.headers if key == name) > 1]
+    if repeated:
+        return _invalid(f"more than one {', '.join(repeated)} header")
     body_bytes = len(raw.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in raw else 0
     if declared is not None and declared > body_bytes:
         return _invalid(f"Content-Length {declared} but {body_bytes} bytes of body arrived")

@@ -65,6 +65,10 @@ def test_a_siprec_offer_is_admitted_with_its_two_streams() -> None:
         (invite(length=len(SDP) + 1), (400, "rejected_invalid")),  # Content-Length beyond the body
         (invite(length=-1), (400, "rejected_invalid")),
         (invite(body="", ctype=None), (488, "rejected_codec")),  # no offer
+        # RFC 4475 multi01: pjsip takes the last Call-ID, the bridge would have read the first
+        (invite(extra="Call-ID: another@h\r\n"), (400, "rejected_invalid")),
+        (invite(extra="i: compact@h\r\n"), (400, "rejected_invalid")),
+        (invite(extra="CSeq: 2 INVITE\r\n"), (400, "rejected_invalid")),
         (invite(SDP.replace("0 101", "18 101")), (488, "rejected_codec")),  # no codec in common
         (invite(SDP.replace("4000", "²")), (400, "rejected_invalid")),  # not ASCII digits
         (siprec("<recording><session"), (400, "rejected_invalid")),  # Require: siprec, unreadable metadata
