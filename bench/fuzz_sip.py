@@ -12,6 +12,8 @@ lone surrogates, as a str from a C library may carry them):
     3 sip.message.parse_request, then siprec_evidence, parse_body, parse_offer of its SDP and
       sip.admission.decide                          ValueError from parse_request, SdpError from
                                                     parse_offer, nothing from the others
+    4 sip.screening.screen, the raw bytes as the    may raise nothing: a verdict for any bytes
+      gate sees them
 
 Any other exception, or one input slower than `--timeout` seconds, is a finding: libFuzzer prints
 the traceback, writes the input to `--artifacts` (replay it with `python bench/fuzz_sip.py FILE`)
@@ -33,8 +35,9 @@ with atheris.instrument_imports():
     from sip.admission import Policy, decide
     from sip.message import parse_request
     from sip.multipart import find_part, framing_issues, split_multipart
+    from sip.screening import WorkerState, screen
     from sip.sdp import SdpError, parse_offer
-    from sip.siprec import MetadataError, parse_body, parse_metadata, siprec_evidence
+    from sip.siprec import MetadataError, SiprecRules, parse_body, parse_metadata, siprec_evidence
 
 SDP = (
     "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -95,9 +98,13 @@ SEEDS = [
     (2, METADATA),
     (3, INVITE_PLAIN),
     (3, INVITE_SIPREC),
+    (4, INVITE_PLAIN),
+    (4, INVITE_SIPREC),
 ]
 POLICY = Policy(capacity=4, codecs=("PCMU", "PCMA", "G722"), retry_after=5, allow_from=("127.0.0.0/8",))
-TARGETS = 4
+TARGETS = 5
+IDLE = WorkerState(active_calls=0, draining=False, within_rate=True, engine_refuses=False)
+RULES = SiprecRules()
 
 
 def one_input(data: bytes) -> None:
@@ -122,6 +129,8 @@ def one_input(data: bytes) -> None:
                 parse_metadata(xml)
             except MetadataError:
                 pass
+    elif target == 4:
+        screen(raw, "127.0.0.1", IDLE, POLICY, RULES, 2)
     else:
         try:
             request = parse_request(text)
