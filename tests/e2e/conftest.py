@@ -93,6 +93,17 @@ class Bridge:
             time.sleep(0.2)
         raise AssertionError(f"fewer than {count} calls ended within {timeout} s: {self.calls()}")
 
+    def worker_pid(self, index: int | None = None) -> int:
+        """The PID of the one worker (or of worker `index`) running now; fails if there is not exactly one."""
+        pattern = f"bridge worker --config {self.config_path}"
+        if index is not None:
+            pattern += f" --index {index} "
+        found = subprocess.run(
+            ["pgrep", "-f", pattern], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert len(found) == 1, found
+        return int(found[0])
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 

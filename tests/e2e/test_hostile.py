@@ -10,7 +10,6 @@ be refused or dropped, and none of the invalid ones may become a call.
 from __future__ import annotations
 
 import re
-import subprocess
 import threading
 import time
 import urllib.request
@@ -57,14 +56,7 @@ class Hostile:
         )
 
     def worker_pid(self) -> int:
-        found = subprocess.run(
-            ["pgrep", "-f", f"bridge worker --config {self.bridge.config_path}"],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        assert len(found) == 1, found
-        return int(found[0])
+        return self.bridge.worker_pid()
 
     def serves_four_calls(self) -> None:
         """4 concurrent sipp calls complete, and the engine heard each one's audio."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -33,17 +32,6 @@ def options(port: int, transport: str = "udp") -> rawsip.Reply:
 def reason_text(reply: rawsip.Reply) -> str:
     found = re.search(r'text="([^"]*)"', reply.headers.get("reason", ""))
     return found.group(1) if found else ""
-
-
-def worker_pid(bridge: Any) -> int:
-    found = subprocess.run(
-        ["pgrep", "-f", f"bridge worker --config {bridge.config_path}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    assert len(found) == 1, found
-    return int(found[0])
 
 
 def test_options_answer_200_when_a_call_would_be_taken_and_503_with_the_reason_when_not(
@@ -108,7 +96,7 @@ def test_10000_options_and_2000_refused_invites_at_500_per_second(
     """Same PID after, RSS flat within 2 MB, every request answered (counted by Call-ID)."""
     bridge = make_bridge(standin_vad.url)
     port = bridge.sip_port
-    pid = worker_pid(bridge)
+    pid = bridge.worker_pid()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
     local = sock.getsockname()[1]
@@ -168,7 +156,7 @@ def test_10000_options_and_2000_refused_invites_at_500_per_second(
     assert statuses == {200}  # OPTIONS: ready all along
     refused = {status for call_id, status in answered.items() if int(call_id.split("-")[1]) % 6 == 5}
     assert refused <= {488, 503}  # no SDP, or the flood limit of one source
-    assert worker_pid(bridge) == pid
+    assert bridge.worker_pid() == pid
     assert abs(rss_after - rss_before) <= 2048, (rss_before, rss_after)
     assert sipua.invite(port).status == 200  # and still takes a call
 
