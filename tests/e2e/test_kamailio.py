@@ -213,3 +213,28 @@ def test_a_worker_without_its_engine_is_taken_out_and_comes_back(
         kam.wait_destinations(2, timeout=15)  # the engine is back: so is the worker
     finally:
         engine.stop()
+
+
+def test_a_full_worker_is_skipped_once_probed_without_a_503_round_trip(
+    standin_vad: Standin, make_bridge: Any, kamailio: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    """4 calls held on a worker directly (not through Kamailio, so its own load count cannot know):
+    its next OPTIONS answer (503 pool full) takes it out, and new calls go elsewhere at the first try."""
+    full = make_bridge(standin_vad.url, sip={"first_rtp_timeout_seconds": 60})
+    other = make_bridge(standin_vad.url)
+    kam = kamailio("".join(dispatcher_list(load_config(b.config_path)) for b in (full, other)))
+    kam.wait_destinations(2)
+    held = [sipua.invite(full.sip_port, hangup=False) for _ in range(4)]
+    try:
+        assert [answer.status for answer in held] == [200] * 4
+        flags = kam.wait_destinations(1, active=False, timeout=4)
+        assert flags[f"sip:127.0.0.1:{full.sip_port}"].startswith("I"), flags
+        proc, stats = sipp(kam.port, speech(COUNT, speech_dir, "count"), tmp_path, calls=3, hold_ms=2000)
+        assert finish(proc, stats, 60) == {"ok": 3, "failed": 0}, kam.log()[-3000:]
+    finally:
+        for answer in held:
+            if answer.dialog is not None:
+                answer.dialog.bye()
+    assert len(other.wait_ended(3)) == 3
+    assert "after 503" not in kam.log()  # no INVITE was tried on the full worker first
+    kam.wait_destinations(2, timeout=10)  # slots free again: back in the rotation
