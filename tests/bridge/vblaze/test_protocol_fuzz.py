@@ -19,24 +19,10 @@ from hypothesis import strategies as st
 from bridge.config import AudioConfig
 from bridge.errors import EngineProtocolError
 from bridge.vblaze.protocol import Final, Separator, Session, State, Utterance
+from tests.bridge.vblaze.vblaze_scripted import utt
 from tests.fixtures.fuzz import FUZZ, mutated, random_text
 
 AUDIO = AudioConfig()
-
-
-def utt(start: float, end: float, **extra: object) -> str:
-    body: dict[str, object] = {
-        "start": start,
-        "end": end,
-        "confidence": 0.9,
-        "events": [
-            {"word": "hello", "start": start, "end": start + 0.2, "confidence": 0.8},
-            {"word": "there", "start": start + 0.2, "end": end, "confidence": 0.7},
-        ],
-        "metadata": {"uttid": 1, "channel": 0, "source": "stream"},
-    }
-    body.update(extra)
-    return json.dumps(body)
 
 
 MESSAGES = [

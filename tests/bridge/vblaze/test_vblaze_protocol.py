@@ -21,23 +21,9 @@ from bridge.vblaze.protocol import (
     request_headers,
     wav_stream_header,
 )
+from tests.bridge.vblaze.vblaze_scripted import utt
 
 AUDIO = AudioConfig()  # 8 kHz → 16000 bytes per second
-
-
-def utt(start: float, end: float, **extra: object) -> str:
-    body: dict[str, object] = {
-        "start": start,
-        "end": end,
-        "confidence": 0.9,
-        "events": [
-            {"word": "hello", "start": start, "end": start + 0.2, "confidence": 0.8},
-            {"word": "there", "start": start + 0.2, "end": end, "confidence": 0.7},
-        ],
-        "metadata": {"uttid": 1, "channel": 0, "source": "stream"},
-    }
-    body.update(extra)
-    return json.dumps(body)
 
 
 # -- request headers ------------------------------------------------------------------------------

@@ -215,3 +215,19 @@ def segmenting_script(
             await ws.wait_closed()
 
     return script
+
+
+def utt(start: float, end: float, **extra: object) -> str:
+    """An engine utterance message (JSON text) from `start` to `end` with two words; `extra` overrides."""
+    body: dict[str, object] = {
+        "start": start,
+        "end": end,
+        "confidence": 0.9,
+        "events": [
+            {"word": "hello", "start": start, "end": start + 0.2, "confidence": 0.8},
+            {"word": "there", "start": start + 0.2, "end": end, "confidence": 0.7},
+        ],
+        "metadata": {"uttid": 1, "channel": 0, "source": "stream"},
+    }
+    body.update(extra)
+    return json.dumps(body)
