@@ -28,6 +28,7 @@ from bridge.webhook import payload
 from sip.events import CallStarted, SiprecSession
 from sip.siprec import Participant, StreamRole
 from tests.bridge.vblaze.vblaze_scripted import Conn, ScriptedEngine, bursts, segmenting_script
+from tests.fixtures.sinks import ListSink
 
 VALIDATOR = jsonschema.Draft202012Validator(json.loads(payload.SCHEMA_PATH.read_text()))
 FRAME_SAMPLES = 800  # 100 ms at 8 kHz
@@ -163,23 +164,6 @@ def test_delivery_of(roles: tuple[StreamRole, ...] | None, configured: str, expe
 
 
 # --- the pipeline against a scripted engine -----------------------------------------------------------
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[BridgeEvent] = []
-
-    async def start(self) -> None:
-        pass
-
-    def submit(self, event: BridgeEvent) -> None:
-        self.events.append(event)
-
-    async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109
-        pass
-
-    def of(self, kind: str) -> list[dict[str, Any]]:
-        return [e.data for e in self.events if e.kind == kind]
 
 
 def answering_script(channel_by_conn: list[int]) -> Any:

@@ -16,22 +16,8 @@ from pathlib import Path
 import pytest
 
 from bridge import ledger as ledger_module
-from bridge.events import BridgeEvent
 from bridge.ledger import COMPACT_EVERY, CallLedger, LedgerEntry, end_lost_calls
-
-
-class ListSink:
-    def __init__(self) -> None:
-        self.events: list[BridgeEvent] = []
-
-    async def start(self) -> None:
-        pass
-
-    def submit(self, event: BridgeEvent) -> None:
-        self.events.append(event)
-
-    async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109
-        pass
+from tests.fixtures.sinks import ListSink
 
 
 class HeldSink(ListSink):
