@@ -15,6 +15,7 @@ import pytest
 
 from bridge.config import Config, SinkConfig, WebhookConfig
 from bridge.errors import ConfigError
+from bridge.events import BridgeEvent
 from bridge.webhook import payload
 from bridge.webhook.delivery import (
     SinkStateError,
@@ -273,20 +274,7 @@ async def test_orphans_of_a_dead_owner_are_adopted_while_running(
     other = Spool(spool_path, 10**8)
     other.open()
     events = call_events("orphan", utterances=2)
-    other.insert(
-        [
-            NewEvent(
-                receiver.url,
-                e.call_id,
-                e.seq,
-                payload.event_id(e.call_id, e.seq),
-                e.kind,
-                e.time,
-                payload.encode(e),
-            )
-            for e in events
-        ]
-    )
+    other.insert(spooled_rows(receiver.url, events))
     await asyncio.sleep(0.4)
     assert receiver.processed == []  # its owner is alive: not ours to send
     other.close()  # the owner goes away with events left
@@ -395,6 +383,14 @@ async def test_start_fails_loudly_if_the_spool_cannot_be_opened(settings: Make, 
     await sink.aclose(0.5)
 
 
+def spooled_rows(url: str, events: list[BridgeEvent]) -> list[NewEvent]:
+    """The spool rows a sink would write for these events to `url`."""
+    return [
+        NewEvent(url, e.call_id, e.seq, payload.event_id(e.call_id, e.seq), e.kind, e.time, payload.encode(e))
+        for e in events
+    ]
+
+
 def _settings_from(tmp_path: Path, **keys: Any) -> WebhookSettings:
     config = WebhookConfig(spool_path=str(tmp_path / "spool" / "s.sqlite3"), **keys)
     return WebhookSettings.from_config(config, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "test-secret"})
@@ -435,20 +431,7 @@ async def test_claim_interval_from_config_takes_effect(receivers: Make, tmp_path
         other = Spool(settings.spool_path, 10**8)
         other.open()
         events = call_events("orphan", utterances=1)
-        other.insert(
-            [
-                NewEvent(
-                    receiver.url,
-                    e.call_id,
-                    e.seq,
-                    payload.event_id(e.call_id, e.seq),
-                    e.kind,
-                    e.time,
-                    payload.encode(e),
-                )
-                for e in events
-            ]
-        )
+        other.insert(spooled_rows(receiver.url, events))
         other.close()
         await receiver.wait_for(lambda: len(receiver.processed) == len(events), seconds=2)
     finally:
