@@ -6,11 +6,12 @@ Parses arguments and wires; nothing more.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from bridge.config import load_config
-from bridge.errors import ConfigError
+from bridge.config import METRICS_DIR_ENV, load_config
+from bridge.errors import ConfigError, MetricsDirInUse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,13 +64,21 @@ def main(argv: list[str] | None = None) -> int:
 
         worker_main(config, args.index, args.control_fd)
         return 0
+    # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
+    # stay in memory; the supervisor owns this directory and exports it to its workers.
+    inherited = os.environ.pop(METRICS_DIR_ENV, None)
+    metrics_dir = Path(inherited) if inherited else None
     import uvloop
 
     from bridge.app import Supervisor
     from bridge.logs import setup_logging
 
     setup_logging(config.logging, "supervisor")
-    return uvloop.run(Supervisor(config, args.config.resolve()).run())
+    try:
+        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir).run())
+    except MetricsDirInUse as exc:
+        print(f"vblaze-bridge: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

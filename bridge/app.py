@@ -208,9 +208,10 @@ class WorkerSlot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: Path) -> None:
+    def __init__(self, config: Config, config_path: Path, metrics_dir: Path | None = None) -> None:
         self.cfg = config
         self.config_path = config_path
+        self._metrics_dir = metrics_dir  # the workers' metric files; None: RuntimeDirectory or a temp dir
         self.slots = [WorkerSlot(i) for i in range(config.sip.workers)]
         self._stopping = False
         self._stop = asyncio.Event()
@@ -450,14 +451,14 @@ class Supervisor:
 
     async def startup(self) -> bool:
         """Start every slot; return once each first start is over: True if every worker is ready."""
-        metrics.setup_multiprocess_dir(_metrics_dir())
+        metrics_dir = metrics.setup_multiprocess_dir(self._metrics_dir or _metrics_dir())
         self._child_env = sdnotify.clean_child_env(os.environ)
         if self.cfg.sink.kind == "webhook":
             from bridge.webhook import spool  # here: only a webhook sink has a spool
 
             spool.prepare(self.cfg.webhook.spool_path)  # WAL and schema once, before any worker opens it
         if self.cfg.metrics.port:
-            app = make_app(self.readiness, metrics.multiprocess_dir() or _metrics_dir())
+            app = make_app(self.readiness, metrics_dir)
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
         self._tasks.append(
             asyncio.create_task(
@@ -577,9 +578,6 @@ def _reason_text(reason: str) -> str:
 
 def _metrics_dir() -> Path:
     """Where workers write their metric files: systemd's RuntimeDirectory, else a private temp dir."""
-    existing = metrics.multiprocess_dir()
-    if existing is not None:
-        return existing
     runtime = os.environ.get("RUNTIME_DIRECTORY")
     if runtime:
         return Path(runtime.split(":")[0]) / "metrics"

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from bridge.errors import ConfigError
 from sip.siprec import SiprecRules
 
+# Where workers write their metric files; prometheus_client reads it when it is first imported.
+METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_SIP_HOST = "127.0.0.1"
 DEFAULT_SIP_FIRST_PORT = 5080
 DEFAULT_WORKERS = 2

@@ -71,6 +71,10 @@ class SipError(BridgeError):
     """pjsua2 refused an operation."""
 
 
+class MetricsDirInUse(BridgeError):
+    """Another live bridge owns the directory for the workers' metric files."""
+
+
 def is_retryable(error: BaseException) -> bool:
     """Whether another attempt at the same operation may succeed."""
     if isinstance(error, (EngineUnavailable, EngineClosed, WebhookRetryable)):

@@ -27,6 +27,7 @@ delivery. Observer methods never raise and never block.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import threading
@@ -40,7 +41,10 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 from prometheus_client.samples import Sample
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+from bridge.config import METRICS_DIR_ENV
+from bridge.errors import MetricsDirInUse
+
+MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
 
 # --- bounded label values ---------------------------------------------------------------------------
@@ -425,21 +429,46 @@ SUPERVISOR = SupervisorMetrics()
 
 
 def setup_multiprocess_dir(path: str | Path) -> Path:
-    """Create (or empty) the directory for the workers' metric files and export it to children.
+    """Own, empty and export the directory for the workers' metric files.
 
-    Call in the supervisor before spawning workers. Files left by an earlier run are removed, since
-    counters must restart at zero with a new process tree.
+    Call in the supervisor before spawning workers. The supervisor holds an exclusive ``flock`` on
+    ``<dir>/.owner`` for as long as it lives (the kernel drops it when the process dies), so a second
+    bridge pointed at the same directory, say through an inherited ``PROMETHEUS_MULTIPROC_DIR``, gets
+    :class:`MetricsDirInUse` instead of deleting the first one's live counters. Files left by an earlier
+    run are removed, since counters must restart at zero with a new process tree.
     """
     directory = Path(path)
-    if directory.exists():
-        for entry in directory.iterdir():
-            if entry.is_file() and entry.suffix == ".db":
-                entry.unlink()
-            elif entry.is_dir():
-                shutil.rmtree(entry)
     directory.mkdir(parents=True, exist_ok=True)
+    _own(directory)
+    for entry in directory.iterdir():
+        if entry.is_file() and entry.suffix == ".db":
+            entry.unlink(missing_ok=True)
+        elif entry.is_dir():
+            shutil.rmtree(entry)
     os.environ[MULTIPROC_ENV] = str(directory)
     return directory
+
+
+_OWNED: dict[Path, int] = {}  # directory -> the open descriptor holding its lock, for the process's life
+
+
+def _own(directory: Path) -> None:
+    key = directory.resolve()
+    if key in _OWNED:
+        return
+    fd = os.open(key / ".owner", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise MetricsDirInUse(
+            f"metrics directory {key} belongs to another running bridge (pid {holder}); "
+            f"give each bridge its own {MULTIPROC_ENV} or RuntimeDirectory"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _OWNED[key] = fd
 
 
 def multiprocess_dir() -> Path | None:

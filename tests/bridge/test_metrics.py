@@ -14,6 +14,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
+from bridge.errors import MetricsDirInUse
 from bridge.webhook.policy import outcome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,12 +74,6 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for s in family.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
-
-
-@pytest.fixture(autouse=True)
-def _restore_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """setup_multiprocess_dir exports the directory; undo that after each test."""
-    monkeypatch.delenv(metrics.MULTIPROC_ENV, raising=False)
 
 
 @pytest.fixture
@@ -145,8 +140,35 @@ def test_setup_empties_an_old_directory(tmp_path: Path) -> None:
     directory.mkdir()
     (directory / "counter_123.db").write_bytes(b"stale")
     metrics.setup_multiprocess_dir(directory)
-    assert list(directory.iterdir()) == []
+    assert [p.name for p in directory.iterdir()] == [".owner"]
     assert os.environ[metrics.MULTIPROC_ENV] == str(directory)
+
+
+def test_a_directory_another_process_owns_is_refused_and_left_alone(tmp_path: Path) -> None:
+    directory = tmp_path / "prom"
+    script = (
+        "import sys, time; from bridge import metrics as m; m.setup_multiprocess_dir(sys.argv[1]); "
+        "print('owned', flush=True); time.sleep(60)"
+    )
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env.pop(metrics.MULTIPROC_ENV, None)
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script, str(directory)], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdout.readline() == "owned\n"
+        (directory / "counter_1.db").write_bytes(b"a worker's live counters")
+        files = ["counter_1.db"]
+        with pytest.raises(MetricsDirInUse, match=f"another running bridge \\(pid {owner.pid}\\)"):
+            metrics.setup_multiprocess_dir(directory)
+        assert sorted(p.name for p in directory.glob("*.db")) == files
+        assert metrics.MULTIPROC_ENV not in os.environ
+    finally:
+        owner.kill()
+        owner.wait(10)
+    metrics.setup_multiprocess_dir(directory)  # the kernel dropped the dead owner's lock
+    assert list(directory.glob("*.db")) == []
+    metrics.setup_multiprocess_dir(directory)  # and this process may set up its own directory again
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")

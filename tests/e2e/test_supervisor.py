@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -439,3 +440,31 @@ def test_20_fresh_bridges_of_4_workers_all_start(
     assert not failures, "\n".join(failures)
     assert len(timings) == FRESH_BRIDGES
     print(f"\n{FRESH_BRIDGES} bridges ready in {min(timings):.2f}-{max(timings):.2f} s")
+
+
+def test_a_second_bridge_on_the_same_metrics_dir_is_refused_and_the_first_serves_on(
+    standin_vad: Standin, make_bridge: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An inherited ``PROMETHEUS_MULTIPROC_DIR`` must not let one bridge delete another's live counters."""
+    shared = tmp_path / "shared-prom"
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(shared))
+    port = metrics_port()
+    first = make_bridge(standin_vad.url, metrics={"port": port})
+    assert first.proc is not None
+    pid, workers = first.proc.pid, pids_of(first)
+    with live_call(first.sip_port) as dialog:
+        wait_until(lambda: metric(scrape(port), "vblaze_bridge_calls_active") == 1, 10, "one call up")
+        files = sorted(p.name for p in shared.glob("*.db"))
+        second = make_bridge(standin_vad.url, start=False)
+        launch(second)
+        assert second.proc is not None
+        assert second.proc.wait(timeout=30) == 1
+        assert f"belongs to another running bridge (pid {pid})" in second.log()
+        assert "Traceback" not in second.log()
+        assert sorted(p.name for p in shared.glob("*.db")) == files  # nothing of the first's was removed
+        assert metric(scrape(port), "vblaze_bridge_calls_active") == 1
+        hang_up(dialog)
+    assert sipua.invite(first.sip_port).status == 200  # and it still takes new calls
+    assert len(first.wait_ended(2)) == 2
+    assert (first.proc.pid, first.proc.poll(), pids_of(first)) == (pid, None, workers)
+    assert not re.search(r"^vblaze_bridge_worker_restarts_total\{.*\} [1-9]", scrape(port), re.M)
