@@ -332,7 +332,7 @@ class Phase:
 def pool_config(
     workdir: Path, name: str, calls: int, engine_url: str, metrics_port: int, frame_ms: int
 ) -> tuple[Path, dict[str, Any]]:
-    from tests.e2e.conftest import free_port_block
+    from tests.fixtures.harness import free_port_block
 
     workers = math.ceil(calls / 4)
     sip_port = free_port_block(workers, low=15000, high=26000)
@@ -519,7 +519,7 @@ def run_phase(
 
 
 def free_port_block_media(calls: int) -> int:
-    from tests.e2e.conftest import free_port_block
+    from tests.fixtures.harness import free_port_block
 
     return free_port_block(2 * calls + 4, low=50000, high=64000)
 

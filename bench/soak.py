@@ -40,15 +40,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.demo import (  # noqa: E402
-    free_port_block,
-    sipp_scenario,
-    speech_file,
-    start_standin,
-    stop_process,
-    wait_for_sip,
-)
+from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip  # noqa: E402
 from tests.fixtures import rawsip  # noqa: E402
+from tests.fixtures.harness import free_port_block  # noqa: E402
 from tests.fixtures.torture import INVALID  # noqa: E402
 
 CALLS_PER_WORKER = 4

@@ -15,14 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from bridge.demo import (
-    free_port_block,
-    sipp_scenario,
-    speech_file,
-    start_standin,
-    stop_process,
-    wait_for_sip,
-)
+from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip
+from tests.fixtures.harness import free_port_block
 
 
 @dataclass

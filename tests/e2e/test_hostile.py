@@ -96,7 +96,7 @@ class Hostile:
 def hostile(tmp_path_factory: pytest.TempPathFactory, speech_dir: Path) -> Iterator[Hostile]:
     engine: Standin = run_standin("--recognizer", "vad-only", "--max-streams", "16")
     directory = tmp_path_factory.mktemp("hostile")
-    from bridge.demo import free_port_block
+    from tests.fixtures.harness import free_port_block
 
     metrics_port = free_port_block(1, low=29000, high=30000)
     bridge = new_bridge(

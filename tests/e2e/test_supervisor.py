@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bridge.demo import free_port_block, wait_for_sip
+from bridge.demo import wait_for_sip
 from tests.bridge.webhook.receiver import SECRET, Answer, Receiver
 from tests.e2e.conftest import Bridge, Standin, run_sipp, speech
 from tests.e2e.test_bad_input import metric, scrape
@@ -27,6 +27,7 @@ from tests.e2e.test_faults import worker_pid
 from tests.e2e.test_operations import status
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import sipua
+from tests.fixtures.harness import free_port_block
 from tests.fixtures.sipua import Dialog
 
 COUNT = "one two three four five six seven eight nine ten eleven twelve"
