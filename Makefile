@@ -47,8 +47,8 @@ clean:
 	rm -rf $(VENV) build *.egg-info var
 
 # Kamailio on one SIP address (KAMAILIO_LISTEN) in front of the bridge, started next to it with a
-# dispatcher list generated from CONFIG (deploy/kamailio/, docs/kamailio.md). Ctrl-C stops both.
-CONFIG ?= config.yaml
+# dispatcher list generated from CONFIG (bridge/assets/kamailio.cfg, docs/kamailio.md). Ctrl-C stops both.
+CONFIG ?= bridge/assets/config.yaml
 KAMAILIO_LISTEN ?= udp:127.0.0.1:5060
 KAMAILIO_DIR ?= var/kamailio
 HOSTS_EXTRA ?=
@@ -59,7 +59,7 @@ kamailio: setup
 	@cat $(KAMAILIO_DIR)/dispatcher.list
 	$(BIN)/vblaze-bridge run --config $(CONFIG) & bridge=$$!; \
 	trap 'kill -TERM $$bridge 2>/dev/null; wait $$bridge' EXIT; \
-	kamailio -f deploy/kamailio/kamailio.cfg -DD -E -m 64 -M 8 \
+	kamailio -f bridge/assets/kamailio.cfg -DD -E -m 64 -M 8 \
 	  -w $(abspath $(KAMAILIO_DIR)) -Y $(abspath $(KAMAILIO_DIR)) -A LISTEN=$(KAMAILIO_LISTEN) \
 	  -A 'DS_LIST="$(abspath $(KAMAILIO_DIR))/dispatcher.list"' \
 	  -A 'CTL_SOCKET="unix:$(abspath $(KAMAILIO_DIR))/kamailio_ctl"'

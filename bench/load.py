@@ -3,7 +3,7 @@
 One run, two phases on the same machine, one after the other:
 
 1. **bridge**: the stand-in engine (`--recognizer vad-only`), the bridge (`vblaze-bridge run`, K/4
-   workers) and Kamailio in front of it (`deploy/kamailio/kamailio.cfg`, list from
+   workers) and Kamailio in front of it (`bridge/assets/kamailio.cfg`, list from
    `bridge.dispatcher`). sipp places K calls through Kamailio at `--rate` calls/s; each plays real
    speech (espeak-ng, G.711 µ-law, looped) as RTP for `--seconds`, then hangs up.
 2. **floor**: the same number of bare pjsua2 processes (`bench/floor_worker.py`: the bridge's own
@@ -55,7 +55,7 @@ from bridge.demo import (  # noqa: E402
 )
 from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
 
-KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
+KAMAILIO_CFG = ROOT / "bridge" / "assets" / "kamailio.cfg"
 RTP_PORTS_PER_WORKER = 40  # sip.endpoint.RTP_PORTS_PER_WORKER, without importing pjsua2 here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPEECH = (
@@ -71,7 +71,7 @@ SPEECH = (
 
 @dataclass
 class Kamailio:
-    """A Kamailio child process running deploy/kamailio/kamailio.cfg on 127.0.0.1:`port` (UDP)."""
+    """A Kamailio child process running bridge/assets/kamailio.cfg on 127.0.0.1:`port` (UDP)."""
 
     proc: subprocess.Popen[bytes]
     port: int

@@ -1,4 +1,4 @@
-"""Command line: `vblaze-bridge run|worker|check-config|dispatcher-list|demo`.
+"""Command line: `vblaze-bridge run|worker|check-config|dispatcher-list|demo|print-config|print-asset`.
 
 Parses arguments and wires; nothing more.
 """
@@ -10,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+from bridge.assets import ASSETS, CONFIG, print_asset
 from bridge.config import METRICS_DIR_ENV, load_config
 from bridge.errors import ConfigError, MetricsDirInUse
 
@@ -31,11 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     dlist.add_argument("--address", default=None, help="this host's workers' address if sip.host is 0.0.0.0")
     demo = sub.add_parser("demo", help="stand-in engine + bridge + one sample call")
     demo.add_argument("--text", default=None, help="the sentence the sample call speaks")
+    sub.add_parser("print-config", help="print the sample config (every key, its default, a comment)")
+    asset = sub.add_parser("print-asset", help="print a shipped file (systemd units, Kamailio cfg, ...)")
+    asset.add_argument(
+        "name", nargs="?", choices=list(ASSETS), metavar="NAME", help="a shipped file; omit it to list them"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command in ("print-config", "print-asset"):
+        return print_asset(CONFIG if args.command == "print-config" else args.name)
     if args.command == "demo":
         from bridge.demo import run_demo
 

@@ -1,6 +1,7 @@
 """Configuration: frozen, validated data loaded from one YAML file.
 
-Every key has a named default below and a one-line comment in `config.yaml`. Unknown keys are rejected.
+Every key has a named default below and a one-line comment in `bridge/assets/config.yaml`
+(`vblaze-bridge print-config`). Unknown keys are rejected.
 `load_config` raises `ConfigError` with the file, the dotted key and what was expected, before any port
 is bound. Secrets never live in the file: the file names an environment variable instead.
 """

@@ -1,6 +1,6 @@
 """Kamailio's view of the worker pool: the dispatcher list and the command line, from the bridge's config.
 
-A PBX sees one SIP address (Kamailio, `deploy/kamailio/kamailio.cfg`); Kamailio spreads INVITEs over
+A PBX sees one SIP address (Kamailio, `bridge/assets/kamailio.cfg`); Kamailio spreads INVITEs over
 the workers with the dispatcher module's call-load algorithm. Each worker is one destination of set
 `DEFAULT_SET_ID` with a unique `duid` and `maxload` = `sip.calls_per_worker`, so Kamailio never sends a
 worker more calls than it holds. Workers on other hosts that share this config's layout are added with

@@ -18,7 +18,7 @@ from bridge.config import Config, load_config
 from bridge.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "config.yaml"
+SHIPPED = REPO / "bridge" / "assets" / "config.yaml"
 
 
 def _dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:

@@ -13,7 +13,7 @@ from bridge.config import parse_config
 from bridge.dispatcher import Host, destinations, dispatcher_list, kamailio_args, parse_host
 from bridge.errors import ConfigError
 
-CFG = Path(__file__).resolve().parents[2] / "deploy" / "kamailio" / "kamailio.cfg"
+CFG = Path(__file__).resolve().parents[2] / "bridge" / "assets" / "kamailio.cfg"
 
 
 def config(**sip: object) -> object:

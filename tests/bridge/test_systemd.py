@@ -13,8 +13,8 @@ import pytest
 from bridge.config import DEFAULT_DRAIN_SECONDS, DEFAULT_FINAL_TIMEOUT
 
 REPO = Path(__file__).resolve().parents[2]
-UNIT = REPO / "systemd" / "vblaze-bridge.service"
-SYSUSERS = REPO / "systemd" / "vblaze-bridge.sysusers.conf"
+UNIT = REPO / "bridge" / "assets" / "vblaze-bridge.service"
+SYSUSERS = REPO / "bridge" / "assets" / "vblaze-bridge.sysusers.conf"
 INSTALLED = "/opt/vblaze-bridge/.venv/bin/vblaze-bridge"
 
 needs_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze missing")

@@ -1,4 +1,4 @@
-"""A real Kamailio (deploy/kamailio/kamailio.cfg) on 127.0.0.1 in front of the worker pool.
+"""A real Kamailio (bridge/assets/kamailio.cfg) on 127.0.0.1 in front of the worker pool.
 
 sipp calls Kamailio's one address; Kamailio picks a worker by call load, and ACK and BYE come back
 through it by the Record-Route (sipp's scenario follows the route set, see bench/load.py).
