@@ -143,7 +143,10 @@ class Lane(Generic[W]):
         return (self.url, self.call_id)
 
     def has(self, seq: int) -> bool:
-        i = bisect.bisect_left(self.items, seq, key=lambda it: it.seq)
+        if self.in_flight and self.items and self.items[0].seq == seq:
+            return True
+        lo = 1 if self.in_flight else 0  # behind a head in flight the order starts again (`insert`)
+        i = bisect.bisect_left(self.items, seq, lo=lo, key=lambda it: it.seq)
         return i < len(self.items) and self.items[i].seq == seq
 
     def insert(self, item: Item[W]) -> None:

@@ -457,4 +457,5 @@ def test_a_lane_stays_sorted_behind_its_head_whatever_order_events_come_in(
     assert rest == sorted(rest)
     if in_flight:
         assert got[0] == seqs[0]
-    assert sorted(got) == sorted(seqs)
+    assert sorted(got) == sorted(seqs) and all(lane.has(s) for s in seqs)
+    assert not any(lane.has(s) for s in range(51) if s not in seqs)
