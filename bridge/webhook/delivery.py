@@ -16,7 +16,7 @@ event is sent only once this sink has finished its predecessor (seq - 1), or, wh
 first event a sink holds of a call it took over, or a lost call's ``call.ended``), once the spool
 holds no earlier event of that call for that URL under another owner, alive or dead. While one does,
 the event waits, and this sink claims the rows of dead owners at once, so that they come into its
-queue ahead of it. So who writes an event does not matter for order:
+lane ahead of it. So who writes an event does not matter for order:
 
 - a lost call's ``call.ended`` (reason ``worker_lost``) is written by the replacement worker of the
   same index, which holds the dead worker's ledger (`bridge/ledger.py`), into the spool as its own
