@@ -7,11 +7,13 @@ clock only moves when the test or the driver says so, and the receivers are func
 
 from __future__ import annotations
 
+import ast
 import email.utils
 import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -459,3 +461,19 @@ def test_a_lane_stays_sorted_behind_its_head_whatever_order_events_come_in(
         assert got[0] == seqs[0]
     assert sorted(got) == sorted(seqs) and all(lane.has(s) for s in seqs)
     assert not any(lane.has(s) for s in range(51) if s not in seqs)
+
+
+def test_the_rules_do_no_io() -> None:
+    """queue.py and policy.py import no socket, SQLite, HTTP, asyncio, clock or metrics module."""
+    allowed = {"__future__", "bisect", "email", "enum", "math", "random", "collections", "dataclasses"}
+    allowed |= {"typing", "bridge"}
+    for module in (queue, policy):
+        tree = ast.parse(Path(module.__file__ or "").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module if node.module != "bridge.webhook" else "bridge.webhook.policy")
+        assert {name.split(".")[0] for name in imported} <= allowed, (module.__name__, imported)
+        assert {name for name in imported if name.startswith("bridge")} <= {"bridge.webhook.policy"}
