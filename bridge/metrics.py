@@ -43,11 +43,15 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.webhook.policy import Outcome
+from bridge.webhook.queue import DropReason
 
 MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
 
 # --- bounded label values ---------------------------------------------------------------------------
+
+OTHER = "other"  # every label's catch-all: a value outside its list is counted here (`bounded`)
 
 CALL_RESULTS = (
     "completed",  # answered and ended normally (BYE from either side, RTP timeout, drain hang-up)
@@ -87,13 +91,12 @@ SIP_DROP_REASONS = ("malformed", "oversized", "other")
 # Why an answered call was hung up to free its slot (sip.ack_timeout_seconds, first_rtp_timeout_seconds,
 # rtp_timeout_seconds).
 RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
-WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
-WEBHOOK_DROP_REASONS = ("spool_full", "other")
+# Defined, with a comment per value, where they are produced: bridge/webhook/policy.py, queue.py.
+WEBHOOK_OUTCOMES = tuple(o.value for o in Outcome)  # Outcome.OTHER ("other") is one of them
+WEBHOOK_DROP_REASONS = (*(r.value for r in DropReason), OTHER)
 # exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
 # start_failed: a start that never became ready (spawn error, exit before ready, not ready in time).
 RESTART_REASONS = ("exit", "signal", "hung", "start_failed", "other")
-
-OTHER = "other"
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:

@@ -1,16 +1,22 @@
 """Webhook delivery: the `EventSink` that POSTs each event to every receiver, in order, at least once.
 
-For every (url, call) there is one queue, ordered by `seq`, and while it has events one asyncio task
+This module is the driver. The package: `payload.py` builds and signs the bytes, `policy.py` gives the
+verdict on one attempt (delivered, retry, reject) and the backoff, `queue.py` holds the ordering rules
+(which event goes next, when to retry, what to do when the spool is full, when a row has vanished or
+belongs to a dead owner), `spool.py` is the disk; all four but the spool do no I/O. Here are the asyncio
+tasks, the HTTP session and the spool thread, doing what `queue.py` decides.
+
+For every (url, call) there is one lane, ordered by `seq`, and while it has events one asyncio task
 sending its head. The head is retried until the receiver answers 2xx (delivered) or a final 4xx
 (rejected, recorded); only then does the next event of that call go out to that URL. Other calls and
-other URLs have their own queues and never wait for it.
+other URLs have their own lanes and never wait for it.
 
 Across owners (worker processes, and each worker's earlier lives), one rule keeps a call in order: an
 event is sent only once this sink has finished its predecessor (seq - 1), or, when it has not (the
 first event a sink holds of a call it took over, or a lost call's ``call.ended``), once the spool
 holds no earlier event of that call for that URL under another owner, alive or dead. While one does,
 the event waits, and this sink claims the rows of dead owners at once, so that they come into its
-queue ahead of it. So who writes an event does not matter for order:
+lane ahead of it. So who writes an event does not matter for order:
 
 - a lost call's ``call.ended`` (reason ``worker_lost``) is written by the replacement worker of the
   same index, which holds the dead worker's ledger (`bridge/ledger.py`), into the spool as its own
@@ -44,18 +50,16 @@ events of dead owners.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import dataclasses
 import enum
 import functools
 import logging
-import math
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -70,7 +74,7 @@ from bridge.config import (
 )
 from bridge.errors import BridgeError, ConfigError
 from bridge.events import BridgeEvent
-from bridge.webhook import crashpoint, payload, policy
+from bridge.webhook import crashpoint, payload, policy, queue
 from bridge.webhook.spool import InsertResult, LostEndResult, NewEvent, Spool, SpooledEvent
 
 logger = logging.getLogger(__name__)
@@ -82,10 +86,6 @@ DEFAULT_BACKOFF_MAX = 60.0
 DEFAULT_SPOOL_WARN_FRACTION = 0.8
 DEFAULT_CLAIM_INTERVAL = 10.0  # how often a running sink adopts the events of dead owners
 DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
-SPOOL_WARN_INTERVAL = 30.0
-FINISHED_KEPT = 100_000  # (url, call) pairs whose last finished seq is remembered
-ORDER_POLL = 0.25  # while an earlier event of the call is held by another owner: how often to look again
-BODIES_KEPT = 8  # per queue, the first events keep their body in memory; the rest are read back when due
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
 
 
@@ -104,8 +104,8 @@ class SinkStateError(BridgeError):
 class DeliveryObserver(Protocol):
     """Metrics hooks; `bridge/metrics.py` implements them. Never raise, never block."""
 
-    def attempt(self, outcome: str, seconds: float) -> None:
-        """One attempt ended; `outcome` is one of `policy.Outcome`."""
+    def attempt(self, outcome: policy.Outcome, seconds: float) -> None:
+        """One attempt ended."""
 
     def sent(self, latency_seconds: float) -> None:
         """An utterance's first request went out, `latency_seconds` after the bridge produced it."""
@@ -119,12 +119,12 @@ class DeliveryObserver(Protocol):
     def rejected(self, status: int) -> None:
         """An event was answered with a final status and will not be retried."""
 
-    def dropped(self, reason: str) -> None:
-        """An event was refused before any attempt; `reason` is ``"spool_full"``."""
+    def dropped(self, reason: queue.DropReason) -> None:
+        """An event was refused before any attempt."""
 
 
 class NullObserver:
-    def attempt(self, outcome: str, seconds: float) -> None:
+    def attempt(self, outcome: policy.Outcome, seconds: float) -> None:
         pass
 
     def sent(self, latency_seconds: float) -> None:
@@ -139,7 +139,7 @@ class NullObserver:
     def rejected(self, status: int) -> None:
         pass
 
-    def dropped(self, reason: str) -> None:
+    def dropped(self, reason: queue.DropReason) -> None:
         pass
 
 
@@ -209,43 +209,17 @@ class _State(enum.IntEnum):
     CLOSED = 4
 
 
-@dataclass(eq=False)
-class _Item:
-    seq: int
-    event_id: str
-    kind: str
-    event_time: float
-    body: bytes | None  # None: read it back from the spool when due
-    persisted: asyncio.Future[InsertResult] | None  # None: loaded from the spool, already there
-    attempts: int = 0
-    deep: bool = False  # queued behind BODIES_KEPT others: free the body once it is spooled
-    row: int = 0  # index of this item's row in its spool insert
-
-
-@dataclass(eq=False)
-class _Queue:
-    url: str
-    call_id: str
-    items: list[_Item] = field(default_factory=list)
-    in_flight: bool = False  # items[0] is being sent: nothing may go before it
-    task: asyncio.Task[None] | None = None
-
-    @functools.cached_property
-    def shown_url(self) -> str:
-        """The URL for logs, without credentials."""
-        return shown_url(self.url)
-
-    def has(self, seq: int) -> bool:
-        i = bisect.bisect_left(self.items, seq, key=lambda it: it.seq)
-        return i < len(self.items) and self.items[i].seq == seq
-
-    def insert(self, item: _Item) -> None:
-        lo = 1 if self.in_flight else 0
-        self.items.insert(bisect.bisect_right(self.items, item.seq, lo=lo, key=lambda it: it.seq), item)
+_Write = asyncio.Future[InsertResult]  # an event's pending spool write
+_Item = queue.Item[_Write]
+_Lane = queue.Lane[_Write]
 
 
 class WebhookSink:
-    """Ordered, durable, signed webhook delivery to every URL in `settings.urls`."""
+    """Ordered, durable, signed webhook delivery to every URL in `settings.urls`.
+
+    The rules are `bridge.webhook.queue`'s (`queue.Book` holds the lanes); this class runs one task per
+    lane, the spool thread and the HTTP session, and does what the rules say.
+    """
 
     def __init__(
         self,
@@ -265,16 +239,11 @@ class WebhookSink:
         self._state = _State.NEW
         self._spool = Spool(settings.spool_path, settings.spool_max_bytes)
         self._executor: ThreadPoolExecutor | None = None
-        self._queues: dict[tuple[str, str], _Queue] = {}
-        self._depth = 0
-        # (url, call_id) -> seq of the last event this sink finished; dropped with the call.ended.
-        self._finished: dict[tuple[str, str], int] = {}
-        self._waiting: set[tuple[str, str]] = set()  # queues whose wait was logged
-        self._last_claim = -math.inf
+        self._book: queue.Book[_Write] = queue.Book(claim_interval=settings.claim_interval_seconds)
+        self._tasks: dict[_Lane, asyncio.Task[None]] = {}  # the task sending each lane's head
+        self._watch = queue.SpoolWatch(settings.spool_max_bytes, settings.spool_warn_fraction)
         self._claimer: asyncio.Task[None] | None = None
         self._startup: asyncio.Task[None] | None = None
-        self._last_warn_log = -math.inf
-        self._last_full_log = -math.inf
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
@@ -313,8 +282,8 @@ class WebhookSink:
         if spooled:
             logger.info("resuming delivery of %d spooled webhook events", len(spooled))
             self._load(spooled)
-        for queue in self._queues.values():  # events submitted while starting
-            self._ensure_task(queue)
+        for lane in list(self._book.lanes.values()):  # events submitted while starting
+            self._ensure_task(lane)
         self._claimer = asyncio.create_task(self._claim_loop(), name="webhook-claim")
         logger.info(
             "webhook delivery started: %d receiver(s), spool %s (owner %s)",
@@ -360,17 +329,7 @@ class WebhookSink:
         self._state = _State.CLOSING
         if self._claimer is not None:
             self._claimer.cancel()
-        tasks = {q.task for q in self._queues.values() if q.task is not None}
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max(0.0, deadline - loop.time()))
-            if pending:
-                left = sum(len(q.items) for q in self._queues.values())
-                logger.warning(
-                    "webhook delivery stopped with %d event(s) undelivered; they stay in the spool", left
-                )
-                for task in pending:
-                    task.cancel()
-                await asyncio.wait(pending, timeout=1.0)
+        await self._stop_lanes(max(0.0, deadline - loop.time()))
         if self._claimer is not None:
             await asyncio.wait({self._claimer}, timeout=1.0)
         try:
@@ -389,12 +348,20 @@ class WebhookSink:
                 except TimeoutError:
                     logger.error("webhook HTTP session did not close within 5 s")
 
-    async def __aenter__(self) -> WebhookSink:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose(self._s.timeout_seconds)
+    async def _stop_lanes(self, seconds: float) -> None:
+        """Let the lanes' tasks finish for `seconds`, then cancel those still running."""
+        tasks = set(self._tasks.values())
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=seconds)
+        if pending:
+            logger.warning(
+                "webhook delivery stopped with %d event(s) undelivered; they stay in the spool",
+                self._book.undelivered(),
+            )
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
 
     # --- the EventSink side --------------------------------------------------------------------------
 
@@ -409,8 +376,7 @@ class WebhookSink:
         eid = payload.event_id(event.call_id, event.seq)
         urls = []
         for url in self._s.urls:
-            queue = self._queues.get((url, event.call_id))
-            if queue is not None and queue.has(event.seq):
+            if not self._book.accepts(url, event.call_id, event.seq):
                 logger.error(
                     "event %s of call %s submitted twice; ignoring the second", event.seq, event.call_id
                 )
@@ -461,13 +427,14 @@ class WebhookSink:
             )
             return
         result = future.result()
-        self._check_size(result.used_bytes, refused=not result.written and not result.already_ended)
-        if result.already_ended:
+        verdict = queue.lost_end(result.already_ended, result.seq)
+        self._check_size(result.used_bytes, refused=verdict is queue.LostEnd.DROP)
+        if verdict is queue.LostEnd.ALREADY_ENDED:
             logger.info("lost call %s: its call.ended is spooled already; that one is sent", event.call_id)
             return
-        if result.seq is None:
+        if verdict is queue.LostEnd.DROP or result.seq is None:
             logger.error("webhook spool full: call.ended of lost call %s dropped", event.call_id)
-            self._observer.dropped("spool_full")
+            self._observer.dropped(queue.DropReason.SPOOL_FULL)
             return
         eid = payload.event_id(event.call_id, result.seq)
         if self._state is not _State.RUNNING:
@@ -501,14 +468,13 @@ class WebhookSink:
     @property
     def pending(self) -> int:
         """Events this process has not finished with."""
-        return self._depth
+        return self._book.depth
 
-    # --- queues --------------------------------------------------------------------------------------
+    # --- lanes ---------------------------------------------------------------------------------------
 
     def _load(self, spooled: list[SpooledEvent]) -> None:
         for row in spooled:
-            queue = self._queues.get((row.url, row.call_id))
-            if queue is not None and queue.has(row.seq):
+            if not self._book.accepts(row.url, row.call_id, row.seq):
                 continue
             if row.url not in self._s.urls:
                 logger.warning(
@@ -518,29 +484,23 @@ class WebhookSink:
                 row.url, row.call_id, _Item(row.seq, row.event_id, row.kind, row.event_time, None, None)
             )
 
-    def _enqueue(self, url: str, call_id: str, item: _Item) -> _Queue:
-        key = (url, call_id)
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = self._queues[key] = _Queue(url, call_id)
-        item.deep = len(queue.items) >= BODIES_KEPT
-        queue.insert(item)
-        self._set_depth(self._depth + 1)
-        self._ensure_task(queue)
-        return queue
+    def _enqueue(self, url: str, call_id: str, item: _Item) -> _Lane:
+        lane = self._book.enqueue(url, call_id, item)
+        self._depth_changed()
+        self._ensure_task(lane)
+        return lane
 
-    def _ensure_task(self, queue: _Queue) -> None:
-        if queue.task is None and queue.items and self._state is _State.RUNNING:
-            queue.task = asyncio.create_task(
-                self._run(queue), name=f"webhook {queue.call_id} {queue.shown_url}"
+    def _ensure_task(self, lane: _Lane) -> None:
+        if lane not in self._tasks and lane.items and self._state is _State.RUNNING:
+            self._tasks[lane] = asyncio.create_task(
+                self._run(lane), name=f"webhook {lane.call_id} {shown_url(lane.url)}"
             )
 
-    def _set_depth(self, n: int) -> None:
-        self._depth = n
-        self._observer.spool_depth(n)
+    def _depth_changed(self) -> None:
+        self._observer.spool_depth(self._book.depth)
 
-    def _persisted(self, items: list[tuple[_Queue, _Item]], future: asyncio.Future[InsertResult]) -> None:
-        """On the loop, once an insert is done: check the spool's size, free bodies not due soon."""
+    def _persisted(self, items: list[tuple[_Lane, _Item]], future: asyncio.Future[InsertResult]) -> None:
+        """On the loop, once an insert is done: check the spool's size, settle the events not in flight."""
         if future.cancelled():
             return
         error = future.exception()
@@ -549,55 +509,47 @@ class WebhookSink:
             return
         result = future.result()
         self._check_size(result.used_bytes, refused=not result.accepted)
-        for queue, item in items:
-            head = queue.in_flight and queue.items[0] is item
-            duplicate = bool(result.inserted) and not result.inserted[item.row]
-            if not result.accepted or duplicate:
-                if not head and item in queue.items:  # the head's own task drops it (_wait_persisted)
-                    queue.items.remove(item)
-                    self._set_depth(self._depth - 1)
-                    if duplicate:
-                        self._duplicate(queue, item)
-                    else:
-                        self._dropped(queue, item)
-            elif item.deep and not head:
-                item.body = None
+        for lane, item in items:
+            verdict = queue.written(result.accepted, result.inserted, item.row)
+            if self._book.settle(lane, item, verdict):
+                self._depth_changed()
+                if verdict is queue.Written.DUPLICATE:
+                    self._duplicate(lane, item)
+                else:
+                    self._dropped(lane, item)
 
-    def _dropped(self, queue: _Queue, item: _Item) -> None:
+    def _dropped(self, lane: _Lane, item: _Item) -> None:
         logger.error(
             "webhook spool full: event %d (%s) of call %s for %s dropped",
             item.seq,
             item.kind,
-            queue.call_id,
-            queue.shown_url,
-            extra={"call_id": queue.call_id},
+            lane.call_id,
+            shown_url(lane.url),
+            extra={"call_id": lane.call_id},
         )
-        self._observer.dropped("spool_full")
+        self._observer.dropped(queue.DropReason.SPOOL_FULL)
 
-    def _duplicate(self, queue: _Queue, item: _Item) -> None:
+    def _duplicate(self, lane: _Lane, item: _Item) -> None:
         logger.warning(
             "event %d (%s) of call %s for %s is already spooled by another owner; that one is sent",
             item.seq,
             item.kind,
-            queue.call_id,
-            queue.shown_url,
-            extra={"call_id": queue.call_id},
+            lane.call_id,
+            shown_url(lane.url),
+            extra={"call_id": lane.call_id},
         )
 
     def _check_size(self, used: int, *, refused: bool = False) -> None:
         """Log loudly, at most every SPOOL_WARN_INTERVAL each: near the limit, and at it."""
-        limit = self._s.spool_max_bytes
-        now = time.monotonic()
-        if refused:
-            if now - self._last_full_log >= SPOOL_WARN_INTERVAL:
-                self._last_full_log = now
-                logger.error(
-                    "webhook spool FULL (%d of %d bytes): new events are refused until receivers catch up",
-                    used,
-                    limit,
-                )
-        elif used >= limit * self._s.spool_warn_fraction and now - self._last_warn_log >= SPOOL_WARN_INTERVAL:
-            self._last_warn_log = now
+        alarm = self._watch.check(used, time.monotonic(), refused=refused)
+        limit = self._watch.limit
+        if alarm is queue.Alarm.FULL:
+            logger.error(
+                "webhook spool FULL (%d of %d bytes): new events are refused until receivers catch up",
+                used,
+                limit,
+            )
+        elif alarm is queue.Alarm.NEAR:
             logger.warning(
                 "webhook spool at %.0f%% of its limit (%d of %d bytes): receivers are not keeping up; "
                 "events will be refused when it is full",
@@ -606,146 +558,137 @@ class WebhookSink:
                 limit,
             )
 
-    async def _run(self, queue: _Queue) -> None:
-        """Send the queue's head until it is done, then the next, until the queue is empty."""
-        key = (queue.url, queue.call_id)
-        try:
-            while queue.items:
-                item = queue.items[0]
-                if not await self._in_order(queue, item):
-                    continue  # look at the head again: a claim may have queued earlier events
-                queue.in_flight = True
-                await self._deliver(queue, item)
-                queue.items.pop(0)
-                queue.in_flight = False
-                self._set_depth(self._depth - 1)
-                if item.kind == "call.ended":
-                    self._finished.pop(key, None)
-                else:
-                    if len(self._finished) >= FINISHED_KEPT:  # calls whose end another owner sends
-                        self._finished.clear()  # costs one spool check per call, nothing else
-                    self._finished[key] = item.seq
-        finally:
-            queue.in_flight = False
-            queue.task = None
-            if not queue.items and self._queues.get((queue.url, queue.call_id)) is queue:
-                del self._queues[(queue.url, queue.call_id)]
+    # --- one lane's task -----------------------------------------------------------------------------
 
-    async def _in_order(self, queue: _Queue, item: _Item) -> bool:
-        """Whether `item` may go now (see the module docstring); if not, wait a little and say False."""
-        key = (queue.url, queue.call_id)
-        if item.seq == 0 or self._finished.get(key) == item.seq - 1:
-            return True
+    async def _run(self, lane: _Lane) -> None:
+        """Send the lane's head until it is done, then the next, until the lane is empty."""
         try:
-            blocked = await self._spool_op(self._spool.earlier_elsewhere, queue.url, queue.call_id, item.seq)
-        except TimeoutError:
-            logger.error(
-                "webhook spool busy: cannot check what precedes event %d of call %s", item.seq, queue.call_id
-            )
-            await asyncio.sleep(ORDER_POLL)
-            return False
-        except Exception:
-            logger.exception(
-                "webhook spool: cannot check what precedes event %d of call %s; sending it",
-                item.seq,
-                queue.call_id,
-            )
-            blocked = False
-        if not blocked:
-            self._waiting.discard(key)
-            self._finished[key] = item.seq - 1  # checked once, not again
+            while lane.items:
+                item = lane.items[0]
+                if not await self._in_order(lane, item):
+                    continue  # look at the head again: a claim may have queued earlier events
+                self._book.start(lane)
+                await self._deliver(lane, item)
+                self._book.finish(lane)
+                self._depth_changed()
+        finally:
+            self._tasks.pop(lane, None)
+            self._book.release(lane)
+
+    async def _in_order(self, lane: _Lane, item: _Item) -> bool:
+        """Whether `item` may go now (`queue.Book.order`); if not, wait as told and say False."""
+        if self._book.order(lane) is queue.Order.SEND:
             return True
-        if key not in self._waiting:
-            self._waiting.add(key)
+        hold = self._book.order_checked(lane, await self._check_order(lane, item), time.monotonic())
+        if hold is None:
+            return True
+        if hold.first:
             logger.info(
                 "event %d (%s) of call %s waits for its earlier events, held by another owner",
                 item.seq,
                 item.kind,
-                queue.call_id,
-                extra={"call_id": queue.call_id},
+                lane.call_id,
+                extra={"call_id": lane.call_id},
             )
-        now = time.monotonic()
-        if now - self._last_claim >= ORDER_POLL:
-            self._last_claim = now
+        if hold.claim:
             await self._claim_once()
-            if queue.items and queue.items[0] is not item:
+            if lane.moved(item):
                 return False
-        await asyncio.sleep(min(ORDER_POLL, self._s.claim_interval_seconds))
+        await asyncio.sleep(hold.seconds)
         return False
 
-    async def _deliver(self, queue: _Queue, item: _Item) -> None:
-        """Return when `item` is delivered, rejected or dropped. Only cancellation raises."""
-        if item.persisted is not None and not await self._wait_persisted(queue, item):
+    async def _check_order(self, lane: _Lane, item: _Item) -> queue.Check:
+        """Ask the spool whether another owner holds an earlier event of the lane."""
+        try:
+            held = await self._spool_op(self._spool.earlier_elsewhere, lane.url, lane.call_id, item.seq)
+        except TimeoutError:
+            logger.error(
+                "webhook spool busy: cannot check what precedes event %d of call %s", item.seq, lane.call_id
+            )
+            return queue.Check.BUSY
+        except Exception:
+            logger.exception(
+                "webhook spool: cannot check what precedes event %d of call %s; sending it",
+                item.seq,
+                lane.call_id,
+            )
+            return queue.Check.FAILED
+        return queue.Check.HELD if held else queue.Check.CLEAR
+
+    async def _deliver(self, lane: _Lane, item: _Item) -> None:
+        """Return when `item` is delivered, rejected, dropped or vanished. Only cancellation raises."""
+        if item.write is not None and not await self._wait_written(lane, item):
             return
-        failures = 0
+        retry = queue.Retry(self._s.backoff_initial_seconds, self._s.backoff_max_seconds, self._rand)
         while True:
             retry_after: float | None = None
-            body = item.body
-            if body is None:
-                try:
-                    body = await self._spool_op(self._spool.body, queue.url, queue.call_id, item.seq)
-                except Exception:
-                    logger.exception(
-                        "cannot read event %d of call %s from the spool", item.seq, queue.call_id
-                    )
-                    reason = "spool read failed"
-                else:
-                    if body is None:
-                        logger.error("event %d of call %s vanished from the spool", item.seq, queue.call_id)
-                        return
-            if body is not None:
-                verdict, retry_after, reason = await self._attempt(queue, item, body)
+            read, body = await self._read(lane, item)
+            if read is queue.Read.VANISHED:
+                return
+            if read is queue.Read.RETRY:
+                reason = "spool read failed"
+            else:
+                verdict, retry_after, reason = await self._attempt(lane, item, body)
                 if verdict != "retry":
                     return
-            failures += 1
-            delay = policy.backoff(
-                failures,
-                self._s.backoff_initial_seconds,
-                self._s.backoff_max_seconds,
-                retry_after,
-                self._rand,
-            )
+            now = time.monotonic()
+            delay = retry.failed(now, retry_after) - now
             logger.warning(
                 "webhook %s: event %d (%s) of call %s failed (%s), attempt %d; retrying in %.1fs",
-                queue.shown_url,
+                shown_url(lane.url),
                 item.seq,
                 item.kind,
-                queue.call_id,
+                lane.call_id,
                 reason,
                 item.attempts,
                 delay,
-                extra={"call_id": queue.call_id},
+                extra={"call_id": lane.call_id},
             )
             await asyncio.sleep(delay)
 
-    async def _wait_persisted(self, queue: _Queue, item: _Item) -> bool:
-        """Wait for the spool write of `item`; False if the spool refused it (the item is dropped)."""
-        assert item.persisted is not None
+    async def _wait_written(self, lane: _Lane, item: _Item) -> bool:
+        """Wait for the spool write of `item`; False if it is not to be sent (`queue.written`)."""
+        assert item.write is not None
         try:
             async with asyncio.timeout(self._s.spool_op_timeout_seconds):
-                result = await asyncio.shield(item.persisted)
+                result = await asyncio.shield(item.write)
         except TimeoutError:
             logger.error(
                 "webhook spool write of event %d of call %s is slow; sending it from memory",
                 item.seq,
-                queue.call_id,
+                lane.call_id,
             )
-            return True
+            verdict = queue.written(None)
         except Exception:
-            return True  # logged by _persisted; send from memory
-        if not result.accepted:
-            self._dropped(queue, item)
+            verdict = queue.written(None)  # logged by _persisted
+        else:
+            verdict = queue.written(result.accepted, result.inserted, item.row)
+        if verdict is queue.Written.DROP:
+            self._dropped(lane, item)
             return False
-        if result.inserted and not result.inserted[item.row]:
-            self._duplicate(queue, item)
+        if verdict is queue.Written.DUPLICATE:
+            self._duplicate(lane, item)
             return False
         return True
 
+    async def _read(self, lane: _Lane, item: _Item) -> tuple[queue.Read, bytes]:
+        """The body of `item`, from memory or read back from the spool (`queue.read_back`)."""
+        if item.body is not None:
+            return queue.Read.SEND, item.body
+        try:
+            body = await self._spool_op(self._spool.body, lane.url, lane.call_id, item.seq)
+        except Exception:
+            logger.exception("cannot read event %d of call %s from the spool", item.seq, lane.call_id)
+            return queue.read_back(False, None), b""
+        read = queue.read_back(True, body)
+        if read is queue.Read.VANISHED:
+            logger.error("event %d of call %s vanished from the spool", item.seq, lane.call_id)
+        return read, body or b""
+
     async def _attempt(
-        self, queue: _Queue, item: _Item, body: bytes
+        self, lane: _Lane, item: _Item, body: bytes
     ) -> tuple[policy.Verdict, float | None, str]:
         """One POST of `item`; the verdict, a Retry-After delay if any, and a reason for the log."""
-        assert self._session is not None
         item.attempts += 1
         now = time.time()
         if item.attempts == 1 and item.kind == "utterance":
@@ -763,54 +706,58 @@ class WebhookSink:
         crashpoint.reached("delivery.before_post")
         started = time.monotonic()
         try:
-            async with asyncio.timeout(self._s.timeout_seconds):
-                async with self._session.post(
-                    queue.url, data=body, headers=headers, allow_redirects=False
-                ) as response:
-                    status = response.status
-                    retry_after_value = response.headers.get("Retry-After")
-                    detail = await response.content.read(DETAIL_BYTES)
+            status, retry_after, detail = await self._post(lane.url, body, headers)
         except TimeoutError:
-            self._observer.attempt("timeout", time.monotonic() - started)
+            self._observer.attempt(policy.Outcome.TIMEOUT, time.monotonic() - started)
             return "retry", None, f"no answer within {self._s.timeout_seconds:g}s"
         except (aiohttp.ClientError, OSError) as exc:
-            self._observer.attempt("connect_error", time.monotonic() - started)
+            self._observer.attempt(policy.Outcome.CONNECT_ERROR, time.monotonic() - started)
             return "retry", None, f"{type(exc).__name__}: {exc}"
-        self._observer.attempt(policy.outcome(status), time.monotonic() - started)
-        verdict = policy.verdict(status)
-        if verdict == "delivered":
-            crashpoint.reached("delivery.after_2xx")
-            await self._finish(queue, item, self._spool.delete, queue.url, queue.call_id, item.seq)
-            if item.kind == "utterance":
-                self._observer.delivered(time.time() - item.event_time)
-            return verdict, None, f"HTTP {status}"
-        text = detail.decode("utf-8", errors="replace").strip()
-        if verdict == "reject":
-            logger.error(
-                "webhook %s rejected event %d (%s) of call %s with HTTP %d, final: %s",
-                queue.shown_url,
-                item.seq,
-                item.kind,
-                queue.call_id,
-                status,
-                text[:200],
-                extra={"call_id": queue.call_id},
-            )
-            self._observer.rejected(status)
-            await self._finish(
-                queue, item, self._spool.reject, queue.url, queue.call_id, item.seq, status, text
-            )
-            return verdict, None, f"HTTP {status}"
-        return verdict, policy.parse_retry_after(retry_after_value, time.time()), f"HTTP {status}"
+        elapsed = time.monotonic() - started
+        answer = queue.answer(status, retry_after, time.time())
+        self._observer.attempt(answer.outcome, elapsed)
+        if answer.verdict == "delivered":
+            await self._delivered(lane, item)
+        elif answer.verdict == "reject":
+            await self._rejected(lane, item, status, detail.decode("utf-8", errors="replace").strip())
+        return answer.verdict, answer.retry_after, f"HTTP {status}"
 
-    async def _finish(self, queue: _Queue, item: _Item, fn: Callable[..., None], *args: Any) -> None:
+    async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str | None, bytes]:
+        """POST `body`; the status, the Retry-After header and the start of the answer's body."""
+        assert self._session is not None
+        async with asyncio.timeout(self._s.timeout_seconds):
+            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
+                detail = await response.content.read(DETAIL_BYTES)
+                return response.status, response.headers.get("Retry-After"), detail
+
+    async def _delivered(self, lane: _Lane, item: _Item) -> None:
+        crashpoint.reached("delivery.after_2xx")
+        await self._finish(lane, item, self._spool.delete, lane.url, lane.call_id, item.seq)
+        if item.kind == "utterance":
+            self._observer.delivered(time.time() - item.event_time)
+
+    async def _rejected(self, lane: _Lane, item: _Item, status: int, text: str) -> None:
+        logger.error(
+            "webhook %s rejected event %d (%s) of call %s with HTTP %d, final: %s",
+            shown_url(lane.url),
+            item.seq,
+            item.kind,
+            lane.call_id,
+            status,
+            text[:200],
+            extra={"call_id": lane.call_id},
+        )
+        self._observer.rejected(status)
+        await self._finish(lane, item, self._spool.reject, lane.url, lane.call_id, item.seq, status, text)
+
+    async def _finish(self, lane: _Lane, item: _Item, fn: Callable[..., None], *args: Any) -> None:
         """Record the end of `item` in the spool before the call's next event goes out."""
         try:
             await self._spool_op(fn, *args)
         except Exception:
             # Sent but still spooled: after a restart the receiver sees this event_id once more.
             logger.exception(
-                "webhook spool: cannot record event %d of call %s as done", item.seq, queue.call_id
+                "webhook spool: cannot record event %d of call %s as done", item.seq, lane.call_id
             )
 
     # --- spool thread --------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Retry decisions for webhook attempts, without I/O.
+"""Retry verdicts for webhook attempts, without I/O: what one HTTP answer means, its metrics outcome,
+and how long to wait before the next attempt. The ordering rules that use them are in `queue.py`.
 
 - 2xx: delivered.
 - 408, 429, 5xx, connection errors, timeouts: retried with exponential backoff and jitter; a
@@ -10,13 +11,26 @@
 from __future__ import annotations
 
 import email.utils
+import enum
 import random
 from typing import Literal
 
 Verdict = Literal["delivered", "retry", "reject"]
 
-# Outcome labels for the metrics observer, a short fixed list shared with bridge/metrics.py.
-Outcome = Literal["ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "other"]
+
+class Outcome(enum.StrEnum):
+    """How one attempt ended: the ``outcome`` label of ``vblaze_bridge_webhook_attempts_total``.
+
+    `bridge/metrics.py` derives its label values from these members; add one here, not there.
+    """
+
+    OK = "ok"  # 2xx
+    TIMEOUT = "timeout"  # no answer within webhook.timeout_seconds
+    CONNECT_ERROR = "connect_error"  # refused, reset, DNS: the request did not get an answer
+    HTTP_4XX = "http_4xx"  # 4xx but 429 (408 is retried, the others are final)
+    HTTP_429 = "http_429"  # too many requests: retried, honouring Retry-After
+    HTTP_5XX = "http_5xx"  # retried
+    OTHER = "other"  # 1xx, 3xx (redirects are not followed) and anything outside 100-599
 
 
 def verdict(status: int) -> Verdict:
@@ -31,14 +45,14 @@ def verdict(status: int) -> Verdict:
 def outcome(status: int) -> Outcome:
     """The metrics outcome label of an HTTP answer."""
     if 200 <= status < 300:
-        return "ok"
+        return Outcome.OK
     if status == 429:
-        return "http_429"
+        return Outcome.HTTP_429
     if 400 <= status < 500:
-        return "http_4xx"
+        return Outcome.HTTP_4XX
     if 500 <= status < 600:
-        return "http_5xx"
-    return "other"
+        return Outcome.HTTP_5XX
+    return Outcome.OTHER
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:

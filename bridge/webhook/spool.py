@@ -1,4 +1,4 @@
-"""The webhook spool: one SQLite file (WAL mode) shared by every worker process.
+"""The webhook spool, the disk side of delivery: one SQLite file (WAL mode) shared by every worker process.
 
 An event is written here, once per receiver URL, before its first attempt, and removed only when the
 receiver answers 2xx (or moved to the `rejected` table on a final 4xx). So at any moment the spool holds,
@@ -8,7 +8,8 @@ Ownership. Each open `Spool` is an *owner* with a random token, and holds an exc
 ``<spool>.owners/<token>.lock`` for as long as it is open. The kernel drops that lock when the process
 dies, SIGKILL included, so "owner alive" is "its lock file is locked" — no pid reuse to worry about.
 Every row names its owner; a process only delivers its own rows. `claim_orphans` takes over the rows of
-owners whose lock is free (dead, or closed cleanly with events left) and returns them in order. The
+owners whose lock is free (dead, or closed cleanly with events left) and returns them in order; which
+owners those are is `queue.claim_candidates` / `queue.may_claim`, this module only reads the locks. The
 lock file is renamed into place only once locked, so a live owner is never mistaken for a dead one.
 
 First open. Switching a new file to WAL takes an exclusive lock that SQLite does not wait for (its busy
@@ -22,7 +23,7 @@ Durability: WAL with ``synchronous=FULL`` survives a killed process and a power 
 the database's used pages; an insert that would pass `max_bytes` is refused as a whole.
 
 The class is synchronous and not thread-safe: `delivery.py` drives it from a single thread of its own,
-so the event loop never waits on the disk.
+so the event loop never waits on the disk. It decides nothing about order; `queue.py` does.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.webhook import crashpoint
+from bridge.webhook import crashpoint, queue
 
 logger = logging.getLogger(__name__)
 
@@ -419,14 +420,10 @@ class Spool:
 
     def claim_orphans(self) -> list[SpooledEvent]:
         """Take over the rows of every dead owner; return them ordered by (url, call_id, seq)."""
-        db = self.db
-        owners = {
-            row[0] for row in db.execute("SELECT DISTINCT owner FROM events WHERE owner != ?", (self.owner,))
-        }
-        owners.update(self._lock_file_owners())
-        owners.discard(self.owner)
+        rows = self.db.execute("SELECT DISTINCT owner FROM events WHERE owner != ?", (self.owner,))
+        owners = queue.claim_candidates(self.owner, (row[0] for row in rows), self._lock_file_owners())
         claimed: list[SpooledEvent] = []
-        for owner in sorted(owners):
+        for owner in owners:
             claimed.extend(self._claim(owner))
         claimed.sort(key=lambda e: (e.url, e.call_id, e.seq))
         return claimed
@@ -462,6 +459,15 @@ class Spool:
         finally:
             os.close(fd)
 
+    @staticmethod
+    def _lock_state(fd: int) -> queue.Liveness:
+        """ALIVE if another process holds the lock of `fd`, else DEAD (and the lock is now ours)."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return queue.Liveness.ALIVE
+        return queue.Liveness.DEAD
+
     def _claim(self, owner: str) -> list[SpooledEvent]:
         path = self.owners_dir / f"{owner}.lock"
         try:
@@ -469,11 +475,8 @@ class Spool:
         except FileNotFoundError:
             fd = None  # closed cleanly, or never got as far as its lock: dead either way
         try:
-            if fd is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return []  # alive
+            if not queue.may_claim(queue.Liveness.GONE if fd is None else self._lock_state(fd)):
+                return []
             db = self.db
             db.execute("BEGIN IMMEDIATE")
             try:
