@@ -446,8 +446,8 @@ class CallSession:
         if self._end_frames:
             frame = self._end_frames.popleft()
             return Send(frame, None, last=not self._end_frames)
-        if stream.end_sent:
-            return None
+        if stream.state is not StreamState.OPEN:
+            return None  # the end went out, or the engine sent its final early (the stream is over)
         chunk = self.buffer.next_chunk(flush=self.hung_up)
         if chunk is None:
             if self.hung_up and self.buffer.pending_bytes == 0:
@@ -523,9 +523,9 @@ class CallSession:
             self.log.debug("dropping replayed utterance %.2f-%.2f s", utt.start, utt.end)
             return []
         self._delivered_end = max(self._delivered_end, utt.end)
-        position = self.buffer.position(utt.end)
-        if stream.sent_until is not None:
-            position = min(position, stream.sent_until)
+        # It confirms no more than the stream carried (before any audio of its own: nothing new).
+        carried = stream.sent_until if stream.sent_until is not None else self.buffer.acked
+        position = min(self.buffer.position(utt.end), carried)
         arrival = self.buffer.arrival_of(position)
         # The engine transcribed this audio whatever becomes of the utterance here: it is not replayed
         # and it belongs to the call's transcript.
