@@ -108,11 +108,11 @@ class EngineObserver(Protocol):
     def reconnected(self) -> None:
         """A stream was established after an earlier one was lost."""
 
-    def connect_failed(self, cause: str) -> None:
-        """A connection attempt failed: a `ConnectCause` (refused, timeout, unavailable, rejected, error)."""
+    def connect_failed(self, cause: ConnectCause) -> None:
+        """A connection attempt failed: refused, timeout, unavailable, rejected or error."""
 
-    def connection_lost(self, cause: str) -> None:
-        """An established stream ended early: a `LostCause` (closed, send_timeout, ended_early)."""
+    def connection_lost(self, cause: LostCause) -> None:
+        """An established stream ended early: closed, send_timeout or ended_early."""
 
     def frame_sent(self, nbytes: int, latency_seconds: float) -> None:
         """A chunk written: its frame size, and the latency from the arrival of its oldest audio not sent

@@ -563,3 +563,21 @@ def test_an_utterance_before_any_audio_of_its_stream_confirms_nothing() -> None:
     assert call.buffer.acked == 0 and deliver.latency is None
     gaps = [a.gap for a in of(GapRecorded, call.deadline_passed(d.now + 30.0))]
     assert all(g.duration >= 0 for g in gaps)
+
+
+def test_the_rules_import_no_io_clock_or_metrics() -> None:
+    """session.py, buffer.py and protocol.py stay without I/O: nothing of the loop, sockets, the clock,
+    or bridge.metrics (which imports them for its label values: the arrow points one way)."""
+    import ast
+    from pathlib import Path
+
+    import bridge.vblaze
+
+    banned = {"asyncio", "socket", "time", "websockets", "aiohttp", "bridge.metrics", "bridge.vblaze.client"}
+    root = Path(bridge.vblaze.__file__).parent
+    for name in ("session.py", "buffer.py", "protocol.py"):
+        tree = ast.parse((root / name).read_text())
+        imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+        hits = {m for m in imported for b in banned if m == b or m.startswith(b + ".")}
+        assert not hits, f"{name} imports {sorted(hits)}"
