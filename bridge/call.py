@@ -45,6 +45,7 @@ from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics, EngineMetrics
 from bridge.vblaze import transcript as merged_transcript
+from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.client import EngineStream, StreamResult
 from bridge.vblaze.protocol import Utterance
 from sip.events import CallStarted
@@ -52,7 +53,6 @@ from sip.siprec import StreamRole
 
 logger = logging.getLogger(__name__)
 
-PIPELINE_ERROR = "pipeline_error"  # gap cause: the call's own pipeline failed (a defect, logged)
 METRICS_BATCH_FRAMES = 10  # audio frames counted per metrics update (1 s of 100 ms frames)
 
 Delivery = Literal["mono", "stereo", "streams"]
@@ -372,7 +372,7 @@ class CallPipeline:
         """The pipeline failed: what no utterance confirmed and no gap covers yet is a `pipeline_error` gap
         (counted in the gap metrics like every other gap)."""
         for stream in self.streams:
-            stream.abandon(PIPELINE_ERROR)
+            stream.abandon(GapCause.PIPELINE_ERROR)
 
     def _outcome(
         self, results: Sequence[StreamResult]

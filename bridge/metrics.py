@@ -43,6 +43,8 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.vblaze.buffer import GapCause
+from bridge.vblaze.session import ConnectCause, LostCause
 from bridge.webhook.policy import Outcome
 from bridge.webhook.queue import DropReason
 
@@ -71,21 +73,12 @@ CALL_RESULTS = (
 # SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
 INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
 DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
-# Causes as bridge/vblaze/client.py and bridge/vblaze/buffer.py name them.
-CONNECT_FAILURE_CAUSES = ("refused", "timeout", "unavailable", "rejected", "error", "other")
-STREAM_LOST_CAUSES = ("closed", "send_timeout", "ended_early", "other")
-GAP_CAUSES = (
-    "buffer_overflow",  # the engine was away longer than engine.buffer_seconds
-    "replay_exceeded",  # audio older than engine.replay_seconds when the stream came back
-    "engine_rejected",  # the engine refused the stream (4xx at the upgrade)
-    "engine_unavailable",  # gave up: the engine never came back before the call ended
-    "final_timeout",  # no final transcript within engine.final_timeout_seconds
-    "cancelled",  # the call was torn down (drain timeout, forced stop)
-    "error",  # the stream failed on an error of ours (logged with its traceback)
-    "pipeline_error",  # the call's pipeline failed on an error of ours (logged with its traceback)
-    "worker_lost",  # the worker process died with the call up
-    "other",
-)
+# Engine causes: each tuple is its enum's values plus "other"; the enums (with what each value means) are
+# the one list the producers use: bridge/vblaze/session.py (ConnectCause, LostCause) and
+# bridge/vblaze/buffer.py (GapCause).
+CONNECT_FAILURE_CAUSES = (*(cause.value for cause in ConnectCause), OTHER)
+STREAM_LOST_CAUSES = (*(cause.value for cause in LostCause), OTHER)
+GAP_CAUSES = (*(cause.value for cause in GapCause), OTHER)
 # SIP messages pjsip dropped before any call saw them (parse errors, oversized packets).
 SIP_DROP_REASONS = ("malformed", "oversized", "other")
 # Why an answered call was hung up to free its slot (sip.ack_timeout_seconds, first_rtp_timeout_seconds,

@@ -32,6 +32,7 @@ from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
+from bridge.vblaze.buffer import GapCause
 from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
 from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams, InviteRejected, SipEvent
 
@@ -158,7 +159,7 @@ class Worker:
         The supervisor that saw the death counted them; after a whole-pool restart, none did: here."""
         for lost, data in end_lost_calls(self.ledger, self.sink, time.time()):
             logger.error("call %s was lost with the previous worker %d", lost.entry.call_id, self.index)
-            self.engine_metrics.gap(data["gaps"][0]["duration"], "worker_lost")
+            self.engine_metrics.gap(data["gaps"][0]["duration"], GapCause.WORKER_LOST)
             if not lost.same_supervisor:
                 metrics.CALLS.labels("worker_lost").inc()
 

@@ -17,17 +17,33 @@ Contract:
 - `abandon(cause)`: nothing more will reach the engine (rejected, gave up): everything not acknowledged,
   and everything pushed later, becomes a gap with that cause.
 - `gaps` never overlap; adjacent gaps with the same cause are merged.
+
+`GapCause` names every cause a gap of a call can have, whoever records it: this buffer, the call's
+engine session (`bridge.vblaze.session`), the call pipeline and the worker. It is the one list the
+metrics labels (`bridge.metrics.GAP_CAUSES`) are built from.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from enum import StrEnum
 
 from bridge.vblaze.protocol import Gap
 
-BUFFER_OVERFLOW = "buffer_overflow"
-REPLAY_EXCEEDED = "replay_exceeded"
+
+class GapCause(StrEnum):
+    """Why audio of a call was never transcribed (a gap's ``cause``, a metrics label value)."""
+
+    BUFFER_OVERFLOW = "buffer_overflow"  # the engine was away longer than engine.buffer_seconds
+    REPLAY_EXCEEDED = "replay_exceeded"  # audio older than engine.replay_seconds when the stream came back
+    ENGINE_REJECTED = "engine_rejected"  # the engine refused the stream (4xx at the upgrade)
+    ENGINE_UNAVAILABLE = "engine_unavailable"  # gave up: the engine never came back before the call ended
+    FINAL_TIMEOUT = "final_timeout"  # no final transcript within engine.final_timeout_seconds
+    CANCELLED = "cancelled"  # the call was torn down (drain timeout, forced stop)
+    ERROR = "error"  # the engine session failed on an error of ours (logged with its traceback)
+    PIPELINE_ERROR = "pipeline_error"  # the call's pipeline failed on an error of ours (bridge/call.py)
+    WORKER_LOST = "worker_lost"  # the worker process died with the call up (bridge/worker.py, ledger)
 
 
 @dataclass(frozen=True)
@@ -70,7 +86,7 @@ class AudioBuffer:
         self.sample_width = sample_width
         self.pushed = 0  # end of the call's audio so far
         self.acked = 0  # audio before this is transcribed (end of the last delivered utterance)
-        self.abandoned: str | None = None  # cause, once nothing more reaches the engine
+        self.abandoned: GapCause | None = None  # cause, once nothing more reaches the engine
         self._spans: list[tuple[int, int, str]] = []  # gaps as [start, end) byte spans
         self._pending: deque[_Segment] = deque()
         self._pending_bytes = 0
@@ -90,10 +106,6 @@ class AudioBuffer:
     @property
     def pending_bytes(self) -> int:
         return self._pending_bytes
-
-    @property
-    def replay_bytes_held(self) -> int:
-        return self._replay_bytes
 
     def arrival_of(self, position: int) -> float | None:
         """Monotonic arrival time of the push that held the byte just before ``position``."""
@@ -124,7 +136,7 @@ class AudioBuffer:
         while excess > 0:
             seg = self._pending[0]
             cut = min(excess, len(seg.data))
-            new += self._add_gap(seg.position, seg.position + cut, BUFFER_OVERFLOW)
+            new += self._add_gap(seg.position, seg.position + cut, GapCause.BUFFER_OVERFLOW)
             if cut == len(seg.data):
                 self._pending.popleft()
             else:
@@ -220,7 +232,7 @@ class AudioBuffer:
         """The stream was lost: record what cannot be replayed, queue the rest to be sent again."""
         new: list[Gap] = []
         for start, end in self._unreplayable:
-            new += self._add_gap(start, end, REPLAY_EXCEEDED)
+            new += self._add_gap(start, end, GapCause.REPLAY_EXCEEDED)
         self._unreplayable.clear()
         self._pending.extendleft(reversed(self._replay))
         self._pending_bytes += self._replay_bytes
@@ -228,7 +240,7 @@ class AudioBuffer:
         self._replay_bytes = 0
         return new + self._enforce_limit()
 
-    def abandon(self, cause: str) -> list[Gap]:
+    def abandon(self, cause: GapCause) -> list[Gap]:
         """Nothing more will be transcribed: all audio after the acknowledged position becomes a gap."""
         new = self._add_gap(self.acked, self.pushed, cause)
         self.abandoned = cause

@@ -1,7 +1,12 @@
-"""One call's V-Blaze stream over asyncio: connect, send audio, receive utterances, reconnect, finish.
+"""The asyncio driver of one call's V-Blaze engine session: sockets, tasks and waits, no rules.
 
-`EngineStream` drives `protocol.Session` (the protocol, no I/O) and `buffer.AudioBuffer` (the call's audio,
-no I/O) over ``websockets``. One instance per call:
+Words: a *stream* is one WebSocket connection to V-Blaze; a call's audio goes over one stream at a time.
+The rules (when to connect, back off, replay, drop a duplicate, give up, what the result says) are in
+`bridge.vblaze.session.CallSession`, without I/O; the protocol of one stream is `bridge.vblaze.protocol`;
+the call's audio is `bridge.vblaze.buffer`. `EngineStream` here only drives them over ``websockets``, in
+the manner of websockets' own asyncio connection: it feeds the session what happens (connected, failed,
+a message, the socket ended, a timer, audio, the hang-up), writes what it says, reports what it says to
+the `EngineObserver`, and arms the deadline only when told. One instance per call:
 
 - `run()` is the long-running task. It connects (``requestid`` = the call id, or ``request_id`` when
   given: a SIPREC call in ``streams`` delivery sends ``<call-id>;stream=<n>``), sends the buffered audio
@@ -14,7 +19,7 @@ no I/O) over ``websockets``. One instance per call:
   separator and the final transcript, lets the engine close the socket, and returns a `StreamResult`.
   Everything it does, reconnects included, is bounded by ``engine.final_timeout_seconds``.
 
-Failures:
+Failures (decided by the session; see its docstring):
 
 - Connect refused, timed out, 5xx/429 at the upgrade: logged (attempts 1, 2, 4, 8... at WARNING, the
   others at DEBUG), counted, retried with exponential backoff
@@ -41,62 +46,61 @@ dead one); compression is off (audio does not compress).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from bridge.config import AudioConfig, EngineConfig
-from bridge.errors import EngineClosed, EngineError, EngineProtocolError, EngineRejected, EngineUnavailable
-from bridge.vblaze.buffer import AudioBuffer
-from bridge.vblaze.protocol import (
-    SAMPLE_WIDTH,
-    Final,
-    Gap,
-    InvalidState,
-    Separator,
-    Session,
-    Utterance,
-    request_headers,
+from bridge.errors import EngineClosed, EngineError, EngineRejected, EngineUnavailable
+from bridge.vblaze.buffer import GapCause
+from bridge.vblaze.protocol import Gap, InvalidState, Utterance, request_headers
+from bridge.vblaze.session import (
+    Action,
+    ArmDeadline,
+    CallSession,
+    Close,
+    Connect,
+    ConnectCause,
+    Connected,
+    ConnectFailed,
+    ConnectionLost,
+    Deliver,
+    FrameSent,
+    GapRecorded,
+    GiveUp,
+    LostCause,
+    Reconnected,
+    Report,
+    SleepUntil,
+    Step,
+    StreamResult,
+    StreamStats,
+    UtteranceDelivered,
 )
-from bridge.vblaze.transcript import Segment, StreamRecord
+
+__all__ = [
+    "EngineObserver",
+    "EngineStream",
+    "StreamResult",
+    "StreamStats",
+    "classify_connect_error",
+]
 
 logger = logging.getLogger(__name__)
 _logger = logger  # EngineStream's `logger` argument shadows the name
 
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a long call's final transcript with word timings is large
 USER_AGENT = "vblaze-bridge"
-DUPLICATE_TOLERANCE_SECONDS = 0.001
 FINISH_GRACE_SECONDS = 1.0  # finish() waits this much beyond final_timeout for run() to wrap up
-
-# Why a connection attempt failed (label values for metrics).
-CONNECT_REFUSED = "refused"
-CONNECT_TIMEOUT = "timeout"
-CONNECT_UNAVAILABLE = "unavailable"  # 5xx or 429 at the upgrade
-CONNECT_REJECTED = "rejected"  # other 4xx
-CONNECT_ERROR = "error"  # reset, bad handshake, DNS...
-
-# Why an established stream ended early.
-LOST_CLOSED = "closed"  # closed or reset before the final transcript
-LOST_SEND_TIMEOUT = "send_timeout"  # a write did not complete in send_timeout_seconds
-LOST_ENDED_EARLY = "ended_early"  # the engine sent its final before the audio ended
-
-# Gap causes and result reasons besides the buffer's own (buffer_overflow, replay_exceeded).
-ENGINE_REJECTED = "engine_rejected"
-ENGINE_UNAVAILABLE = "engine_unavailable"
-FINAL_TIMEOUT = "final_timeout"
-CANCELLED = "cancelled"
-ERROR = "error"  # a bug in the bridge ended the stream
 
 
 class EngineObserver(Protocol):
-    """What the stream reports for metrics. Called on the loop; must not block nor raise."""
+    """What the engine session reports for metrics. Called on the loop; must not block nor raise."""
 
     def connected(self) -> None:
         """A stream was established (the first of the call, or after failed attempts only)."""
@@ -104,10 +108,10 @@ class EngineObserver(Protocol):
     def reconnected(self) -> None:
         """A stream was established after an earlier one was lost."""
 
-    def connect_failed(self, cause: str) -> None:
+    def connect_failed(self, cause: ConnectCause) -> None:
         """A connection attempt failed: refused, timeout, unavailable, rejected or error."""
 
-    def connection_lost(self, cause: str) -> None:
+    def connection_lost(self, cause: LostCause) -> None:
         """An established stream ended early: closed, send_timeout or ended_early."""
 
     def frame_sent(self, nbytes: int, latency_seconds: float) -> None:
@@ -118,7 +122,7 @@ class EngineObserver(Protocol):
         """An utterance delivered: arrival of the audio at its end → utterance received."""
 
     def gap(self, seconds: float, cause: str) -> None:
-        """Audio that will never be transcribed, and why."""
+        """Audio that will never be transcribed, and why (a `GapCause`)."""
 
 
 class _NullObserver:
@@ -144,102 +148,43 @@ class _NullObserver:
         pass
 
 
-@dataclass
-class StreamStats:
-    """Counters of one call's engine stream."""
-
-    connects: int = 0  # streams established
-    failures: int = 0  # connection attempts that failed
-    losses: int = 0  # established streams that ended early
-    reconnects: int = 0  # streams established after a loss
-    utterances: int = 0  # utterances delivered (handed to on_utterance, which took them)
-    delivery_failures: int = 0  # utterances received whose on_utterance raised (logged, not delivered)
-    duplicates: int = 0  # utterances of a replayed stream dropped as already delivered
-    protocol_errors: int = 0  # messages that could not be parsed (skipped)
-    frames_sent: int = 0
-    bytes_sent: int = 0  # audio bytes, replays included
-    bytes_replayed: int = 0
-
-
-@dataclass(frozen=True)
-class StreamResult:
-    """What a call's stream produced.
-
-    ``final`` is the engine's complete transcript (JSON object, or text), None if it never came; its
-    times are those of the stream that sent it, which starts at ``final_offset`` seconds on the call's
-    timeline (0 unless the stream was re-established). ``reason`` is None when the final arrived, else
-    ``final_timeout``, ``engine_unavailable``, ``engine_rejected``, ``cancelled`` or ``error``.
-    ``utterances`` are all utterances delivered, on the call's timeline. ``streams`` has one record per
-    connection (each with its own final document, if any, and its offset): what
-    `transcript.merge` turns into the call's complete transcript.
-    """
-
-    final: dict[str, Any] | str | None
-    reason: str | None
-    final_offset: float
-    utterances: tuple[Utterance, ...]
-    gaps: tuple[Gap, ...]
-    stats: StreamStats
-    audio_seconds: float
-    streams: tuple[StreamRecord, ...] = ()
-
-
-@dataclass
-class _Record:
-    """What one connection did, while it is open (frozen into a `StreamRecord` for results)."""
-
-    index: int
-    segments: list[list[int]] = dataclasses.field(default_factory=list)  # [stream byte, call byte, length]
-    stream_bytes: int = 0
-    confirmed: int | None = None  # call byte up to which this stream's audio is confirmed
-    final: dict[str, Any] | str | None = None
-    live: list[Utterance] = dataclasses.field(default_factory=list)
-    ended: str | None = "open"
-
-    def sent(self, position: int, length: int) -> None:
-        last = self.segments[-1] if self.segments else None
-        if last is not None and last[1] + last[2] == position:
-            last[2] += length
-        else:
-            self.segments.append([self.stream_bytes, position, length])
-        self.stream_bytes += length
-
-    def frozen(self, bytes_per_second: int, acked: int, reason: str | None) -> StreamRecord:
-        """The record as it stands; a stream still open ends with the stream's `reason` (or "open")."""
-        confirmed = self.confirmed if self.confirmed is not None else acked
-        covered = tuple(
-            (call / bytes_per_second, min(call + length, confirmed) / bytes_per_second)
-            for _, call, length in self.segments
-            if call < confirmed
-        )
-        return StreamRecord(
-            index=self.index,
-            bytes_per_second=bytes_per_second,
-            segments=tuple(Segment(*segment) for segment in self.segments),
-            covered=covered,
-            final=self.final,
-            live=tuple(self.live),
-            ended=(reason or "open") if self.ended == "open" else self.ended,
-        )
-
-
-def classify_connect_error(exc: BaseException) -> tuple[EngineError, str]:
+def classify_connect_error(exc: BaseException) -> tuple[EngineError, ConnectCause]:
     """The bridge error and metrics cause for a failed connection attempt."""
     if isinstance(exc, InvalidStatus):
         status = exc.response.status_code
         body = exc.response.body.decode("utf-8", "replace") if exc.response.body else ""
         if 400 <= status < 500 and status not in (408, 429):
-            return EngineRejected(status, body), CONNECT_REJECTED
-        return EngineUnavailable(f"HTTP {status} at the upgrade: {body.strip()[:200]}"), CONNECT_UNAVAILABLE
+            return EngineRejected(status, body), ConnectCause.REJECTED
+        return (
+            EngineUnavailable(f"HTTP {status} at the upgrade: {body.strip()[:200]}"),
+            ConnectCause.UNAVAILABLE,
+        )
     if isinstance(exc, ConnectionRefusedError):
-        return EngineUnavailable(f"connection refused: {exc}"), CONNECT_REFUSED
+        return EngineUnavailable(f"connection refused: {exc}"), ConnectCause.REFUSED
     if isinstance(exc, TimeoutError):
-        return EngineUnavailable("connection timed out"), CONNECT_TIMEOUT
-    return EngineUnavailable(f"{type(exc).__name__}: {exc}"), CONNECT_ERROR
+        return EngineUnavailable("connection timed out"), ConnectCause.TIMEOUT
+    return EngineUnavailable(f"{type(exc).__name__}: {exc}"), ConnectCause.ERROR
+
+
+_OBSERVER_METHODS: dict[type[Report], str] = {
+    Connected: "connected",
+    Reconnected: "reconnected",
+    ConnectFailed: "connect_failed",
+    ConnectionLost: "connection_lost",
+    FrameSent: "frame_sent",
+    UtteranceDelivered: "utterance",
+    GapRecorded: "gap",
+}
+
+
+def _lost_cause(exc: EngineClosed) -> LostCause:
+    return LostCause(exc.args[0]) if exc.args else LostCause.CLOSED
 
 
 class EngineStream:
-    """One call's stream to V-Blaze. See the module docstring for the contract."""
+    """The asyncio driver of one call's `CallSession`: its streams (WebSocket connections) to V-Blaze,
+    one after the other. The public name predates the split: an `EngineStream` is the call's whole
+    engine side, not one stream. See the module docstring for the contract."""
 
     def __init__(
         self,
@@ -255,63 +200,43 @@ class EngineStream:
         request_id: str | None = None,
     ) -> None:
         self._engine = engine
-        self._audio = audio
         self.call_id = call_id
         self._on_utterance = on_utterance
         self._observer: EngineObserver = observer if observer is not None else _NullObserver()
         extra = dict(logger.extra) if logger is not None and logger.extra else {"call_id": call_id}
         self.log = logging.LoggerAdapter(_logger, extra)
-        self._rng = rng or random.Random()
         self.channels = channels
         self._headers = request_headers(engine, audio, request_id or call_id, channels)
-        bps = audio.sample_rate * SAMPLE_WIDTH * channels
-        self._buffer = AudioBuffer(
-            bytes_per_second=bps,
-            chunk_bytes=bps * audio.chunk_ms // 1000,
-            limit_bytes=int(engine.buffer_seconds * bps),
-            replay_bytes=int(engine.replay_seconds * bps),
-            sample_width=SAMPLE_WIDTH * channels,
-        )
-        self.stats = StreamStats()
-        self.utterances: list[Utterance] = []
+        self._call = CallSession(engine, audio, rng=rng or random.Random(), channels=channels, log=self.log)
         self._wake = asyncio.Event()  # audio pushed, or finish() called
         self._finish_requested = asyncio.Event()
         self._done = asyncio.Event()
         self._running = False
         self._finish_at: float | None = None  # loop time by which finish() must be complete
         self._deadline: asyncio.Timeout | None = None
-        self._session: Session | None = None
-        self._streams = 0
-        self._lost_before = False
-        self._attempt = 0
-        self._delivered_end = float("-inf")
-        self._final: Final | None = None
-        self._final_offset = 0.0
-        self._complete = False  # the final arrived after the end of the audio
-        self._reason: str | None = None
-        self._overflow_logged = False
-        self._connected_at = 0.0
-        self._records: list[_Record] = []
 
     # -- what the call pipeline uses -----------------------------------------------------------------
     @property
+    def stats(self) -> StreamStats:
+        return self._call.stats
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        return self._call.utterances
+
+    @property
     def gaps(self) -> list[Gap]:
-        return self._buffer.gaps
+        return self._call.gaps
 
     def push_audio(self, pcm: bytes, arrival: float) -> None:
         """Queue a frame of the call's audio (never blocks)."""
-        if self._finish_requested.is_set():
-            raise InvalidState("audio pushed after finish()")
-        self._report_gaps(self._buffer.push(pcm, arrival))
+        self._effects(self._call.audio(pcm, arrival))
         self._wake.set()
 
     async def finish(self) -> StreamResult:
         """End the call's audio and collect what the engine still owes, bounded by final_timeout."""
         if not self._finish_requested.is_set():
-            loop = asyncio.get_running_loop()
-            self._finish_at = loop.time() + self._engine.final_timeout_seconds
-            if self._deadline is not None:
-                self._deadline.reschedule(self._finish_at)
+            self._effects(self._call.hang_up(time.monotonic()))
             self._finish_requested.set()
             self._wake.set()
         try:
@@ -319,31 +244,19 @@ class EngineStream:
                 await self._done.wait()
         except TimeoutError:
             self.log.error("engine stream did not wrap up in time (is run() running?)")
-            self._give_up()
+            self._effects(self._call.deadline_passed(time.monotonic()))
         return self.result()
 
     def result(self) -> StreamResult:
-        """The stream's outcome so far (what `finish` returns)."""
-        bps = self._buffer.bytes_per_second
-        return StreamResult(
-            final=self._final.raw if self._final is not None else None,
-            reason=self._reason,
-            final_offset=self._final_offset,
-            utterances=tuple(self.utterances),
-            gaps=tuple(self._buffer.gaps),
-            stats=dataclasses.replace(self.stats),
-            audio_seconds=self._buffer.seconds(self._buffer.pushed),
-            streams=tuple(r.frozen(bps, self._buffer.acked, self._reason) for r in self._records),
-        )
+        """The outcome so far (what `finish` returns)."""
+        return self._call.result()
 
-    def abandon(self, cause: str) -> list[Gap]:
+    def abandon(self, cause: GapCause) -> list[Gap]:
         """Nothing more of this call will be transcribed (the call pipeline failed): the audio no
         utterance confirmed and no gap covers yet becomes a gap with `cause`, reported like any other."""
-        if self._complete:
-            return []
-        if self._reason is None:
-            self._reason = ERROR
-        return self._report_gaps(self._buffer.abandon(cause))
+        actions = self._call.abandon(cause)
+        self._effects(actions)
+        return [action.gap for action in actions if isinstance(action, GapRecorded)]
 
     async def run(self) -> None:
         """Connect, stream and reconnect until `finish` is complete (see the module docstring)."""
@@ -357,132 +270,87 @@ class EngineStream:
         except TimeoutError:
             if self._deadline is None or not self._deadline.expired():
                 raise
-            self._give_up()
+            self._effects(self._call.deadline_passed(time.monotonic()))
         except asyncio.CancelledError:
-            if not self._complete and self._reason is None:
-                self._reason = CANCELLED
-                self._report_gaps(self._buffer.abandon(CANCELLED))
+            self._effects(self._call.cancelled())
             raise
         except Exception:
             self.log.exception("engine stream failed")
-            if not self._complete:
-                self._reason = ERROR
-                self._report_gaps(self._buffer.abandon(ERROR))
+            self._effects(self._call.failed())
             raise
         finally:
             self._deadline = None
             self._done.set()
 
-    # -- the connection loop -------------------------------------------------------------------------
+    # -- carrying out what the session says ------------------------------------------------------------
     async def _main(self) -> None:
-        while not self._complete:
-            try:
-                ws = await self._connect()
-            except EngineRejected as exc:
-                self._reason = ENGINE_REJECTED
-                self.log.error("%s; not retrying, the rest of the call goes untranscribed", exc)
-                self._report_gaps(self._buffer.abandon(ENGINE_REJECTED))
+        step = self._effects(self._call.start())
+        while step is not None:
+            if isinstance(step, GiveUp):
                 await self._finish_requested.wait()
                 return
-            if ws is None:
-                await self._backoff()
-                continue
-            self._connected()
-            try:
-                await self._serve(ws)
-            except EngineClosed as exc:
-                self._lost(exc)
-                await self._backoff()
+            if isinstance(step, SleepUntil):
+                await asyncio.sleep(max(0.0, step.at - time.monotonic()))
+                step = self._effects(self._call.timer_fired(time.monotonic()))
+            else:
+                step = await self._open()
 
-    async def _connect(self) -> ClientConnection | None:
-        """A new stream, or None after a retryable failure (logged and counted)."""
+    async def _open(self) -> Step | None:
+        """Open a stream and serve it; the session's next step."""
         try:
-            async with asyncio.timeout(self._engine.connect_timeout_seconds):
-                return await connect(
-                    self._engine.url,
-                    additional_headers=self._headers,
-                    user_agent_header=USER_AGENT,
-                    compression=None,
-                    proxy=None,
-                    open_timeout=self._engine.connect_timeout_seconds,
-                    ping_interval=None,
-                    close_timeout=self._engine.send_timeout_seconds,
-                    max_size=MAX_MESSAGE_BYTES,
-                )
+            ws = await self._connect()
         except (OSError, TimeoutError, WebSocketException) as exc:
             error, cause = classify_connect_error(exc)
-            self.stats.failures += 1
-            self._notify("connect_failed", cause)
-            if isinstance(error, EngineRejected):
-                raise error from exc
-            attempt = self._attempt + 1
-            # Attempts 1, 2, 4, 8... at WARNING: a long outage does not flood the log.
-            self.log.log(
-                logging.WARNING if attempt & (attempt - 1) == 0 else logging.DEBUG,
-                "engine unreachable (%s, attempt %d): %s; %.1f s of audio waiting",
-                cause,
-                attempt,
-                error,
-                self._buffer.seconds(self._buffer.pending_bytes),
+            return self._effects(self._call.connect_failed(cause, error, time.monotonic()))
+        self._effects(self._call.connected(time.monotonic()))
+        return await self._serve(ws)
+
+    def _effects(self, actions: Sequence[Action]) -> Step | None:
+        """Carry out what needs no waiting (reports, deliveries, the deadline) and return the step that
+        does, if any. A `Close` is the business of `_serve`, the only one holding the socket."""
+        step: Step | None = None
+        for action in actions:
+            if isinstance(action, Deliver):
+                self._deliver(action)
+            elif isinstance(action, ArmDeadline):
+                self._arm(action.at)
+            elif isinstance(action, Connect | SleepUntil | GiveUp):
+                step = action
+            elif not isinstance(action, Close):
+                self._report(action)
+        return step
+
+    def _arm(self, at: float) -> None:
+        """`finish` must be complete by `at` (monotonic): the deadline of `run`, in loop time."""
+        loop = asyncio.get_running_loop()
+        self._finish_at = loop.time() + max(0.0, at - time.monotonic())
+        if self._deadline is not None:
+            self._deadline.reschedule(self._finish_at)
+
+    async def _connect(self) -> ClientConnection:
+        async with asyncio.timeout(self._engine.connect_timeout_seconds):
+            return await connect(
+                self._engine.url,
+                additional_headers=self._headers,
+                user_agent_header=USER_AGENT,
+                compression=None,
+                proxy=None,
+                open_timeout=self._engine.connect_timeout_seconds,
+                ping_interval=None,
+                close_timeout=self._engine.send_timeout_seconds,
+                max_size=MAX_MESSAGE_BYTES,
             )
-            return None
-
-    def _connected(self) -> None:
-        self.stats.connects += 1
-        self._streams += 1
-        self._overflow_logged = False
-        self._connected_at = time.monotonic()
-        waiting = self._buffer.seconds(self._buffer.pending_bytes)
-        if self._lost_before:
-            self.stats.reconnects += 1
-            self._notify("reconnected")
-            self.log.info("engine stream re-established; sending %.1f s of audio first", waiting)
-        else:
-            self._notify("connected")
-            self.log.info("engine stream established (%.1f s of audio waiting)", waiting)
-
-    async def _backoff(self) -> None:
-        """Sleep before the next attempt: exponential, capped, with jitter (half to full delay)."""
-        ceiling = min(
-            self._engine.reconnect_max_seconds,
-            self._engine.reconnect_initial_seconds * 2 ** min(self._attempt, 32),
-        )
-        self._attempt += 1
-        await asyncio.sleep(self._rng.uniform(ceiling / 2, ceiling))
-
-    def _lost(self, exc: EngineClosed) -> None:
-        cause = str(exc.args[0]) if exc.args else LOST_CLOSED
-        self.stats.losses += 1
-        self._lost_before = True
-        if time.monotonic() - self._connected_at >= self._engine.reconnect_max_seconds:
-            self._attempt = 0
-        self._notify("connection_lost", cause)
-        if self._records and self._records[-1].ended == "open":
-            self._records[-1].ended = cause
-            self._records[-1].confirmed = self._buffer.acked
-        gaps = self._report_gaps(self._buffer.rewind())
-        self.log.warning(
-            "engine stream lost (%s) %.1f s into the call; replaying from %.1f s%s",
-            cause,
-            self._buffer.seconds(self._buffer.pushed),
-            self._buffer.seconds(self._buffer.acked),
-            f", {sum(g.duration for g in gaps):.1f} s could not be replayed" if gaps else "",
-        )
 
     # -- one stream ----------------------------------------------------------------------------------
-    async def _serve(self, ws: ClientConnection) -> None:
-        """Run one stream until the final after the end of audio (returns) or its loss (EngineClosed)."""
-        session = Session(self._audio, self._engine.datahdr, self.channels)
-        self._session = session
-        record = _Record(len(self._records))
-        self._records.append(record)
-        sender = asyncio.create_task(self._send_loop(ws, session), name=f"vblaze-send-{self.call_id}")
+    async def _serve(self, ws: ClientConnection) -> Step | None:
+        """Run one stream until the final (or its loss); the session's next step."""
+        sender = asyncio.create_task(self._send_loop(ws), name=f"vblaze-send-{self.call_id}")
         sender.add_done_callback(lambda task: _abort_if_failed(task, ws))
-        lost: EngineClosed | None = None
+        received: LostCause | None = None
         try:
-            await self._receive_loop(ws, session)
+            await self._receive_loop(ws)
         except EngineClosed as exc:
-            lost = exc
+            received = _lost_cause(exc)
         except BaseException:
             ws.transport.abort()
             raise
@@ -493,119 +361,63 @@ class EngineStream:
         error = None if sender.cancelled() else sender.exception()
         if error is not None and not isinstance(error, EngineClosed):
             raise error
-        if isinstance(error, EngineClosed) and (lost is None or error.args == (LOST_SEND_TIMEOUT,)):
-            lost = error  # the writer saw it first, or knows better why
-        if lost is None and not session.end_sent:
-            lost = EngineClosed(LOST_ENDED_EARLY)
-        if lost is not None:
-            ws.transport.abort()
-            raise lost
-        await self._await_close(ws)
+        sent = _lost_cause(error) if isinstance(error, EngineClosed) else None
+        actions = self._call.stream_ended(received, sent, time.monotonic())
+        for close in (action for action in actions if isinstance(action, Close)):
+            await self._close(ws, close)
+        return self._effects(actions)
 
-    async def _send_loop(self, ws: ClientConnection, session: Session) -> None:
+    async def _send_loop(self, ws: ClientConnection) -> None:
         while True:
-            finishing = self._finish_requested.is_set()
-            chunk = self._buffer.next_chunk(flush=finishing)
-            if chunk is None:
-                if finishing and self._buffer.pending_bytes == 0:
-                    for frame in session.send_end():
-                        await self._send(ws, frame)
-                    self.log.debug("end of audio sent")
+            send = self._call.next_send()
+            if send is None:
+                if self._call.audio_ended:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            frame = session.send_audio(chunk.data, chunk.position)
-            self._records[-1].sent(chunk.position, len(chunk.data))
-            await self._send(ws, frame)
-            self.stats.frames_sent += 1
-            self.stats.bytes_sent += len(chunk.data)
-            if chunk.arrival is None:
-                self.stats.bytes_replayed += len(chunk.data)
-            else:
-                self._notify("frame_sent", len(frame), time.monotonic() - chunk.arrival)
+            await self._send(ws, send.frame)
+            self._effects(self._call.frame_written(send, time.monotonic()))
 
     async def _send(self, ws: ClientConnection, frame: bytes) -> None:
         try:
             async with asyncio.timeout(self._engine.send_timeout_seconds):
                 await ws.send(frame)
         except TimeoutError:
-            raise EngineClosed(LOST_SEND_TIMEOUT) from None
+            raise EngineClosed(LostCause.SEND_TIMEOUT) from None
         except ConnectionClosed as exc:
-            raise EngineClosed(LOST_CLOSED) from exc
+            raise EngineClosed(LostCause.CLOSED) from exc
 
-    async def _receive_loop(self, ws: ClientConnection, session: Session) -> None:
-        """Deliver events until the final (returns) or the end of the socket (EngineClosed)."""
-        while True:
+    async def _receive_loop(self, ws: ClientConnection) -> None:
+        """Feed messages to the session until its final (returns) or the end of the socket (EngineClosed)."""
+        while self._call.receiving:
             try:
                 message = await ws.recv()
             except ConnectionClosed as exc:
                 self.log.debug("engine socket closed: %s", exc)
-                raise EngineClosed(LOST_CLOSED) from exc
-            received_at = time.monotonic()
-            try:
-                if isinstance(message, str):
-                    event = session.receive_text(message, received_at)
-                else:
-                    session.receive_binary(message)
-                    continue
-            except EngineProtocolError as exc:
-                self.stats.protocol_errors += 1
-                self.log.warning("skipping a message from the engine: %s", exc)
-                continue
-            self._attempt = 0  # the engine answers: the next failure starts the backoff afresh
-            record = self._records[-1]
-            if isinstance(event, Utterance):
-                self._deliver(event, session)
-            elif isinstance(event, Separator):
-                if session.sent_until is not None and session.end_sent:
-                    self._buffer.ack(session.sent_until)
-                    record.confirmed = session.sent_until
-            else:
-                assert isinstance(event, Final)
-                record.final = event.raw
-                if session.end_sent:
-                    self._final = event
-                    self._final_offset = session.call_start or 0.0
-                    self._complete = True
-                    self._reason = None
-                    record.ended = None
-                    record.confirmed = session.sent_until or 0
-                    self.log.debug("final transcript received")
-                return
+                raise EngineClosed(LostCause.CLOSED) from exc
+            self._effects(self._call.receive(message, time.monotonic()))
 
-    def _deliver(self, utt: Utterance, session: Session) -> None:
-        if self._streams > 1 and utt.end <= self._delivered_end + DUPLICATE_TOLERANCE_SECONDS:
-            self.stats.duplicates += 1
-            self.log.debug("dropping replayed utterance %.2f-%.2f s", utt.start, utt.end)
-            return
-        self._delivered_end = max(self._delivered_end, utt.end)
-        position = self._buffer.position(utt.end)
-        if session.sent_until is not None:
-            position = min(position, session.sent_until)
-        arrival = self._buffer.arrival_of(position)
-        # The engine transcribed this audio whatever becomes of the utterance here: it is not replayed
-        # and it belongs to the call's transcript.
-        self._buffer.ack(position)
-        self._records[-1].live.append(utt)
+    def _deliver(self, deliver: Deliver) -> None:
+        utt = deliver.utterance
         try:
             self._on_utterance(utt)
         except Exception:
-            self.stats.delivery_failures += 1
+            failures = self._call.delivery_failed(deliver)
             self.log.exception(
                 "on_utterance callback failed; utterance %.2f-%.2f s not delivered (%d so far)",
                 utt.start,
                 utt.end,
-                self.stats.delivery_failures,
+                failures,
             )
             return
-        self.stats.utterances += 1
-        self.utterances.append(utt)
-        if arrival is not None:
-            self._notify("utterance", utt.received_at - arrival)
+        self._effects(self._call.delivered(deliver))
 
-    async def _await_close(self, ws: ClientConnection) -> None:
+    async def _close(self, ws: ClientConnection, close: Close) -> None:
         """After the final the engine closes; close ourselves only if it has not within send_timeout."""
+        if close.abort:
+            ws.transport.abort()
+            return
         try:
             async with asyncio.timeout(self._engine.send_timeout_seconds):
                 await ws.wait_closed()
@@ -618,47 +430,27 @@ class EngineStream:
         except TimeoutError:
             ws.transport.abort()
 
-    # -- endings and reports -------------------------------------------------------------------------
-    def _give_up(self) -> None:
-        """finish() ran out of time: say why, and turn unconfirmed audio into a gap."""
-        if self._complete:
-            return
-        session = self._session
-        connected = session is not None and self._streams > 0 and not self._lost_streak()
-        cause = FINAL_TIMEOUT if connected else ENGINE_UNAVAILABLE
-        if self._reason is None:
-            self._reason = cause
-        if session is not None and session.separator_seen and session.end_sent:
-            self.log.warning("no final transcript within %.1f s", self._engine.final_timeout_seconds)
-            return
-        gaps = self._report_gaps(self._buffer.abandon(cause))
-        self.log.warning(
-            "no final transcript within %.1f s (%s); %.1f s of audio unconfirmed",
-            self._engine.final_timeout_seconds,
-            cause,
-            sum(g.duration for g in gaps),
-        )
-
-    def _lost_streak(self) -> bool:
-        """True while the latest stream is gone and no new one is up."""
-        return self._lost_before and self.stats.connects <= self.stats.losses
-
-    def _report_gaps(self, gaps: list[Gap]) -> list[Gap]:
-        for gap in gaps:
-            self._notify("gap", gap.duration, gap.cause)
-            if gap.cause == "buffer_overflow":
-                if not self._overflow_logged:
-                    self._overflow_logged = True
-                    self.log.warning("audio buffer full: dropping the oldest audio from %.1f s", gap.start)
-            elif gap.cause != self._buffer.abandoned:
-                self.log.warning("gap of %.1f s at %.1f s (%s)", gap.duration, gap.start, gap.cause)
-        return gaps
-
-    def _notify(self, method: str, *args: Any) -> None:
+    # -- reports -------------------------------------------------------------------------------------
+    def _report(self, report: Report) -> None:
+        """One typed observer call; an observer that raises is logged, never allowed to stop the call."""
+        observer = self._observer
         try:
-            getattr(self._observer, method)(*args)
+            if isinstance(report, Connected):
+                observer.connected()
+            elif isinstance(report, Reconnected):
+                observer.reconnected()
+            elif isinstance(report, ConnectFailed):
+                observer.connect_failed(report.cause)
+            elif isinstance(report, ConnectionLost):
+                observer.connection_lost(report.cause)
+            elif isinstance(report, FrameSent):
+                observer.frame_sent(report.nbytes, report.latency)
+            elif isinstance(report, UtteranceDelivered):
+                observer.utterance(report.latency)
+            else:
+                observer.gap(report.gap.duration, report.gap.cause)
         except Exception:
-            self.log.exception("engine observer %s() failed", method)
+            self.log.exception("engine observer %s() failed", _OBSERVER_METHODS[type(report)])
 
 
 def _abort_if_failed(task: asyncio.Task[None], ws: ClientConnection) -> None:

@@ -2,6 +2,8 @@
 
 One `Session` is one WebSocket stream to the engine. It is fed what the socket delivers and returns what
 to write; it never touches a socket, a clock or the event loop, so every rule below is tested with bytes.
+A call's streams, one after the other, belong to its `session.CallSession` (reconnects, replay, the
+call's result); `client.EngineStream` drives both over websockets.
 
 Contract:
 

@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
 from bridge.errors import MetricsDirInUse
+from bridge.vblaze.buffer import GapCause
+from bridge.vblaze.session import ConnectCause, LostCause
 from bridge.webhook.policy import outcome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,6 +220,45 @@ def test_label_values_are_bounded() -> None:
         assert "other" in values
         # a call's result names every refusal the gate can give (13 today); the causes stay within 12
         assert len(values) <= (16 if values is metrics.CALL_RESULTS else 12)
+
+
+ENGINE_LABELS = [
+    (ConnectCause, "CONNECT_FAILURE_CAUSES"),
+    (LostCause, "STREAM_LOST_CAUSES"),
+    (GapCause, "GAP_CAUSES"),
+]
+
+
+@pytest.mark.parametrize(("causes", "name"), ENGINE_LABELS)
+def test_every_engine_cause_is_a_declared_label_value_and_the_reverse(causes: type, name: str) -> None:
+    """The engine's causes are enums its code emits (typed, see bridge/vblaze/session.py and buffer.py);
+    each must be a label value of its own (not folded into "other"), and each label value but "other"
+    must be a cause some code can emit."""
+    labels = getattr(metrics, name)
+    for cause in causes:
+        assert cause.value in labels, f"{causes.__name__}.{cause.name} is not in metrics.{name}"
+        assert metrics.bounded(cause, labels) == cause.value
+    for label in labels:
+        assert label == metrics.OTHER or label in {c.value for c in causes}, f"{name}: {label!r} is no cause"
+    assert len(labels) == len(set(labels))
+
+
+def test_a_connect_failure_is_classified_into_a_declared_cause() -> None:
+    from websockets.datastructures import Headers
+    from websockets.exceptions import InvalidStatus
+    from websockets.http11 import Response
+
+    from bridge.vblaze.client import classify_connect_error
+
+    for exc in (
+        InvalidStatus(Response(503, "Service Unavailable", Headers(), b"")),
+        InvalidStatus(Response(400, "Bad Request", Headers(), b"")),
+        ConnectionRefusedError(),
+        TimeoutError(),
+        OSError("no route"),
+    ):
+        _, cause = classify_connect_error(exc)
+        assert isinstance(cause, ConnectCause) and cause.value in metrics.CONNECT_FAILURE_CAUSES
 
 
 def test_histogram_buckets_increase_and_cover_their_hop() -> None:

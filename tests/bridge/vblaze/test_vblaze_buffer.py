@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.vblaze.buffer import BUFFER_OVERFLOW, REPLAY_EXCEEDED, AudioBuffer
+from bridge.vblaze.buffer import AudioBuffer, GapCause
 from bridge.vblaze.protocol import Gap
+
+BUFFER_OVERFLOW, REPLAY_EXCEEDED = GapCause.BUFFER_OVERFLOW, GapCause.REPLAY_EXCEEDED
 
 BPS = 16000  # 8 kHz, 16-bit
 CHUNK = 1600  # 100 ms
