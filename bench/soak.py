@@ -48,6 +48,7 @@ from bridge.demo import (  # noqa: E402
     stop_process,
     wait_for_sip,
 )
+from sip.limits import rtp_ports  # noqa: E402
 from tests.fixtures import rawsip  # noqa: E402
 from tests.fixtures.torture import INVALID  # noqa: E402
 
@@ -190,7 +191,7 @@ def main() -> int:
             "sip": {
                 "first_port": sip_port,
                 "workers": workers,
-                "rtp_first_port": free_port_block(40 * workers, 30000, 60000),
+                "rtp_first_port": free_port_block(rtp_ports(workers), 30000, 60000),
             },
             "engine": {"url": url},
             "sink": {"kind": "jsonl", "jsonl_path": str(work / "events.jsonl")},

@@ -23,6 +23,7 @@ from bridge.demo import (
     stop_process,
     wait_for_sip,
 )
+from sip.limits import rtp_ports
 
 
 @dataclass
@@ -130,7 +131,7 @@ def new_bridge(
 ) -> Bridge:
     """A bridge with its own ports, config, events file, state and spool in `directory`."""
     sip_port = free_port_block(workers)
-    rtp_port = free_port_block(40 * workers, low=30000, high=60000)
+    rtp_port = free_port_block(rtp_ports(workers), low=30000, high=60000)
     events_path = directory / f"events-{number}.jsonl"
     config: dict[str, Any] = {
         "sip": {"first_port": sip_port, "workers": workers, "rtp_first_port": rtp_port},
