@@ -43,29 +43,22 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from sip.admission import CallResult
+from sip.pjlog import SipDropReason
+from sip.reclaim import ReclaimCause
 
 MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
 
 # --- bounded label values ---------------------------------------------------------------------------
 
-CALL_RESULTS = (
-    "completed",  # answered and ended normally (BYE from either side, RTP timeout, drain hang-up)
-    "rejected_full",  # 503: every slot of the worker is taken
-    "rejected_draining",  # 503: the bridge is draining after SIGTERM
-    "rejected_codec",  # 488: no codec in common
-    "rejected_acl",  # 403 or dropped: source not in sip.allow_from
-    "rejected_engine",  # 503: engine unreachable and engine.on_unreachable = reject
-    "failed",  # answered, then ended by an error of ours
-    "rejected_rate",  # 503: the source sent INVITEs faster than sip.invite_rate_per_source
-    "rejected_invalid",  # 400: an INVITE the bridge could not parse
-    "rejected_source",  # 503: the source holds sip.calls_per_source of the worker's calls
-    "rejected_error",  # 500: screening the INVITE failed inside the bridge (a defect, logged with traceback)
-    "worker_lost",  # the worker process died with the call up (counted by the supervisor)
-    "other",
-)
-# SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
-INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
+# How a call ended or was refused; each value is documented at its member of sip.admission.CallResult.
+CALL_RESULTS = tuple(result.value for result in CallResult)
+# SIP status codes the workers count as sent to an initial INVITE: 200 (pjsua's answer to an admitted
+# call), and the refusals of the gate (sip.screening, sip.admission: 403, 488, 503; 500 when screening
+# fails). 400 is counted as "4xx", as it always was. Other codes are reported by class ("4xx"); answers
+# pjsua gives itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
+INVITE_CODES = ("200", "403", "488", "500", "503")
 DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
 # Causes as bridge/vblaze/client.py and bridge/vblaze/buffer.py name them.
 CONNECT_FAILURE_CAUSES = ("refused", "timeout", "unavailable", "rejected", "error", "other")
@@ -82,11 +75,10 @@ GAP_CAUSES = (
     "worker_lost",  # the worker process died with the call up
     "other",
 )
-# SIP messages pjsip dropped before any call saw them (parse errors, oversized packets).
-SIP_DROP_REASONS = ("malformed", "oversized", "other")
-# Why an answered call was hung up to free its slot (sip.ack_timeout_seconds, first_rtp_timeout_seconds,
-# rtp_timeout_seconds).
-RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
+# SIP messages pjsip dropped before any call saw them (sip.pjlog.SipDropReason documents each).
+SIP_DROP_REASONS = tuple(reason.value for reason in SipDropReason)
+# Why an answered call was hung up to free its slot (sip.reclaim.ReclaimCause documents each).
+RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause)
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
 # exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
