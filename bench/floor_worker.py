@@ -28,8 +28,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bridge.config import load_config
-from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
+from bridge.sip_adapter import sip_settings, worker_readiness
+from sip.endpoint import SipEndpoint
 from sip.events import CallEnded, CallMedia, SipEvent
+from sip.limits import RTP_PORTS_PER_WORKER
 
 
 class Counts:
@@ -100,7 +102,7 @@ def run(config_path: Path, index: int, out: Path) -> None:
     counts = Counts(config.audio.port_frame_ms / 1000)
     port = config.sip.first_port + index
     rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
-    endpoint = SipEndpoint(config, port, rtp_port, counts.event, counts.audio)
+    endpoint = SipEndpoint(sip_settings(config), port, rtp_port, counts.event, counts.audio, worker_readiness)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())

@@ -54,9 +54,9 @@ from bridge.demo import (  # noqa: E402
     wait_for_sip,
 )
 from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
+from sip.limits import rtp_ports  # noqa: E402
 
 KAMAILIO_CFG = ROOT / "bridge" / "assets" / "kamailio.cfg"
-RTP_PORTS_PER_WORKER = 40  # sip.endpoint.RTP_PORTS_PER_WORKER, without importing pjsua2 here
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SPEECH = (
     "Thank you for calling the support line, my name is Alex, how can I help you today? "
@@ -336,7 +336,7 @@ def pool_config(
 
     workers = math.ceil(calls / 4)
     sip_port = free_port_block(workers, low=15000, high=26000)
-    rtp_port = free_port_block(RTP_PORTS_PER_WORKER * workers, low=26000, high=50000)
+    rtp_port = free_port_block(rtp_ports(workers), low=26000, high=50000)
     config: dict[str, Any] = {
         "sip": {
             "first_port": sip_port,

@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip  # noqa: E402
+from sip.limits import rtp_ports  # noqa: E402
 from tests.fixtures import rawsip  # noqa: E402
 from tests.fixtures.harness import free_port_block  # noqa: E402
 from tests.fixtures.torture import INVALID  # noqa: E402
@@ -184,7 +185,7 @@ def main() -> int:
             "sip": {
                 "first_port": sip_port,
                 "workers": workers,
-                "rtp_first_port": free_port_block(40 * workers, 30000, 60000),
+                "rtp_first_port": free_port_block(rtp_ports(workers), 30000, 60000),
             },
             "engine": {"url": url},
             "sink": {"kind": "jsonl", "jsonl_path": str(work / "events.jsonl")},

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from sip.limits import PJSUA_MAX_CALLS
 from sip.siprec import SiprecRules
 
 # Where workers write their metric files; prometheus_client reads it when it is first imported.
@@ -23,7 +24,7 @@ METRICS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 DEFAULT_SIP_HOST = "127.0.0.1"
 DEFAULT_SIP_FIRST_PORT = 5080
 DEFAULT_WORKERS = 2
-DEFAULT_CALLS_PER_WORKER = 4  # pjsua2-python's compile-time PJSUA_MAX_CALLS
+DEFAULT_CALLS_PER_WORKER = PJSUA_MAX_CALLS  # as many as pjsua2-python's wheel can hold
 DEFAULT_RTP_FIRST_PORT = 20000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
@@ -52,7 +53,7 @@ DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("meta
 DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
 
-MAX_CALLS_PER_WORKER = 4
+MAX_CALLS_PER_WORKER = PJSUA_MAX_CALLS
 # Tags the bridge sets on every request itself; engine.tags may not override them.
 BRIDGE_TAGS = (
     "realtime",

@@ -7,15 +7,19 @@
     │   ├── EngineRejected      4xx at the upgrade: our tags are wrong (not retryable)
     │   ├── EngineClosed        the socket closed before the final transcript (retryable)
     │   └── EngineProtocolError a message we cannot parse (not retryable)
-    ├── WebhookError            a webhook attempt failed
-    │   ├── WebhookRetryable    connection error, timeout, 408, 429, 5xx
-    │   └── WebhookRejected     any other 4xx (final)
-    └── SipError                pjsua2 refused an operation
+    └── WebhookError            a webhook attempt failed
+        ├── WebhookRetryable    connection error, timeout, 408, 429, 5xx
+        └── WebhookRejected     any other 4xx (final)
+
+    SipError                    pjsua2 refused an operation (not retryable); defined in `sip.errors`
+                                (sip/ imports nothing of bridge/, so it is no BridgeError), re-exported here
 
 `is_retryable` is the one place that decides whether an error is worth another attempt.
 """
 
 from __future__ import annotations
+
+from sip.errors import SipError
 
 
 class BridgeError(Exception):
@@ -65,10 +69,6 @@ class WebhookRetryable(WebhookError):
 
 class WebhookRejected(WebhookError):
     """The receiver answered with a final 4xx."""
-
-
-class SipError(BridgeError):
-    """pjsua2 refused an operation."""
 
 
 class MetricsDirInUse(BridgeError):

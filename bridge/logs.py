@@ -138,24 +138,3 @@ class CallLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
 def call_logger(logger: logging.Logger, call_id: str, **fields: Any) -> CallLoggerAdapter:
     """A logger whose every line carries `call_id` (JSON field; ``[call_id=…]`` prefix in text)."""
     return CallLoggerAdapter(logger, {"call_id": call_id, **fields})
-
-
-class Throttle:
-    """At most one log line per key every `interval` seconds, for lines a peer can make us write at any
-    rate (refused INVITEs): `allow(key, now)` is the count suppressed since the key's last line, or None
-    to suppress this one. Keys are forgotten once quiet; at most `max_keys` are remembered."""
-
-    def __init__(self, interval: float = 10.0, max_keys: int = 1024) -> None:
-        self.interval = interval
-        self._max_keys = max_keys
-        self._keys: dict[str, tuple[float, int]] = {}  # key -> (last line at, suppressed since)
-
-    def allow(self, key: str, now: float) -> int | None:
-        last = self._keys.get(key)
-        if last is not None and now - last[0] < self.interval:
-            self._keys[key] = (last[0], last[1] + 1)
-            return None
-        if len(self._keys) >= self._max_keys:
-            self._keys = {k: v for k, v in self._keys.items() if now - v[0] < self.interval}
-        self._keys[key] = (now, 0)
-        return 0 if last is None else last[1]

@@ -47,6 +47,9 @@ from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.session import ConnectCause, LostCause
 from bridge.webhook.policy import Outcome
 from bridge.webhook.queue import DropReason
+from sip.admission import CallResult
+from sip.pjlog import SipDropReason
+from sip.reclaim import ReclaimCause
 
 MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
@@ -55,23 +58,13 @@ PREFIX = "vblaze_bridge"
 
 OTHER = "other"  # every label's catch-all: a value outside its list is counted here (`bounded`)
 
-CALL_RESULTS = (
-    "completed",  # answered and ended normally (BYE from either side, RTP timeout, drain hang-up)
-    "rejected_full",  # 503: every slot of the worker is taken
-    "rejected_draining",  # 503: the bridge is draining after SIGTERM
-    "rejected_codec",  # 488: no codec in common
-    "rejected_acl",  # 403 or dropped: source not in sip.allow_from
-    "rejected_engine",  # 503: engine unreachable and engine.on_unreachable = reject
-    "failed",  # answered, then ended by an error of ours
-    "rejected_rate",  # 503: the source sent INVITEs faster than sip.invite_rate_per_source
-    "rejected_invalid",  # 400: an INVITE the bridge could not parse
-    "rejected_source",  # 503: the source holds sip.calls_per_source of the worker's calls
-    "rejected_error",  # 500: screening the INVITE failed inside the bridge (a defect, logged with traceback)
-    "worker_lost",  # the worker process died with the call up (counted by the supervisor)
-    "other",
-)
-# SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
-INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
+# How a call ended or was refused; each value is documented at its member of sip.admission.CallResult.
+CALL_RESULTS = tuple(result.value for result in CallResult)
+# SIP status codes the workers count as sent to an initial INVITE: 200 (pjsua's answer to an admitted
+# call), and the refusals of the gate (sip.screening, sip.admission: 403, 488, 503; 500 when screening
+# fails). 400 is counted as "4xx", as it always was. Other codes are reported by class ("4xx"); answers
+# pjsua gives itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
+INVITE_CODES = ("200", "403", "488", "500", "503")
 DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
 # Engine causes: each tuple is its enum's values plus "other"; the enums (with what each value means) are
 # the one list the producers use: bridge/vblaze/session.py (ConnectCause, LostCause) and
@@ -79,11 +72,10 @@ DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other
 CONNECT_FAILURE_CAUSES = (*(cause.value for cause in ConnectCause), OTHER)
 STREAM_LOST_CAUSES = (*(cause.value for cause in LostCause), OTHER)
 GAP_CAUSES = (*(cause.value for cause in GapCause), OTHER)
-# SIP messages pjsip dropped before any call saw them (parse errors, oversized packets).
-SIP_DROP_REASONS = ("malformed", "oversized", "other")
-# Why an answered call was hung up to free its slot (sip.ack_timeout_seconds, first_rtp_timeout_seconds,
-# rtp_timeout_seconds).
-RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
+# SIP messages pjsip dropped before any call saw them (sip.pjlog.SipDropReason documents each).
+SIP_DROP_REASONS = tuple(reason.value for reason in SipDropReason)
+# Why an answered call was hung up to free its slot (sip.reclaim.ReclaimCause documents each).
+RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause)
 # Defined, with a comment per value, where they are produced: bridge/webhook/policy.py, queue.py.
 WEBHOOK_OUTCOMES = tuple(o.value for o in Outcome)  # Outcome.OTHER ("other") is one of them
 WEBHOOK_DROP_REASONS = (*(r.value for r in DropReason), OTHER)

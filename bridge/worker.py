@@ -32,9 +32,12 @@ from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
 from bridge.sinks import make_sink
+from bridge.sip_adapter import sip_settings, worker_readiness
 from bridge.vblaze.buffer import GapCause
-from sip.endpoint import RTP_PORTS_PER_WORKER, SipEndpoint
+from sip.admission import CallResult
+from sip.endpoint import SipEndpoint
 from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams, InviteRejected, SipEvent
+from sip.limits import PJSUA_MAX_CALLS, RTP_PORTS_PER_WORKER
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +67,13 @@ class Worker:
         self.engine_metrics = metrics.EngineMetrics()
         self.worker_metrics = metrics.WorkerMetrics()
         self.endpoint = SipEndpoint(
-            config, self.port, self.rtp_port, self._from_sip, self._audio_from_sip, self.call_metrics
+            sip_settings(config),
+            self.port,
+            self.rtp_port,
+            self._from_sip,
+            self._audio_from_sip,
+            worker_readiness,
+            self.call_metrics,
         )
 
     # --- from the SIP threads -------------------------------------------------------------------------
@@ -147,7 +156,7 @@ class Worker:
         failed = task.cancelled() or task.exception() is not None
         if not task.cancelled() and task.exception() is not None:
             logger.error("call task failed", exc_info=task.exception())
-        self.call_metrics.call_ended("failed" if failed else "completed")
+        self.call_metrics.call_ended(CallResult.FAILED if failed else CallResult.COMPLETED)
         if not self.calls:
             self._idle.set()
 
@@ -161,7 +170,7 @@ class Worker:
             logger.error("call %s was lost with the previous worker %d", lost.entry.call_id, self.index)
             self.engine_metrics.gap(data["gaps"][0]["duration"], GapCause.WORKER_LOST)
             if not lost.same_supervisor:
-                metrics.CALLS.labels("worker_lost").inc()
+                metrics.CALLS.labels(CallResult.WORKER_LOST.value).inc()
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -208,7 +217,7 @@ class Worker:
         await self._loop.run_in_executor(None, self.endpoint.start)
         for sig in (signal.SIGTERM, signal.SIGINT):
             self._loop.add_signal_handler(sig, self.request_stop)
-        self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, 4))
+        self.worker_metrics.started(min(self.cfg.sip.calls_per_worker, PJSUA_MAX_CALLS))
         channel = None
         if control is not None:
             channel = asyncio.create_task(self._serve_control(control), name="control")

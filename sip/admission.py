@@ -10,7 +10,8 @@ Checked in this order, so the cheapest and most specific answer wins:
    in common → 488
 
 `decide` raises nothing, whatever the request's bytes: every refusal is a `Reject` with a
-`result` from the fixed list in `bridge.metrics`, so its caller answers and counts it.
+`CallResult`, so its caller answers and counts it. `CallResult` is the one list of how a call ends or
+is refused: `bridge.metrics.CALL_RESULTS` (the `result` label) is derived from it.
 """
 
 from __future__ import annotations
@@ -18,22 +19,41 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 from sip.message import SipRequest
 from sip.sdp import SdpError, parse_offer
 
 
+class CallResult(StrEnum):
+    """How a call ended or was refused: the `result` label of `vblaze_bridge_calls_total`."""
+
+    COMPLETED = "completed"  # answered and ended normally (BYE from either side, RTP timeout, drain hang-up)
+    REJECTED_FULL = "rejected_full"  # 503: every slot of the worker is taken
+    REJECTED_DRAINING = "rejected_draining"  # 503: the bridge is draining after SIGTERM
+    REJECTED_CODEC = "rejected_codec"  # 488: no codec in common
+    REJECTED_ACL = "rejected_acl"  # 403 or dropped: source not in sip.allow_from
+    REJECTED_ENGINE = "rejected_engine"  # 503: engine unreachable and engine.on_unreachable = reject
+    FAILED = "failed"  # answered, then ended by an error of ours
+    REJECTED_RATE = "rejected_rate"  # 503: the source sent INVITEs faster than sip.invite_rate_per_source
+    REJECTED_INVALID = "rejected_invalid"  # 400: an INVITE the bridge could not parse
+    REJECTED_SOURCE = "rejected_source"  # 503: the source holds sip.calls_per_source of the worker's calls
+    # 500: screening the INVITE failed inside the bridge (a defect, logged with traceback)
+    REJECTED_ERROR = "rejected_error"
+    WORKER_LOST = "worker_lost"  # the worker process died with the call up (counted by the supervisor)
+    OTHER = "other"  # what `bridge.metrics.bounded` maps anything else to; never produced
+
+
 @dataclass(frozen=True)
 class Accept:
     encodings: tuple[str, ...]  # codecs in common, in the caller's order
-    audio_count: int
 
 
 @dataclass(frozen=True)
 class Reject:
     status: int
     reason: str
-    result: str  # metrics label: rejected_acl, _rate, _draining, _full, _engine, _codec, _invalid
+    result: CallResult  # one of the REJECTED_* members
     headers: tuple[tuple[str, str], ...] = field(default=())
 
 
@@ -99,24 +119,24 @@ def decide(
     """Decide on one INVITE given the worker's state (`within_rate`: the source's RateLimiter said yes;
     `engine_refuses`: the engine is unreachable and the config says to refuse calls then)."""
     if not source_allowed(source_ip, policy.allow_from):
-        return Reject(403, "Forbidden", "rejected_acl")
+        return Reject(403, "Forbidden", CallResult.REJECTED_ACL)
     retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
     if not within_rate:
-        return Reject(503, "Too Many Calls From This Source", "rejected_rate", retry)
+        return Reject(503, "Too Many Calls From This Source", CallResult.REJECTED_RATE, retry)
     if draining:
-        return Reject(503, "Draining", "rejected_draining", retry)
+        return Reject(503, "Draining", CallResult.REJECTED_DRAINING, retry)
     if active_calls >= policy.capacity:
-        return Reject(503, "Busy, Try Another Worker", "rejected_full", retry)
+        return Reject(503, "Busy, Try Another Worker", CallResult.REJECTED_FULL, retry)
     if engine_refuses:
-        return Reject(503, "Transcription Engine Unavailable", "rejected_engine", retry)
+        return Reject(503, "Transcription Engine Unavailable", CallResult.REJECTED_ENGINE, retry)
     if "application/sdp" not in request.content_type() and "multipart" not in request.content_type():
-        return Reject(488, "SDP Offer Required", "rejected_codec")
+        return Reject(488, "SDP Offer Required", CallResult.REJECTED_CODEC)
     try:
         offer = parse_offer(request.body)
     except SdpError:
-        return Reject(400, "Malformed SDP Offer", "rejected_invalid")
+        return Reject(400, "Malformed SDP Offer", CallResult.REJECTED_INVALID)
     offered = offer.encodings()
     common = tuple(codec for codec in policy.codecs if codec in offered)
     if not offer.audio or not common:
-        return Reject(488, "No Common Codec", "rejected_codec")
-    return Accept(common, len(offer.audio))
+        return Reject(488, "No Common Codec", CallResult.REJECTED_CODEC)
+    return Accept(common)

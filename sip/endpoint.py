@@ -8,12 +8,12 @@ thread (see `sip.media`). Both callbacks must be thread-safe and must not block:
 them in `loop.call_soon_threadsafe`.
 
 Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline issue):
-- at most 4 calls a process (`PJSUA_MAX_CALLS`); when 4 calls exist pjsua answers a 5th INVITE with
-  486 itself, before `onIncomingCall`. With `sip.calls_per_worker` below 4 a slot stays free and the
-  bridge answers 503 with Retry-After instead.
+- at most 4 calls a process (`sip.limits.PJSUA_MAX_CALLS`); when 4 calls exist pjsua answers a 5th
+  INVITE with 486 itself, before `onIncomingCall`. With `sip.calls_per_worker` below 4 a slot stays
+  free and the bridge answers 503 with Retry-After instead.
 - the null sound device drives the conference clock (`setNoDev()` delivers no frames);
 - calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
-- `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports).
+- `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports): `sip.limits.MAX_MEDIA_PORTS`.
 
 SIPREC (RFC 7866; the decisions are `sip.siprec`'s, measured facts of the wheel here):
 - pjsua finds the SDP inside a multipart body itself and answers `a=recvonly` to `a=sendonly`; with
@@ -48,12 +48,8 @@ from typing import Any
 
 import pjsua2 as pj
 
-from bridge.config import Config
-from bridge.errors import SipError
-from bridge.logs import Throttle, call_logger
-from bridge.metrics import CallMetrics
-from bridge.readiness import Decision, Readiness, decide
-from sip.admission import Policy, RateLimiter
+from sip.admission import CallResult, RateLimiter
+from sip.errors import SipError
 from sip.events import (
     CallDtmf,
     CallEnded,
@@ -65,39 +61,32 @@ from sip.events import (
     SiprecSession,
 )
 from sip.gate import Answer, Gate, Incoming, pjsua_calls, set_transaction_timeout
+from sip.limits import FRAME_PORTS, MAX_MEDIA_PORTS, PJSUA_MAX_CALLS, RTP_PORTS_PER_WORKER
 from sip.media import AudioDeliver, FramePort, PortPool
-from sip.message import SipRequest, parse_request
-from sip.multipart import is_multipart
-from sip.screening import MAX_SIPREC_STREAMS, Admitted, Refused, WorkerState, screen
-from sip.sdp import Offer, parse_offer
-from sip.siprec import (
-    METADATA_TYPE,
-    SiprecRules,
-    StreamRole,
-    map_streams,
-    parse_body,
-    parse_metadata,
+from sip.message import parse_request
+from sip.midcall import remap
+from sip.pjlog import dropped_reason
+from sip.reclaim import Reclaim, ReclaimCause, RtpWatch, unacked
+from sip.screening import (
+    ANSWER_FAILED_STATUS,
+    SCREEN_FAILED,
+    UNSCREENED_STATUS,
+    Admitted,
+    Refused,
+    WorkerState,
+    screen,
 )
+from sip.sdp import Offer
+from sip.settings import CallObserver, NullObserver, ReadinessRule, ReadyVerdict, SipSettings, WorkerLoad
+from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
-PJSUA_MAX_CALLS = 4
 POLL_MS = 10
 REFUSAL_LOG_SECONDS = 10.0  # refusals are counted each, logged once per source and cause in this time
 LOAD_HEADER = "X-VBlaze-Calls"  # on a 503 to OPTIONS: calls held / slots, for a dispatcher to read
 CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
 RTP_CHECK_SECONDS = 1.0
-# pjsip's log lines for messages it drops before any callback sees them, first match wins (pjsip 2.15:
-# "Error processing packet from …: Rx buffer overflow" for a message larger than PJSIP_MAX_PKT_LEN,
-# "Dropping N bytes packet from …: PJSIP syntax error exception when parsing …" for a parse error,
-# "Error processing packet from …: Missing required header(s)" for a message without CSeq or the like).
-DROPPED_MESSAGE_MARKERS = (
-    ("Rx buffer overflow", "oversized"),
-    ("too large", "oversized"),
-    ("Error processing", "malformed"),
-    ("bytes packet from", "malformed"),
-)
-RTP_PORTS_PER_WORKER = 40
 CODEC_IDS = {"PCMU": "PCMU/8000/1", "PCMA": "PCMA/8000/1", "G722": "G722/16000/1"}
 MEDIA_STATUS = {
     pj.PJSUA_CALL_MEDIA_NONE: "none",
@@ -118,16 +107,18 @@ class _Entry:
     end_reason: str | None = None
     confirmed: bool = False
     answered: float = field(default_factory=time.monotonic)
-    rtp_seen: bool = False  # any RTP packet ever arrived
     media_indexes: tuple[int, ...] = ()  # pjsua media index of each audio stream connected
-    expect_rtp: bool = False
-    rx_packets: int = 0
-    rx_lost: int = 0
-    rx_changed: float = field(default_factory=time.monotonic)
+    rtp: RtpWatch = field(default_factory=lambda: RtpWatch(changed=time.monotonic()))
     headers: dict[str, str] = field(default_factory=dict)
     call_id: str = ""
     siprec_offer: Offer | None = None  # the audio m-lines answered, for a SIPREC call
     streams: int = 1  # audio streams the bridge answered and connects
+
+
+def _call_log(call_id: str) -> logging.LoggerAdapter[logging.Logger]:
+    """This module's logger for one call: every line carries `call_id` (the record attribute the
+    bridge's log formatters print, see `bridge.logs`)."""
+    return logging.LoggerAdapter(logger, {"call_id": call_id})
 
 
 class _PjStr(ctypes.Structure):
@@ -167,7 +158,7 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     """pjsua's log lines into Python logging (they come from several pjsua threads); messages pjsip
     dropped before any callback saw them are counted."""
 
-    def __init__(self, metrics: CallMetrics) -> None:
+    def __init__(self, metrics: CallObserver) -> None:
         super().__init__()
         self._metrics = metrics
 
@@ -176,13 +167,11 @@ class _LogWriter(pj.LogWriter):  # type: ignore[misc]
         level = logging.WARNING if entry.level <= 2 else logging.DEBUG
         if entry.level <= 1:
             level = logging.ERROR
-        if entry.level <= 3:
-            for marker, reason in DROPPED_MESSAGE_MARKERS:
-                if marker in msg:
-                    self._metrics.sip_dropped(reason)
-                    level = logging.WARNING
-                    msg = msg.split("\n", 1)[0]  # not the whole packet
-                    break
+        reason = dropped_reason(msg) if entry.level <= 3 else None
+        if reason is not None:
+            self._metrics.sip_dropped(reason)
+            level = logging.WARNING
+            msg = msg.split("\n", 1)[0]  # not the whole packet
         logging.getLogger("pjsua").log(level, "%s", msg.rstrip())
 
 
@@ -225,33 +214,33 @@ class _Account(pj.Account):  # type: ignore[misc]
 
 
 class SipEndpoint:
-    """A pjsua2 endpoint on one SIP port, run by its own thread."""
+    """A pjsua2 endpoint on one SIP port, run by its own thread.
+
+    `readiness` is the rule OPTIONS are answered by (the bridge gives its `/readyz` rule); `metrics`
+    gets the thread's figures (none are kept without one)."""
 
     def __init__(
         self,
-        config: Config,
+        settings: SipSettings,
         port: int,
         rtp_port: int,
         on_event: Callable[[SipEvent], None],
         on_audio: AudioDeliver,
-        metrics: CallMetrics | None = None,
+        readiness: ReadinessRule,
+        metrics: CallObserver | None = None,
     ) -> None:
-        self._cfg = config
-        self._metrics = metrics if metrics is not None else CallMetrics()
-        self._limiter = RateLimiter(config.sip.invite_rate_per_source, config.sip.invite_burst_per_source)
+        self._cfg = settings
+        self._metrics: CallObserver = metrics if metrics is not None else NullObserver()
+        self._readiness_rule = readiness
+        self._limiter = RateLimiter(settings.invite_rate_per_source, settings.invite_burst_per_source)
         self._next_rtp_check = 0.0
         self._refusal_log = Throttle(REFUSAL_LOG_SECONDS)
         self.port = port
         self._rtp_port = rtp_port
         self._on_event = on_event
         self._on_audio = on_audio
-        self._policy = Policy(
-            capacity=min(config.sip.calls_per_worker, PJSUA_MAX_CALLS),
-            codecs=config.sip.codecs,
-            retry_after=config.sip.retry_after_seconds,
-            allow_from=config.sip.allow_from,
-        )
-        self._rules = config.siprec.rules()
+        self._policy = settings.policy()
+        self._rules = settings.siprec_rules
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -339,6 +328,30 @@ class SipEndpoint:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+        ep.libInit(self._ep_config())
+        set_transaction_timeout(cfg.transaction_timeout_seconds)
+        for name in cfg.transports:
+            tcfg = pj.TransportConfig()
+            tcfg.port = self.port
+            tcfg.boundAddress = cfg.host
+            kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
+            ep.transportCreate(kind, tcfg)
+        ep.libStart()
+        self._gate = Gate(self._on_request, self._screen_failed)
+        self._gate.register()
+        try:
+            self._gate.calibrate(self._send_probe, lambda: ep.libHandleEvents(POLL_MS), CALIBRATION_POLLS)
+        finally:
+            if self._probe_socket is not None:
+                self._probe_socket.close()
+        if cfg.accept_require_siprec:
+            _add_supported_siprec()
+        ep.audDevManager().setNullDev()
+        self._set_codecs()
+        self._create_account()
+        logger.info("SIP endpoint listening on %s:%d (%s)", cfg.host, self.port, "/".join(cfg.transports))
+
+    def _ep_config(self) -> pj.EpConfig:
         ep_cfg = pj.EpConfig()
         ep_cfg.uaConfig.maxCalls = PJSUA_MAX_CALLS
         ep_cfg.uaConfig.threadCnt = 0
@@ -350,54 +363,32 @@ class SipEndpoint:
         ep_cfg.logConfig.consoleLevel = 3
         ep_cfg.logConfig.msgLogging = 0
         ep_cfg.logConfig.decor = 0
-        rate = cfg.audio.sample_rate
+        rate = self._cfg.sample_rate
         ep_cfg.medConfig.clockRate = rate
         ep_cfg.medConfig.sndClockRate = rate
         ep_cfg.medConfig.channelCount = 1
         ep_cfg.medConfig.noVad = True
-        ep_cfg.medConfig.maxMediaPorts = 4 * PJSUA_MAX_CALLS + 8
-        ep.libInit(ep_cfg)
-        set_transaction_timeout(cfg.sip.transaction_timeout_seconds)
-        for name in cfg.sip.transports:
-            tcfg = pj.TransportConfig()
-            tcfg.port = self.port
-            tcfg.boundAddress = cfg.sip.host
-            kind = pj.PJSIP_TRANSPORT_UDP if name == "udp" else pj.PJSIP_TRANSPORT_TCP
-            ep.transportCreate(kind, tcfg)
-        ep.libStart()
-        self._gate = Gate(self._on_request, self._screen_failed)
-        self._gate.register()
-        try:
-            self._gate.calibrate(self._send_probe, lambda: ep.libHandleEvents(POLL_MS), CALIBRATION_POLLS)
-        finally:
-            if self._probe_socket is not None:
-                self._probe_socket.close()
-        if cfg.siprec.accept_require:
-            _add_supported_siprec()
-        ep.audDevManager().setNullDev()
-        self._set_codecs()
+        ep_cfg.medConfig.maxMediaPorts = MAX_MEDIA_PORTS
+        return ep_cfg
+
+    def _create_account(self) -> None:
+        """The one account that takes every incoming call, and the FramePorts lent to its calls."""
+        cfg = self._cfg
         acfg = pj.AccountConfig()
-        acfg.idUri = f"sip:bridge@{cfg.sip.host}:{self.port}"
+        acfg.idUri = f"sip:bridge@{cfg.host}:{self.port}"
         acfg.mediaConfig.transportConfig.port = self._rtp_port
         acfg.mediaConfig.transportConfig.portRange = RTP_PORTS_PER_WORKER
-        acfg.mediaConfig.transportConfig.boundAddress = cfg.sip.host
+        acfg.mediaConfig.transportConfig.boundAddress = cfg.host
         self._account = _Account(self)
         self._account.create(acfg, True)
         self._pool = PortPool(
-            MAX_SIPREC_STREAMS * PJSUA_MAX_CALLS,
-            rate,
-            cfg.audio.port_frame_ms,
-            self._on_audio,
-            self._metrics.frames_dropped,
-        )
-        logger.info(
-            "SIP endpoint listening on %s:%d (%s)", cfg.sip.host, self.port, "/".join(cfg.sip.transports)
+            FRAME_PORTS, cfg.sample_rate, cfg.port_frame_ms, self._on_audio, self._metrics.frames_dropped
         )
 
     def _send_probe(self, probe: bytes) -> int:
         """Send the gate's calibration probe to our own SIP port; return the port it came from."""
-        host = self._cfg.sip.host
-        if "udp" in self._cfg.sip.transports:
+        host = self._cfg.host
+        if "udp" in self._cfg.transports:
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
                 sock.bind((host, 0))
                 sock.sendto(probe, (host, self.port))
@@ -410,7 +401,7 @@ class SipEndpoint:
         return port
 
     def _set_codecs(self) -> None:
-        wanted = {CODEC_IDS[name]: 255 - i for i, name in enumerate(self._cfg.sip.codecs)}
+        wanted = {CODEC_IDS[name]: 255 - i for i, name in enumerate(self._cfg.codecs)}
         for info in self._ep.codecEnum2():
             codec_id = str(info.codecId)
             self._ep.codecSetPriority(codec_id, wanted.get(codec_id, 0))
@@ -455,16 +446,15 @@ class SipEndpoint:
 
     def _check_rtp(self, now: float) -> None:
         """Count RTP received and lost (as pjmedia's stream statistics see it), and give back the slots
-        of calls that hold one for nothing: answered but never ACKed (sip.ack_timeout_seconds),
-        expecting RTP that never came (sip.first_rtp_timeout_seconds), or whose RTP stopped while
-        the media expects it (sip.rtp_timeout_seconds; a lost BYE ends this way)."""
-        sip = self._cfg.sip
+        of calls that hold one for nothing, by the rules of `sip.reclaim`."""
+        cfg = self._cfg
         for entry in list(self._entries.values()):
             if entry.hangup_requested:
                 continue
             if not entry.confirmed:
-                if now - entry.answered >= sip.ack_timeout_seconds:
-                    self._reclaim(entry, "no_ack", now - entry.answered, 408)
+                reclaim = unacked(entry.answered, now, cfg.ack_timeout_seconds)
+                if reclaim is not None:
+                    self._reclaim(entry, reclaim)
                 continue
             if not entry.media_indexes:
                 continue
@@ -472,26 +462,27 @@ class SipEndpoint:
                 stats = [entry.call.getStreamStat(index).rtcp.rxStat for index in entry.media_indexes]
             except pj.Error:
                 continue
-            packets = sum(int(stat.pkt) for stat in stats)
-            lost = sum(int(stat.loss) for stat in stats)
-            self._metrics.rtp_in(max(0, packets - entry.rx_packets), max(0, lost - entry.rx_lost))
-            entry.rx_lost = lost
-            entry.rtp_seen = entry.rtp_seen or packets > 0
-            if packets != entry.rx_packets or not entry.expect_rtp:
-                entry.rx_packets = packets
-                entry.rx_changed = now
-            elif not entry.rtp_seen and now - entry.rx_changed >= sip.first_rtp_timeout_seconds:
-                self._reclaim(entry, "no_rtp", now - entry.rx_changed, 200)
-            elif now - entry.rx_changed >= sip.rtp_timeout_seconds:
-                self._metrics.rtp_timeout()
-                self._reclaim(entry, "rtp_timeout", now - entry.rx_changed, 200)
+            packets, lost, reclaim = entry.rtp.update(
+                sum(int(stat.pkt) for stat in stats),
+                sum(int(stat.loss) for stat in stats),
+                now,
+                cfg.first_rtp_timeout_seconds,
+                cfg.rtp_timeout_seconds,
+            )
+            self._metrics.rtp_in(packets, lost)
+            if reclaim is not None:
+                if reclaim.cause is ReclaimCause.RTP_TIMEOUT:
+                    self._metrics.rtp_timeout()
+                self._reclaim(entry, reclaim)
 
-    def _reclaim(self, entry: _Entry, cause: str, idle: float, status: int) -> None:
-        call_logger(logger, entry.call_id).warning("%s for %.1f s: hanging up to free the slot", cause, idle)
-        self._metrics.call_reclaimed(cause)
+    def _reclaim(self, entry: _Entry, reclaim: Reclaim) -> None:
+        _call_log(entry.call_id).warning(
+            "%s for %.1f s: hanging up to free the slot", reclaim.cause, reclaim.idle
+        )
+        self._metrics.call_reclaimed(reclaim.cause)
         entry.hangup_requested = True
-        entry.end_reason = cause
-        self._hangup(entry.call, status)
+        entry.end_reason = reclaim.cause.value
+        self._hangup(entry.call, reclaim.status)
 
     def _hangup(self, call: _Call, status: int) -> None:
         op = pj.CallOpParam()
@@ -520,14 +511,12 @@ class SipEndpoint:
                 return entry
         return None
 
-    def _readiness(self) -> Decision:
-        """This worker's answer to "would you take a call?", by the rule /readyz uses for the pool."""
-        return decide(
-            Readiness(
+    def _readiness(self) -> ReadyVerdict:
+        """This worker's answer to "would you take a call?", by the rule it was given (/readyz's)."""
+        return self._readiness_rule(
+            WorkerLoad(
                 draining=self._draining,
-                workers_alive=1,
-                workers_total=1,
-                calls_active=self._calls_held(),
+                calls_held=self._calls_held(),
                 capacity=self._policy.capacity,
                 engine_reachable=self._engine_reachable,
                 engine_full=self._engine_full,
@@ -570,18 +559,18 @@ class SipEndpoint:
             active_calls=self._calls_held(),
             draining=self._draining,
             within_rate=self._limiter.allow(incoming.source_ip, now),
-            engine_refuses=self._cfg.engine.on_unreachable == "reject"
+            engine_refuses=self._cfg.refuse_without_engine
             and (self._engine_reachable is False or self._engine_full),
             source_calls=sum(1 for e in self._entries.values() if e.source_ip == incoming.source_ip),
         )
         verdict = screen(
-            incoming.raw, incoming.source_ip, state, self._policy, self._rules, self._cfg.sip.calls_per_source
+            incoming.raw, incoming.source_ip, state, self._policy, self._rules, self._cfg.calls_per_source
         )
         if isinstance(verdict, Refused):
             reject = verdict.reject
             suppressed = self._refusal_log.allow(f"{incoming.source_ip} {reject.result}", now)
             if suppressed is not None:  # one line per source and cause every few seconds, whatever the rate
-                log = logger.warning if reject.result == "rejected_invalid" else logger.info
+                log = logger.warning if reject.result is CallResult.REJECTED_INVALID else logger.info
                 more = f"; {suppressed} more like it since the last line" if suppressed else ""
                 log(
                     "INVITE from %s refused: %d %s (%s)%s",
@@ -598,67 +587,47 @@ class SipEndpoint:
         return None
 
     def _screen_failed(self) -> None:
-        self._on_event(InviteRejected(status=500, result="rejected_error", source="?"))
+        self._on_event(InviteRejected(status=SCREEN_FAILED.status, result=SCREEN_FAILED.result, source="?"))
 
     def _on_incoming(self, account: _Account, prm: Any) -> None:
+        """pjsua made a call of an INVITE: answer it as the gate's admission says (`sip.screening`)."""
         call = _Call(self, account, prm.callId)
         source = str(prm.rdata.srcAddress)
         call_id = str(call.getInfo().callIdString)
         admitted = self._admitted.pop(call_id, None)
         if admitted is None:  # the gate saw every INVITE first: a defect if it happens
             logger.error("INVITE %s from %s reached pjsua without being screened", call_id, source)
-            self._end_unscreened(call)
+            self._rejected.append(call)
+            self._hangup(call, UNSCREENED_STATUS)
             return
-        request = admitted.request
         key = next(self._keys)
         entry = _Entry(key=key, call=call, call_id=call_id, source_ip=source.rsplit(":", 1)[0].strip("[]"))
         self._entries[key] = entry
-        wanted = {h.lower() for h in self._cfg.sip.headers}
-        headers = tuple((name, value) for name, value in request.headers if name in wanted)
-        session = None
-        body = admitted.body
-        if body is None:
-            op = pj.CallOpParam()
-        else:
+        session = admitted.session
+        if session is not None:
             entry.siprec_offer = admitted.offer
             entry.streams = len(admitted.roles)
-            metadata = body.metadata
-            session = SiprecSession(
-                evidence=admitted.evidence,
-                roles=admitted.roles,
-                session_ids=metadata.session_ids if metadata else (),
-                group_id=metadata.group_id if metadata else None,
-                problems=body.problems,
-                framing=body.framing,
-            )
             _log_session(call_id, source, session)
-            op = pj.CallOpParam(True)  # True: `opt` starts from pjsua's defaults (see module docstring)
-            op.opt.audioCount = len(admitted.roles)
-        op.statusCode = 200
         try:
-            call.answer(op)
+            call.answer(_answer_param(admitted))
         except pj.Error as exc:
             logger.warning("answer failed for %s: %s", call_id, exc.info())
             entry.hangup_requested = True
             entry.end_reason = "failed"
-            self._hangup(call, 500)
+            self._hangup(call, ANSWER_FAILED_STATUS)
             return
         self._on_event(
             CallStarted(
                 key=key,
                 call_id=call_id,
-                from_uri=request.header("from") or "",
-                to_uri=request.header("to") or "",
+                from_uri=admitted.request.header("from") or "",
+                to_uri=admitted.request.header("to") or "",
                 remote=source,
-                headers=headers,
+                headers=admitted.copied_headers(self._cfg.headers),
                 codecs=admitted.accept.encodings,
                 siprec=session,
             )
         )
-
-    def _end_unscreened(self, call: _Call) -> None:
-        self._rejected.append(call)
-        self._hangup(call, 500)
 
     def _on_midcall(self, call: _Call, message: str, how: str) -> None:
         """A re-INVITE or UPDATE of a SIPREC call: remap the streams if it carries rs-metadata."""
@@ -668,11 +637,11 @@ class SipEndpoint:
         try:
             roles = remap(parse_request(message), entry.siprec_offer, self._rules)
         except Exception:  # untrusted input must not escape a pjsua2 callback
-            call_logger(logger, entry.call_id).exception("%s could not be read", how)
+            _call_log(entry.call_id).exception("%s could not be read", how)
             return
         if roles is None:
             return
-        call_logger(logger, entry.call_id).debug("%s carries rs-metadata", how)
+        _call_log(entry.call_id).debug("%s carries rs-metadata", how)
         self._on_event(CallStreams(key=entry.key, roles=roles, reason=how))
 
     def _on_call_state(self, call: _Call) -> None:
@@ -736,7 +705,7 @@ class SipEndpoint:
                 CallMedia(key=entry.key, codec=codec, status=status, stream=stream, direction=direction)
             )
         entry.media_indexes = tuple(indexes)
-        entry.expect_rtp = expect_rtp
+        entry.rtp.expected = expect_rtp
 
     def _on_dtmf(self, call: _Call, digit: str) -> None:
         entry = self._entry_of(call)
@@ -745,7 +714,7 @@ class SipEndpoint:
 
 
 def _log_session(call_id: str, source: str, session: SiprecSession) -> None:
-    log = call_logger(logger, call_id)
+    log = _call_log(call_id)
     log.info("SIPREC session from %s (%s)", source, "; ".join(session.evidence))
     for role in session.roles:
         log.info(
@@ -760,28 +729,13 @@ def _log_session(call_id: str, source: str, session: SiprecSession) -> None:
         log.warning("SIPREC body: %s", problem)
 
 
-def remap(request: SipRequest, answered: Offer, rules: SiprecRules) -> tuple[StreamRole, ...] | None:
-    """The streams' roles after a mid-call request, or None when it carries no rs-metadata.
-
-    The body is multipart (SDP and metadata) or metadata alone (RFC 7866 allows an UPDATE with only
-    the metadata); without an SDP, or with fewer audio m-lines than were answered, the m-lines of
-    the answered offer stand.
-    """
-    content_type = request.header("content-type") or ""
-    if request.content_type() == METADATA_TYPE:
-        try:
-            metadata = parse_metadata(request.body)
-        except ValueError as exc:
-            logger.warning("unreadable rs-metadata in a mid-call request: %s", exc)
-            return None
-        offer = answered
-    elif is_multipart(content_type):
-        body = parse_body(request)
-        if body.metadata is None:
-            return None
-        metadata = body.metadata
-        audio = parse_offer(body.sdp).audio if body.sdp else ()
-        offer = Offer(audio[: len(answered.audio)]) if len(audio) >= len(answered.audio) else answered
+def _answer_param(admitted: Admitted) -> pj.CallOpParam:
+    """200 with pjsua's defaults for a plain call; a SIPREC call's audio streams answered each."""
+    count = admitted.audio_count
+    if count is None:
+        op = pj.CallOpParam()
     else:
-        return None
-    return tuple(map_streams(offer, metadata, rules))
+        op = pj.CallOpParam(True)  # True: `opt` starts from pjsua's defaults (see module docstring)
+        op.opt.audioCount = count
+    op.statusCode = 200
+    return op

@@ -31,7 +31,7 @@ from typing import Any
 
 import pjsua2 as pj
 
-from bridge.errors import SipError
+from sip.errors import SipError
 
 logger = logging.getLogger(__name__)
 

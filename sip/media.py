@@ -98,6 +98,3 @@ class PortPool:
     def give_back(self, port: FramePort) -> None:
         port.key = None
         self._free.append(port)
-
-    def free(self) -> int:
-        return len(self._free)

@@ -15,16 +15,23 @@ out-of-dialog INVITE). In order, so the cheapest and most specific answer wins:
 
 Untrusted bytes only ever raise ValueError out of the parsers (their documented error); `screen` maps it
 to a 400 and says why in `Reject.reason`'s log detail. Anything else that escapes is a defect: the
-caller logs it with its traceback and refuses the INVITE with 500.
+caller logs it with its traceback and refuses the INVITE with 500 (`SCREEN_FAILED`).
+
+What follows an admission is decided here too, and `sip.endpoint` only carries it out: how to answer
+(`Admitted.audio_count`), what `call.started` carries (`Admitted.session`, `Admitted.copied_headers`),
+and the 500 hang-ups of a call pjsua made of an INVITE the gate never screened, or could not answer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from sip.admission import Accept, Policy, Reject, decide, source_allowed
+from sip.admission import Accept, CallResult, Policy, Reject, decide, source_allowed
+from sip.events import SiprecSession
+from sip.limits import MAX_SIPREC_STREAMS  # further audio m-lines are answered with port 0
 from sip.message import SipRequest, parse_request
 from sip.sdp import Offer, parse_offer
 from sip.siprec import (
@@ -37,8 +44,11 @@ from sip.siprec import (
     siprec_evidence,
 )
 
-MAX_SIPREC_STREAMS = 2  # caller and agent; further audio m-lines are answered with port 0
 NO_OFFER = Offer(())
+# Refusals and hang-ups decided after the rules above, by the SIP thread that carries them out:
+SCREEN_FAILED = Reject(500, "Server Internal Error", CallResult.REJECTED_ERROR)  # screening raised: a defect
+UNSCREENED_STATUS = 500  # pjsua made a call of an INVITE the gate never screened (a defect): hung up
+ANSWER_FAILED_STATUS = 500  # pjsua could not answer an admitted INVITE: hung up, the call ends "failed"
 # Headers RFC 3261 allows once in a request (section 20; compact forms are expanded by parse_request).
 SINGLE_HEADERS = ("call-id", "from", "to", "cseq", "max-forwards", "content-length", "content-type")
 _CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
@@ -57,7 +67,10 @@ class WorkerState:
 
 @dataclass(frozen=True)
 class Admitted:
-    """An INVITE to answer 200: the parsed request, the codecs in common and, for SIPREC, its streams."""
+    """An INVITE to answer 200: the parsed request, the codecs in common and, for SIPREC, its streams.
+
+    It also says how to answer: `audio_count` audio streams (None: pjsua's defaults, one stream) and
+    what `call.started` carries (`session`, `copied_headers`)."""
 
     request: SipRequest
     accept: Accept
@@ -65,6 +78,31 @@ class Admitted:
     body: SiprecBody | None = None
     offer: Offer = NO_OFFER  # the audio m-lines answered, for a SIPREC call
     roles: tuple[StreamRole, ...] = ()
+
+    @property
+    def audio_count(self) -> int | None:
+        """Audio streams to answer: one per role of a SIPREC call; None for a plain call."""
+        return None if self.body is None else len(self.roles)
+
+    @property
+    def session(self) -> SiprecSession | None:
+        """What `call.started` says of a SIPREC session; None for a plain call."""
+        if self.body is None:
+            return None
+        metadata = self.body.metadata
+        return SiprecSession(
+            evidence=self.evidence,
+            roles=self.roles,
+            session_ids=metadata.session_ids if metadata else (),
+            group_id=metadata.group_id if metadata else None,
+            problems=self.body.problems,
+            framing=self.body.framing,
+        )
+
+    def copied_headers(self, wanted: Iterable[str]) -> tuple[tuple[str, str], ...]:
+        """The request's headers named in `wanted` (`sip.headers`), for `call.started`."""
+        names = {name.lower() for name in wanted}
+        return tuple((name, value) for name, value in self.request.headers if name in names)
 
 
 @dataclass(frozen=True)
@@ -84,48 +122,26 @@ def screen(
     calls_per_source: int = 0,
 ) -> Admitted | Refused:
     """Decide on one INVITE as it arrived (`raw`: the whole message; `calls_per_source`: 0 = no cap)."""
-    try:
-        request = parse_request(raw.decode("utf-8", errors="replace"))
-        declared = _content_length(request)
-    except ValueError as exc:
-        return _invalid(f"unparseable INVITE: {exc}")
-    repeated = [name for name in SINGLE_HEADERS if sum(1 for key, _ in request.headers if key == name) > 1]
-    if repeated:
-        return _invalid(f"more than one {', '.join(repeated)} header")
-    body_bytes = len(raw.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in raw else 0
-    if declared is not None and declared > body_bytes:
-        return _invalid(f"Content-Length {declared} but {body_bytes} bytes of body arrived")
+    request = _well_formed(raw)
+    if isinstance(request, Refused):
+        return request
     if not source_allowed(source_ip, policy.allow_from):
-        return Refused(Reject(403, "Forbidden", "rejected_acl"), "source not in sip.allow_from")
-    retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
+        return Refused(Reject(403, "Forbidden", CallResult.REJECTED_ACL), "source not in sip.allow_from")
     evidence = siprec_evidence(request)
-    admitted = request
-    body = None
-    offer = NO_OFFER
-    roles: tuple[StreamRole, ...] = ()
-    if evidence:
-        try:
-            body = parse_body(request)
-            offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
-            roles = tuple(map_streams(offer, body.metadata, rules))
-        except ValueError as exc:
-            return _invalid(f"SIPREC body could not be read: {exc}")
-        if body.offer_hidden_from_pjsip:
-            return Refused(
-                Reject(488, "Multipart Body Without Close Delimiter", "rejected_codec"),
-                "multipart body without close delimiter hides the SDP from pjsip",
-            )
-        if body.metadata is None and body.metadata_xml is not None and requires_siprec(request):
-            return _invalid(f"Require: siprec with unreadable rs-metadata: {'; '.join(body.problems)}")
-        admitted = dataclasses.replace(request, body=body.sdp)  # admission reads the SDP part only
+    recording = _siprec(request, rules) if evidence else None
+    if isinstance(recording, Refused):
+        return recording
     if calls_per_source and state.source_calls >= calls_per_source:
+        retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
         return Refused(
-            Reject(503, "Too Many Calls From This Source", "rejected_source", retry),
+            Reject(503, "Too Many Calls From This Source", CallResult.REJECTED_SOURCE, retry),
             f"the source holds {state.source_calls} calls (sip.calls_per_source)",
         )
+    # admission reads the SDP part only
+    offered = request if recording is None else dataclasses.replace(request, body=recording.body.sdp)
     try:
         decision = decide(
-            admitted,
+            offered,
             source_ip,
             state.active_calls,
             state.draining,
@@ -137,7 +153,52 @@ def screen(
         return _invalid(f"SDP offer could not be read: {exc}")
     if isinstance(decision, Reject):
         return Refused(decision, decision.reason)
-    return Admitted(request, decision, evidence, body, offer, roles)
+    if recording is None:
+        return Admitted(request, decision)
+    return Admitted(request, decision, evidence, recording.body, recording.offer, recording.roles)
+
+
+@dataclass(frozen=True)
+class _Recording:
+    """What a SIPREC INVITE's body says: its parts, the audio m-lines answered and their roles."""
+
+    body: SiprecBody
+    offer: Offer
+    roles: tuple[StreamRole, ...]
+
+
+def _well_formed(raw: bytes) -> SipRequest | Refused:
+    """Rule 1: the request, or a 400 for bytes that must not become a call."""
+    try:
+        request = parse_request(raw.decode("utf-8", errors="replace"))
+        declared = _content_length(request)
+    except ValueError as exc:
+        return _invalid(f"unparseable INVITE: {exc}")
+    repeated = [name for name in SINGLE_HEADERS if sum(1 for key, _ in request.headers if key == name) > 1]
+    if repeated:
+        return _invalid(f"more than one {', '.join(repeated)} header")
+    body_bytes = len(raw.split(b"\r\n\r\n", 1)[1]) if b"\r\n\r\n" in raw else 0
+    if declared is not None and declared > body_bytes:
+        return _invalid(f"Content-Length {declared} but {body_bytes} bytes of body arrived")
+    return request
+
+
+def _siprec(request: SipRequest, rules: SiprecRules) -> _Recording | Refused:
+    """Rule 3: a SIPREC INVITE's body, or why it is refused."""
+    try:
+        body = parse_body(request)
+        offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
+        roles = tuple(map_streams(offer, body.metadata, rules))
+    except ValueError as exc:
+        return _invalid(f"SIPREC body could not be read: {exc}")
+    if body.offer_hidden_from_pjsip:
+        return Refused(
+            Reject(488, "Multipart Body Without Close Delimiter", CallResult.REJECTED_CODEC),
+            "multipart body without close delimiter hides the SDP from pjsip",
+        )
+    if body.metadata is None and body.metadata_xml is not None and requires_siprec(request):
+        return _invalid(f"Require: siprec with unreadable rs-metadata: {'; '.join(body.problems)}")
+    return _Recording(body, offer, roles)
 
 
 def _content_length(request: SipRequest) -> int | None:
@@ -151,4 +212,4 @@ def _content_length(request: SipRequest) -> int | None:
 
 
 def _invalid(detail: str) -> Refused:
-    return Refused(Reject(400, "Bad Request", "rejected_invalid"), detail)
+    return Refused(Reject(400, "Bad Request", CallResult.REJECTED_INVALID), detail)

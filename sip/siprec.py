@@ -2,7 +2,7 @@
 
 What this module decides, from the raw INVITE only:
 
-1. `is_siprec(request)` / `siprec_evidence(request)`: whether a request comes from a recording
+1. `siprec_evidence(request)`: whether (and why) a request comes from a recording
    client (SRC): `Require`/`Supported: siprec`, a multipart body with rs-metadata, or a `+sip.src`
    Contact feature tag.
 2. `parse_body(request)` → `SiprecBody`: the SDP and the rs-metadata out of the multipart body.
@@ -86,10 +86,6 @@ def siprec_evidence(request: SipRequest) -> tuple[str, ...]:
     if re.search(r";\s*\+sip\.src\b", contact, re.IGNORECASE):
         found.append("Contact +sip.src")
     return tuple(dict.fromkeys(found))
-
-
-def is_siprec(request: SipRequest) -> bool:
-    return bool(siprec_evidence(request))
 
 
 def requires_siprec(request: SipRequest) -> bool:
@@ -193,6 +189,21 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
     """Parse RFC 7865 recording metadata tolerantly; raise MetadataError if it cannot be read at all.
 
     MetadataError (a ValueError) is the only exception that escapes, whatever the bytes."""
+    root = _recording_root(xml_text)
+    group_id, session_ids, sip_session_ids = _sessions(root)
+    streams = _streams(root)
+    return Metadata(
+        datamode=_text(root, "datamode"),
+        group_id=group_id,
+        session_ids=session_ids,
+        sip_session_ids=sip_session_ids,
+        participants=_participants(root, streams),
+        streams=tuple(streams),
+    )
+
+
+def _recording_root(xml_text: str | bytes) -> ET.Element:
+    """The <recording> element, parsed without DTDs or entities; MetadataError if there is none."""
     try:
         raw = xml_text.encode() if isinstance(xml_text, str) else xml_text
     except UnicodeEncodeError as exc:  # a lone surrogate
@@ -217,7 +228,11 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
         if found is None:
             raise MetadataError(f"metadata root is <{_local(root.tag)[1]}>, not <recording>")
         root = found
+    return root
 
+
+def _sessions(root: ET.Element) -> tuple[str | None, tuple[str, ...], tuple[str, ...]]:
+    """The group id, the session ids and the SIP session ids."""
     group_id = None
     for group in _children(root, "group"):
         group_id = _attr(group, "group_id", "id")
@@ -231,7 +246,10 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
             sip_session_ids += [c.text.strip() for c in _children(session, name) if c.text and c.text.strip()]
         if group_id is None:
             group_id = _text(session, "group-ref")
+    return group_id, tuple(session_ids), tuple(sip_session_ids)
 
+
+def _streams(root: ET.Element) -> list[Stream]:
     streams: list[Stream] = []
     for stream in _children(root, "stream"):
         stream_id = _attr(stream, "stream_id", "id")
@@ -239,7 +257,11 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
         if stream_id is None and label is None:
             continue
         streams.append(Stream(stream_id or f"label:{label}", label, _attr(stream, "session_id", "session")))
+    return streams
 
+
+def _participants(root: ET.Element, streams: list[Stream]) -> tuple[Participant, ...]:
+    """Each participant with its name and address and the streams it sends and receives."""
     send: dict[str, list[str]] = {}
     recv: dict[str, list[str]] = {}
     # RFC 7865 puts send/recv in participantstreamassoc; the drafts put them in participant.
@@ -273,14 +295,7 @@ def parse_metadata(xml_text: str | bytes) -> Metadata:
                 recv=recvs.get(pid, ()),
             )
         )
-    return Metadata(
-        datamode=_text(root, "datamode"),
-        group_id=group_id,
-        session_ids=tuple(session_ids),
-        sip_session_ids=tuple(sip_session_ids),
-        participants=tuple(participants),
-        streams=tuple(streams),
-    )
+    return tuple(participants)
 
 
 def _all_text(element: ET.Element, name: str) -> list[str]:
@@ -426,11 +441,6 @@ class StreamRole:
             "reason": self.reason,
             "decided_by": self.decided_by,
         }
-
-
-def answer_direction(offered: str) -> str:
-    """The direction a recorder answers with: it receives what is sent and never sends."""
-    return "recvonly" if offered in ("sendonly", "sendrecv") else "inactive"
 
 
 @dataclass

@@ -288,6 +288,7 @@ def test_registry_needs_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:
     [
         ("bridge.vblaze.client", "EngineObserver", metrics.EngineMetrics),
         ("bridge.webhook.delivery", "DeliveryObserver", metrics.WebhookMetrics),
+        ("sip.settings", "CallObserver", metrics.CallMetrics),
     ],
 )
 def test_adapters_implement_the_observer_protocols(module: str, protocol: str, adapter: type) -> None:

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip
+from sip.limits import rtp_ports
 from tests.fixtures.harness import free_port_block
 
 
@@ -124,7 +125,7 @@ def new_bridge(
 ) -> Bridge:
     """A bridge with its own ports, config, events file, state and spool in `directory`."""
     sip_port = free_port_block(workers)
-    rtp_port = free_port_block(40 * workers, low=30000, high=60000)
+    rtp_port = free_port_block(rtp_ports(workers), low=30000, high=60000)
     events_path = directory / f"events-{number}.jsonl"
     config: dict[str, Any] = {
         "sip": {"first_port": sip_port, "workers": workers, "rtp_first_port": rtp_port},

@@ -24,7 +24,6 @@ from sip.sdp import MAX_MEDIA_LINES, MAX_PORT, MAX_PT, SdpError, parse_offer
 from sip.siprec import (
     MetadataError,
     SiprecBody,
-    is_siprec,
     parse_body,
     parse_metadata,
     requires_siprec,
@@ -242,7 +241,7 @@ def body_in_bounds(request: SipRequest) -> None:
     assert isinstance(body.offer_hidden_from_pjsip, bool)
     offer_or_error(body.sdp)
     assert all(isinstance(e, str) for e in siprec_evidence(request))
-    assert isinstance(is_siprec(request), bool) and isinstance(requires_siprec(request), bool)
+    assert isinstance(requires_siprec(request), bool)
 
 
 @FUZZ
@@ -273,7 +272,6 @@ def decided(request: SipRequest, source_ip: str = "127.0.0.1") -> Accept | Rejec
         assert 400 <= decision.status <= 699
     else:
         assert decision.encodings and set(decision.encodings) <= set(POLICY.codecs)
-        assert 1 <= decision.audio_count <= MAX_MEDIA_LINES
     return decision
 
 

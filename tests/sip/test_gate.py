@@ -7,7 +7,7 @@ import ctypes
 
 import pytest
 
-from bridge.errors import SipError
+from sip.errors import SipError
 from sip.gate import MAX_PACKET, PACKET_OFFSET, POINTER, SRC_NAME_BACK, SRC_PORT_BACK, Layout, find_layout
 
 PROBE = b"OPTIONS sip:gate-probe@127.0.0.1 SIP/2.0\r\nContent-Length: 0\r\n\r\n"

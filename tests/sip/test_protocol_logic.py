@@ -73,7 +73,7 @@ def test_offer_two_streams_with_labels() -> None:
 
 def test_admission_accepts_common_codec_in_our_order() -> None:
     decision = decide(parse_request(invite(pts="8 0")), "127.0.0.1", 0, False, POLICY)
-    assert decision == Accept(("PCMU", "PCMA"), 1)
+    assert decision == Accept(("PCMU", "PCMA"))
 
 
 @pytest.mark.parametrize(

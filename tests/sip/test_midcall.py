@@ -1,9 +1,9 @@
-"""What the SIP thread decides for mid-call SIPREC requests (`sip.endpoint.remap`), without sockets."""
+"""What the SIP thread decides for mid-call SIPREC requests (`sip.midcall.remap`): no sockets, no pjsua2."""
 
 from __future__ import annotations
 
-from sip.endpoint import remap
 from sip.message import parse_request
+from sip.midcall import remap
 from sip.sdp import Offer, parse_offer
 from sip.siprec import SiprecRules
 from tests.fixtures.siprec_caller import AGENT_AOR, CALLER_AOR, metadata_xml, multipart_body, offer_sdp
