@@ -43,6 +43,7 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.supervision import RestartReason
 
 MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
@@ -66,7 +67,9 @@ CALL_RESULTS = (
 )
 # SIP status codes the bridge sends to an INVITE; other codes are reported by class ("4xx").
 INVITE_CODES = ("100", "180", "183", "200", "403", "404", "408", "480", "486", "488", "500", "503")
-DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
+# Frames dropped before the engine: only a frame the worker could not hand to its call is counted
+# ("other": sip/media.py's FramePort, bridge/worker.py's drain; each logs the first failure of a call).
+DROP_CAUSES = ("other",)
 # Causes as bridge/vblaze/client.py and bridge/vblaze/buffer.py name them.
 CONNECT_FAILURE_CAUSES = ("refused", "timeout", "unavailable", "rejected", "error", "other")
 STREAM_LOST_CAUSES = ("closed", "send_timeout", "ended_early", "other")
@@ -89,9 +92,8 @@ SIP_DROP_REASONS = ("malformed", "oversized", "other")
 RECLAIM_CAUSES = ("no_ack", "no_rtp", "rtp_timeout")
 WEBHOOK_OUTCOMES = ("ok", "timeout", "connect_error", "http_4xx", "http_429", "http_5xx", "spooled", "other")
 WEBHOOK_DROP_REASONS = ("spool_full", "other")
-# exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
-# start_failed: a start that never became ready (spawn error, exit before ready, not ready in time).
-RESTART_REASONS = ("exit", "signal", "hung", "start_failed", "other")
+# Why a worker was restarted: the supervisor's `RestartReason` (bridge/supervision.py) is the one list.
+RESTART_REASONS = tuple(reason.value for reason in RestartReason)
 
 OTHER = "other"
 
