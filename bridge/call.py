@@ -5,9 +5,11 @@ frames and DTMF as they arrive and tells it when the call ended; `run()` owns ev
 started (its engine stream above all) in one TaskGroup and returns only when the final transcript
 arrived or the bound ran out, after emitting `call.ended`.
 
-The call's timeline: second 0 is the start of the first audio frame received; every frame the
-conference bridge delivers counts, with frames that carried no audio counted as silence, so the
-timeline advances with the wall clock and utterance times from the engine land on it directly.
+The call's timeline, the one definition every other module and doc points to: second 0 is the start
+of the first audio frame received; every frame the conference bridge delivers counts, with frames that
+carried no audio counted as silence, so the timeline advances with the wall clock and utterance times
+from the engine land on it directly. Event times (`start`, `end`, `at`, gaps) are seconds on it; the
+engine session (`bridge/vblaze/protocol.py`, `buffer.py`) counts the same positions in bytes.
 
 `call.ended`'s transcript is the whole call's: the final documents of every connection of the engine
 stream merged onto the call's timeline by `vblaze.transcript.merge` (the engine's own documents go in
@@ -382,20 +384,18 @@ class CallPipeline:
             merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
             finals = [event_data.engine_final(f) for f in merged_transcript.engine_finals(result.streams)]
             return merged, [event_data.gap(gap) for gap in result.gaps], finals
-        transcripts = []
+        transcripts: event_data.StreamTranscriptsData = {"streams": []}
         gaps: list[GapData] = []
         finals = []
         for index, result in enumerate(results):
             role = self.roles[index]
             merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
-            transcripts.append(
-                {"stream": index, "role": role.role, "channel": role.channel, "transcript": merged}
-            )
+            transcripts["streams"].append(event_data.stream_transcript(index, role, merged))
             gaps += [event_data.gap(gap, index) for gap in result.gaps]
             finals += [
                 event_data.engine_final(f, index) for f in merged_transcript.engine_finals(result.streams)
             ]
-        return {"streams": transcripts}, gaps, finals
+        return transcripts, gaps, finals
 
     def _role_of(self, utt: Utterance, stream: int | None) -> StreamRole | None:
         if not self.roles:

@@ -1,25 +1,14 @@
 """The `data` of every event a call produces: one typed builder per kind, without I/O.
 
 `bridge/call.py` (a call's own events) and `bridge/ledger.py` (the `call.ended` of a call whose worker
-died) build every payload here, so the keys, their order and their types are decided in one place.
-`bridge/webhook/schema.json` is the JSON Schema of what these builders return (the envelope around it
-is `bridge/webhook/payload.py`); `tests/bridge/test_contracts.py` fails when the two, or the docs,
-drift apart.
+died) build every payload here, so each key, its order and its type are decided in one place: the
+TypedDicts below. `bridge/webhook/schema.json` is the JSON Schema of what these builders return (the
+envelope around it is `bridge/webhook/payload.py`); docs/webhook.md describes each key for receivers.
+`tests/bridge/test_contracts.py` fails when the builders, the schema or the docs drift apart.
 
-The call's timeline (times in `data`) is defined in `bridge/call.py`: second 0 is the start of the
-call's first audio frame.
-
-- `call_started`: from, to, headers {name: value}, started_at (ISO 8601 UTC), worker, remote (ip:port),
-  codecs, siprec (null for a plain call; for a SIPREC session `sip.events.SiprecSession.as_dict()`
-  plus delivery: mono | stereo | streams).
-- `utterance`: text, words [`word`], start, end, confidence, channel, engine (the engine's utterance
-  JSON untouched), latency {speech_end_to_utterance_seconds} (empty before the first audio frame);
-  SIPREC calls add role, participant ({participant_id, aor, name} or null) and stream.
-- `dtmf`: digit, at.
-- `call_ended`: reason, duration, audio_seconds (null for a lost call), utterances (count), transcript,
-  engine_finals (not for a lost call), gaps [`gap`]; SIPREC calls add streams [stream role] and remaps.
-
-A stream role is `sip.siprec.StreamRole.as_dict()`.
+Times in `data` (`start`, `end`, `at`, gap starts) are seconds on the call's timeline, defined in
+`bridge/call.py`. A stream role is `sip.siprec.StreamRole.as_dict()`; a SIPREC call's `siprec` is
+`sip.events.SiprecSession.as_dict()` plus how its audio goes to the engine (`delivery`).
 """
 
 from __future__ import annotations
@@ -94,6 +83,19 @@ class EngineFinalData(TypedDict):
     offset: float
     transcript: Any
     audio_stream: NotRequired[int]  # siprec.delivery streams: the audio stream
+
+
+class StreamTranscriptData(TypedDict):
+    stream: int
+    role: str
+    channel: int
+    transcript: Any
+
+
+class StreamTranscriptsData(TypedDict):
+    """`call.ended`'s transcript with siprec.delivery streams: one merged transcript per audio stream."""
+
+    streams: list[StreamTranscriptData]
 
 
 class CallEndedData(TypedDict):
@@ -180,6 +182,11 @@ def engine_final(final: dict[str, Any], audio_stream: int | None = None) -> Engi
     if audio_stream is not None:
         data["audio_stream"] = audio_stream
     return data
+
+
+def stream_transcript(stream: int, role: StreamRole, transcript: Any) -> StreamTranscriptData:
+    """The merged transcript of audio stream `stream`, whose role is `role`."""
+    return {"stream": stream, "role": role.role, "channel": role.channel, "transcript": transcript}
 
 
 def call_ended(
