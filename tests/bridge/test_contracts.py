@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import re
@@ -23,6 +24,7 @@ import pytest
 
 from bridge import event_data, metrics
 from bridge.events import BridgeEvent
+from bridge.supervision import RestartReason
 from bridge.vblaze.protocol import Gap, Utterance, Word
 from bridge.webhook import payload
 from sip.events import CallStarted, SiprecSession
@@ -252,3 +254,72 @@ def test_every_key_the_docs_name_is_produced(doc: str) -> None:
 def test_docs_webhook_md_names_every_key_produced() -> None:
     missing = produced_keys() - named_keys(webhook_md_data_section())
     assert missing == set(), "docs/webhook.md does not describe these event keys"
+
+
+# --- label values: what producers can emit is declared, and what is declared can be emitted -----------
+
+
+def python_files(*packages: str) -> Iterator[Path]:
+    for package in packages:
+        yield from sorted((ROOT / package).rglob("*.py"))
+
+
+def test_restart_reasons_are_the_supervisors_enum() -> None:
+    assert metrics.RESTART_REASONS == tuple(r.value for r in RestartReason)
+
+
+def test_every_restart_reason_is_produced_and_no_producer_copies_one() -> None:
+    """The supervisor (bridge/app.py, rules in bridge/supervision.py) names reasons only as
+    `RestartReason` members, and names every member somewhere outside the enum itself."""
+    used: set[str] = set()
+    copied = []
+    values = set(metrics.RESTART_REASONS)
+    for path in (ROOT / "bridge" / "app.py", ROOT / "bridge" / "supervision.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and node.name == "RestartReason":
+                node.body = []  # its own definition does not count
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                if node.value.id == "RestartReason":
+                    used.add(RestartReason[node.attr].value)
+            elif isinstance(node, (ast.Return, ast.Assign)) and isinstance(node.value, ast.Constant):
+                if node.value.value in values:
+                    copied.append(f"{path.name}:{node.lineno}")
+            elif isinstance(node, ast.Tuple) and any(
+                isinstance(e, ast.Constant) and e.value in values for e in node.elts
+            ):
+                copied.append(f"{path.name}:{node.lineno}")
+    assert copied == [], "restart reasons written as strings instead of RestartReason members"
+    assert used >= values, f"declared, never produced: {sorted(values - used)}"
+
+
+def frames_dropped_causes() -> tuple[set[str], list[str]]:
+    """The causes passed to a frame-drop counter (`frames_dropped(n, cause)`, or the callback given it,
+    named `*dropped`) anywhere in bridge/ and sip/, and the calls whose cause is not a literal."""
+    causes: set[str] = set()
+    unknown = []
+    for path in python_files("bridge", "sip"):
+        if path.name == "metrics.py" or "webhook" in path.parts:  # webhook drops: WEBHOOK_DROP_REASONS
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or len(node.args) != 2:
+                continue
+            func = node.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if not name.endswith("dropped"):
+                continue
+            cause = node.args[1]
+            if isinstance(cause, ast.Constant) and isinstance(cause.value, str):
+                causes.add(cause.value)
+            else:
+                unknown.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return causes, unknown
+
+
+def test_every_drop_cause_is_emitted_and_declared() -> None:
+    emitted, unknown = frames_dropped_causes()
+    assert unknown == [], "frames dropped with a cause the check cannot read"
+    assert emitted, "no producer found: the check no longer sees them"
+    assert emitted - set(metrics.DROP_CAUSES) == set(), "emitted but not a declared label value"
+    assert set(metrics.DROP_CAUSES) - emitted == set(), "declared but no producer emits it"
