@@ -56,7 +56,7 @@ from sip.siprec import StreamRole
 logger = logging.getLogger(__name__)
 
 PIPELINE_ERROR = "pipeline_error"  # gap cause: the call's own pipeline failed (a defect, logged)
-METRICS_BATCH_FRAMES = 10  # audio frames counted per metrics update (1 s of 100 ms frames)
+METRICS_BATCH_MS = 1000  # audio counted per metrics update (10 frames of audio.port_frame_ms 100)
 
 Delivery = Literal["mono", "stereo", "streams"]
 Outcome = tuple[Any, list[GapData], list[EngineFinalData]]  # transcript, gaps, engine finals
@@ -175,6 +175,7 @@ class CallPipeline:
         self._answered_mono = time.monotonic()
         self._first_frame_mono: float | None = None
         self._frame_bytes = config.audio.sample_rate * 2 * config.audio.port_frame_ms // 1000
+        self._batch_frames = max(1, METRICS_BATCH_MS // config.audio.port_frame_ms)
         self._silence = bytes(self._frame_bytes)
         self._audio_seconds = 0.0
         self._metrics = call_metrics
@@ -227,7 +228,7 @@ class CallPipeline:
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
         self._unreported_frames += 1
         self._unreported_seconds += seconds
-        if self._unreported_frames >= METRICS_BATCH_FRAMES:
+        if self._unreported_frames >= self._batch_frames:
             self._report_audio()
         if self.delivery == "mono":
             self._audio_seconds += seconds
