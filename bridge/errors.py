@@ -7,12 +7,13 @@
     │   ├── EngineRejected      4xx at the upgrade: our tags are wrong (not retryable)
     │   ├── EngineClosed        the socket closed before the final transcript (retryable)
     │   └── EngineProtocolError a message we cannot parse (not retryable)
-    ├── WebhookError            a webhook attempt failed
-    │   ├── WebhookRetryable    connection error, timeout, 408, 429, 5xx
-    │   └── WebhookRejected     any other 4xx (final)
-    └── SipError                pjsua2 refused an operation
+    ├── SipError                pjsua2 refused an operation
+    ├── MetricsDirInUse         another live bridge owns the workers' metrics directory
+    ├── InvalidState            (bridge/vblaze/protocol.py) a session call in the wrong state
+    └── SinkStateError          (bridge/webhook/delivery.py) a sink call in the wrong state
 
-`is_retryable` is the one place that decides whether an error is worth another attempt.
+`is_retryable` is the one place that decides whether an error is worth another attempt. A webhook
+attempt's outcome is not an exception: `bridge/webhook/policy.py` decides retries from the answer.
 """
 
 from __future__ import annotations
@@ -51,22 +52,6 @@ class EngineProtocolError(EngineError):
     """The engine sent something that does not follow the protocol."""
 
 
-class WebhookError(BridgeError):
-    """A webhook delivery attempt failed."""
-
-
-class WebhookRetryable(WebhookError):
-    """A webhook attempt that may succeed later."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class WebhookRejected(WebhookError):
-    """The receiver answered with a final 4xx."""
-
-
 class SipError(BridgeError):
     """pjsua2 refused an operation."""
 
@@ -77,8 +62,8 @@ class MetricsDirInUse(BridgeError):
 
 def is_retryable(error: BaseException) -> bool:
     """Whether another attempt at the same operation may succeed."""
-    if isinstance(error, (EngineUnavailable, EngineClosed, WebhookRetryable)):
+    if isinstance(error, (EngineUnavailable, EngineClosed)):
         return True
-    if isinstance(error, (ConfigError, EngineRejected, EngineProtocolError, WebhookRejected, SipError)):
+    if isinstance(error, (ConfigError, EngineRejected, EngineProtocolError, SipError)):
         return False
     return isinstance(error, (OSError, TimeoutError, ConnectionError))
