@@ -16,7 +16,9 @@ stream merged onto the call's timeline by `vblaze.transcript.merge` (the engine'
 `engine_finals`, each with its offset). If the pipeline itself fails, the audio no utterance confirmed
 becomes a `pipeline_error` gap, and the transcript keeps what was heard.
 
-A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`):
+A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`). How
+they go to the engine is the call's audio mode, `CallPipeline.delivery` (named after the config key
+`siprec.delivery`; nothing to do with webhook delivery, `bridge/webhook/`):
 - one stream: a mixed recording, sent like a plain call; utterances carry role "mixed";
 - two streams, `siprec.delivery = stereo`: one engine stream with two channels, channel 0 the caller
   and 1 the agent (`StreamRole.channel`). The SIP thread delivers each stream's frames on the same
@@ -58,7 +60,7 @@ logger = logging.getLogger(__name__)
 PIPELINE_ERROR = "pipeline_error"  # gap cause: the call's own pipeline failed (a defect, logged)
 METRICS_BATCH_MS = 1000  # audio counted per metrics update (10 frames of audio.port_frame_ms 100)
 
-Delivery = Literal["mono", "stereo", "streams"]
+Delivery = Literal["mono", "stereo", "streams"]  # a call's audio mode (see the module docstring)
 Outcome = tuple[Any, list[GapData], list[EngineFinalData]]  # transcript, gaps, engine finals
 MAX_LAG_FRAMES = 1  # a stereo side further behind than this is padded with silence
 
@@ -131,7 +133,8 @@ def _samples(pcm: bytes, n: int) -> array[int]:
 
 
 def delivery_of(started: CallStarted, configured: str) -> Delivery:
-    """How a call's audio goes to the engine: mono (plain call, one SIPREC stream), stereo or streams."""
+    """The call's audio mode, how its audio goes to the engine: mono (plain call, one SIPREC stream),
+    else stereo or streams as `siprec.delivery` (`configured`) says."""
     if started.siprec is None or len(started.siprec.roles) < 2:
         return "mono"
     return "streams" if configured == "streams" else "stereo"

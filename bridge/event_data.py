@@ -8,7 +8,8 @@ envelope around it is `bridge/webhook/payload.py`); docs/webhook.md describes ea
 
 Times in `data` (`start`, `end`, `at`, gap starts) are seconds on the call's timeline, defined in
 `bridge/call.py`. A stream role is `sip.siprec.StreamRole.as_dict()`; a SIPREC call's `siprec` is
-`sip.events.SiprecSession.as_dict()` plus how its audio goes to the engine (`delivery`).
+`sip.events.SiprecSession.as_dict()` plus `delivery`, the call's audio mode (mono, stereo or streams,
+as `bridge.call.delivery_of` decides from config `siprec.delivery`; not webhook delivery).
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ class CallEndedData(TypedDict):
 
 
 def call_started(info: CallStarted, answered_at: float, worker: int, delivery: str) -> CallStartedData:
-    """`answered_at`: unix time the call was answered; `delivery`: how its audio goes to the engine."""
+    """`answered_at`: unix time the call was answered; `delivery`: the call's audio mode (mono, stereo,
+    streams)."""
     return {
         "from": info.from_uri,
         "to": info.to_uri,

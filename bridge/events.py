@@ -1,7 +1,7 @@
 """Events a call produces, and the sink interface they go to.
 
 The call pipeline (`bridge/call.py`) produces `BridgeEvent`s in order, numbering them with a per-call
-`seq` starting at 0. A sink takes them without blocking and owns their delivery from then on.
+`seq` starting at 0. A sink takes them without blocking and from then on owns getting them out.
 The JSON-lines sink (`bridge/sinks.py`) and webhook delivery (`bridge/webhook/delivery.py`) implement it.
 
 An event's `data` is built by `bridge/event_data.py`, one typed builder per kind, which says what each
