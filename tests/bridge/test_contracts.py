@@ -323,3 +323,19 @@ def test_every_drop_cause_is_emitted_and_declared() -> None:
     assert emitted, "no producer found: the check no longer sees them"
     assert emitted - set(metrics.DROP_CAUSES) == set(), "emitted but not a declared label value"
     assert set(metrics.DROP_CAUSES) - emitted == set(), "declared but no producer emits it"
+
+
+@pytest.mark.parametrize(
+    ("metric", "label", "values"),
+    [
+        ("vblaze_bridge_worker_restarts_total", "reason", metrics.RESTART_REASONS),
+        ("vblaze_bridge_audio_frames_dropped_total", "cause", metrics.DROP_CAUSES),
+    ],
+)
+def test_docs_operations_md_lists_the_label_values(metric: str, label: str, values: tuple[str, ...]) -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    (row,) = [line for line in text.splitlines() if line.startswith(f"| `{metric}` |")]
+    listed = re.search(rf"`{label}`: ([^|]*)\|", row)
+    assert listed is not None, row
+    named = re.sub(r"\([^)]*\)", "", listed.group(1))
+    assert {v.strip() for v in named.split(",")} == set(values)
