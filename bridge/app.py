@@ -1,5 +1,8 @@
 """The supervisor: starts the worker pool, replaces a worker that dies or hangs, drains on a signal.
 
+This module drives processes, sockets and clocks; the rules it follows (restart delays, the hung
+rule, state bounds, restart reasons) are pure functions in :mod:`bridge.supervision`.
+
 Lifecycle, in order:
 
 - startup(): every worker slot gets a task (`_run_slot`) that spawns `python -m bridge worker --index i`
@@ -49,7 +52,6 @@ started or drained within its bound. A worker that keeps failing to start does n
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import signal
@@ -57,129 +59,30 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bridge import metrics, sdnotify
 from bridge.config import Config
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
+from bridge.supervision import (
+    ENGINE_PROBE_SECONDS,
+    FORCE_GRACE_SECONDS,
+    PING_INTERVAL_SECONDS,
+    READY_TIMEOUT_SECONDS,
+    STOP_GRACE_SECONDS,
+    PingMonitor,
+    RestartReason,
+    SlotState,
+    SlotView,
+    checks_pass,
+    failures_after,
+    restart_delay,
+    restart_reason,
+)
 
 logger = logging.getLogger(__name__)
-
-READY_TIMEOUT_SECONDS = 30.0  # a worker not ready by then is killed and started again
-RESTART_MAX_DELAY_SECONDS = 5.0
-QUICK_FAILURE_SECONDS = 5.0  # a worker that served less than this counts as failing again
-STOP_GRACE_SECONDS = 10.0
-FORCE_GRACE_SECONDS = 3.0  # after a second signal, how long workers get to hang up and flush
-PING_INTERVAL_SECONDS = 0.5
-ENGINE_PROBE_SECONDS = 2.0  # how often the supervisor asks the engine's /maxstreamscheck
-PING_TIMEOUT_SECONDS = 2.0  # a ping not answered within this is missed
-HUNG_AFTER_MISSES = 2  # missed pings in a row that make a worker hung
-SERVING_SILENCE_SECONDS = 10.0  # a serving slot silent this long means its supervision is stuck
-
-
-# --- pure rules -------------------------------------------------------------------------------------
-
-
-def restart_delay(failures: int) -> float:
-    """Seconds to wait before starting a slot's worker again after `failures` quick failures in a row.
-
-    The first failure is retried at once; then 0.5, 1, 2, 4 s, capped at RESTART_MAX_DELAY_SECONDS.
-    """
-    if failures <= 1:
-        return 0.0
-    return min(RESTART_MAX_DELAY_SECONDS, 0.25 * 2.0 ** (failures - 1))
-
-
-def failures_after(previous: int, served_seconds: float | None) -> int:
-    """Quick failures in a row once a worker is gone; `served_seconds` None if it never became ready."""
-    if served_seconds is not None and served_seconds >= QUICK_FAILURE_SECONDS:
-        return 1
-    return previous + 1
-
-
-@dataclass
-class PingMonitor:
-    """The pings in flight to one worker and the rule that calls it hung. No I/O: times are passed in.
-
-    A pong answers its ping and every earlier one. The worker is hung when `misses` pings, all sent
-    after its last answer, have waited longer than `timeout`.
-    """
-
-    timeout: float = PING_TIMEOUT_SECONDS
-    misses: int = HUNG_AFTER_MISSES
-    _next: int = 0
-    _pending: dict[int, float] = field(default_factory=dict)
-
-    def sent(self, now: float) -> int:
-        """Record a ping sent at `now`; return its number."""
-        seq = self._next
-        self._next += 1
-        self._pending[seq] = now
-        return seq
-
-    def answered(self, seq: int) -> bool:
-        """Record the pong for `seq`; False if no such ping is in flight (late, repeated or bogus)."""
-        if seq not in self._pending:
-            return False
-        for number in [n for n in self._pending if n <= seq]:
-            del self._pending[number]
-        return True
-
-    def missed(self, now: float) -> int:
-        return sum(1 for sent_at in self._pending.values() if now - sent_at >= self.timeout)
-
-    def hung(self, now: float) -> bool:
-        return self.missed(now) >= self.misses
-
-
-class SlotState(enum.Enum):
-    STARTING = "starting"  # spawned, not ready yet
-    SERVING = "serving"  # ready and answering pings
-    DRAINING = "draining"  # the worker drains (it said so, or we are stopping): no pings
-    KILLING = "killing"  # SIGKILL sent (hung or not ready in time); waiting to reap it
-    BACKOFF = "backoff"  # gone; waiting restart_delay() before the next start
-    STOPPED = "stopped"  # the supervisor is stopping, or the slot's task has ended
-
-
-def state_bound(state: SlotState, drain_bound: float) -> float | None:
-    """How long a slot may stay in `state` (for SERVING: without a pong) before the supervisor's own
-    checks fail; None for no bound. `drain_bound` is the longest drain the config allows."""
-    bounds = {
-        SlotState.STARTING: READY_TIMEOUT_SECONDS + STOP_GRACE_SECONDS,
-        SlotState.SERVING: SERVING_SILENCE_SECONDS,
-        SlotState.DRAINING: drain_bound + STOP_GRACE_SECONDS,
-        SlotState.KILLING: STOP_GRACE_SECONDS,
-        SlotState.BACKOFF: RESTART_MAX_DELAY_SECONDS + STOP_GRACE_SECONDS,
-    }
-    return bounds.get(state)
-
-
-@dataclass(frozen=True)
-class SlotView:
-    state: SlotState
-    since: float  # monotonic time of the last state change (for SERVING, of the last pong)
-    supervised: bool  # the slot's task is still running
-
-
-def checks_pass(slots: Iterable[SlotView], now: float, drain_bound: float) -> bool:
-    """The watchdog rule: every slot is supervised and none has overstayed its state's bound."""
-    for slot in slots:
-        if slot.state is SlotState.STOPPED:
-            continue
-        if not slot.supervised:
-            return False
-        bound = state_bound(slot.state, drain_bound)
-        if bound is not None and now - slot.since > bound:
-            return False
-    return True
-
-
-def restart_reason(returncode: int) -> str:
-    return "signal" if returncode < 0 else "exit"
-
 
 # --- the supervisor ---------------------------------------------------------------------------------
 
@@ -240,7 +143,7 @@ class Supervisor:
     async def _run_slot(self, slot: WorkerSlot, first_done: asyncio.Event) -> None:
         """Start the slot's worker, supervise it, and start it again when it goes, until stopping."""
         while not self._stopping:
-            reason, served = "other", None
+            reason, served = RestartReason.OTHER, None
             try:
                 if await self._start(slot):
                     first_done.set()
@@ -249,7 +152,7 @@ class Supervisor:
                     served = time.monotonic() - (slot.served_at or time.monotonic())
                 else:
                     first_done.set()
-                    reason = "start_failed"
+                    reason = RestartReason.START_FAILED
             except Exception:
                 logger.exception("supervising worker %d failed; starting it again", slot.index)
                 first_done.set()
@@ -263,7 +166,7 @@ class Supervisor:
             logger.error(
                 "worker %d %s; %d calls lost; starting it again in %.1f s",
                 slot.index,
-                _reason_text(reason),
+                reason.text,
                 calls_lost,
                 delay,
             )
@@ -319,7 +222,7 @@ class Supervisor:
         slot.writer.write(self._engine_line())
         return True
 
-    async def _supervise(self, slot: WorkerSlot) -> str:
+    async def _supervise(self, slot: WorkerSlot) -> RestartReason:
         """Ping a ready worker until it exits or hangs; return the restart reason."""
         process, reader, writer = slot.process, slot.reader, slot.writer
         assert process is not None and reader is not None and writer is not None
@@ -377,10 +280,10 @@ class Supervisor:
                 logger.warning("worker %d drains on its own; it is replaced once it exits", slot.index)
             slot.enter(SlotState.DRAINING)
 
-    def _kill_hung(self, slot: WorkerSlot) -> str:
+    def _kill_hung(self, slot: WorkerSlot) -> RestartReason:
         slot.enter(SlotState.KILLING)
         self._signal(slot, signal.SIGKILL)
-        return "hung"
+        return RestartReason.HUNG
 
     async def _reap(self, slot: WorkerSlot) -> int:
         """Wait for the slot's worker to be gone (bounded), close its channel; the calls it had up."""
@@ -565,15 +468,6 @@ class Supervisor:
             for slot in self.slots
         ]
         return checks_pass(views, time.monotonic(), self._drain_bound())
-
-
-def _reason_text(reason: str) -> str:
-    return {
-        "hung": "hung and was killed",
-        "start_failed": "failed to start",
-        "signal": "was killed by a signal",
-        "exit": "exited",
-    }.get(reason, "failed")
 
 
 def _metrics_dir() -> Path:

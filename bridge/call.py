@@ -5,16 +5,20 @@ frames and DTMF as they arrive and tells it when the call ended; `run()` owns ev
 started (its engine stream above all) in one TaskGroup and returns only when the final transcript
 arrived or the bound ran out, after emitting `call.ended`.
 
-The call's timeline: second 0 is the start of the first audio frame received; every frame the
-conference bridge delivers counts, with frames that carried no audio counted as silence, so the
-timeline advances with the wall clock and utterance times from the engine land on it directly.
+The call's timeline, the one definition every other module and doc points to: second 0 is the start
+of the first audio frame received; every frame the conference bridge delivers counts, with frames that
+carried no audio counted as silence, so the timeline advances with the wall clock and utterance times
+from the engine land on it directly. Event times (`start`, `end`, `at`, gaps) are seconds on it; the
+engine session (`bridge/vblaze/protocol.py`, `buffer.py`) counts the same positions in bytes.
 
 `call.ended`'s transcript is the whole call's: the final documents of every connection of the engine
 stream merged onto the call's timeline by `vblaze.transcript.merge` (the engine's own documents go in
 `engine_finals`, each with its offset). If the pipeline itself fails, the audio no utterance confirmed
 becomes a `pipeline_error` gap, and the transcript keeps what was heard.
 
-A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`):
+A SIPREC call (`CallStarted.siprec`) has one or two audio streams, each with a role (`StreamRole`). How
+they go to the engine is the call's audio mode, `CallPipeline.delivery` (named after the config key
+`siprec.delivery`; nothing to do with webhook delivery, `bridge/webhook/`):
 - one stream: a mixed recording, sent like a plain call; utterances carry role "mixed";
 - two streams, `siprec.delivery = stereo`: one engine stream with two channels, channel 0 the caller
   and 1 the agent (`StreamRole.channel`). The SIP thread delivers each stream's frames on the same
@@ -36,10 +40,11 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Literal
 
+from bridge import event_data
 from bridge.config import Config
+from bridge.event_data import EngineFinalData, EventData, GapData
 from bridge.events import BridgeEvent, EventKind, EventSink
 from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
@@ -53,9 +58,10 @@ from sip.siprec import StreamRole
 
 logger = logging.getLogger(__name__)
 
-METRICS_BATCH_FRAMES = 10  # audio frames counted per metrics update (1 s of 100 ms frames)
+METRICS_BATCH_MS = 1000  # audio counted per metrics update (10 frames of audio.port_frame_ms 100)
 
-Delivery = Literal["mono", "stereo", "streams"]
+Delivery = Literal["mono", "stereo", "streams"]  # a call's audio mode (see the module docstring)
+Outcome = tuple[Any, list[GapData], list[EngineFinalData]]  # transcript, gaps, engine finals
 MAX_LAG_FRAMES = 1  # a stereo side further behind than this is padded with silence
 
 
@@ -127,7 +133,8 @@ def _samples(pcm: bytes, n: int) -> array[int]:
 
 
 def delivery_of(started: CallStarted, configured: str) -> Delivery:
-    """How a call's audio goes to the engine: mono (plain call, one SIPREC stream), stereo or streams."""
+    """The call's audio mode, how its audio goes to the engine: mono (plain call, one SIPREC stream),
+    else stereo or streams as `siprec.delivery` (`configured`) says."""
     if started.siprec is None or len(started.siprec.roles) < 2:
         return "mono"
     return "streams" if configured == "streams" else "stereo"
@@ -171,6 +178,7 @@ class CallPipeline:
         self._answered_mono = time.monotonic()
         self._first_frame_mono: float | None = None
         self._frame_bytes = config.audio.sample_rate * 2 * config.audio.port_frame_ms // 1000
+        self._batch_frames = max(1, METRICS_BATCH_MS // config.audio.port_frame_ms)
         self._silence = bytes(self._frame_bytes)
         self._audio_seconds = 0.0
         self._metrics = call_metrics
@@ -183,6 +191,7 @@ class CallPipeline:
         self.roles: tuple[StreamRole, ...] = started.siprec.roles if started.siprec else ()
         self.delivery = delivery_of(started, config.siprec.delivery)
         self._remaps = 0
+        self._result: Outcome = (None, [], [])  # call.ended's transcript, gaps and engine finals
         self._pairer = StereoPairer([r.channel for r in self.roles]) if self.delivery == "stereo" else None
         self._stream_seconds = [0.0] * max(len(self.roles), 1)
         self._stream_first: list[float | None] = [None] * max(len(self.roles), 1)
@@ -222,7 +231,7 @@ class CallPipeline:
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
         self._unreported_frames += 1
         self._unreported_seconds += seconds
-        if self._unreported_frames >= METRICS_BATCH_FRAMES:
+        if self._unreported_frames >= self._batch_frames:
             self._report_audio()
         if self.delivery == "mono":
             self._audio_seconds += seconds
@@ -275,7 +284,7 @@ class CallPipeline:
             )
 
     def dtmf(self, digit: str) -> None:
-        self._emit("dtmf", {"digit": digit, "at": round(self._timeline_now(), 3)})
+        self._emit("dtmf", event_data.dtmf(digit, self._timeline_now()))
 
     def ended(self, reason: str) -> None:
         if not self._ended.is_set():
@@ -285,74 +294,69 @@ class CallPipeline:
     # --- the call's life -------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        info = self.info
-        self._emit(
-            "call.started",
-            {
-                "from": info.from_uri,
-                "to": info.to_uri,
-                "headers": dict(info.headers),
-                "started_at": datetime.fromtimestamp(self._answered_wall, UTC).isoformat(),
-                "worker": self._worker,
-                "remote": info.remote,
-                "codecs": list(info.codecs),
-                "siprec": {**info.siprec.as_dict(), "delivery": self.delivery} if info.siprec else None,
-            },
-        )
-        self.log.info("call started from %s", info.from_uri)
-        transcript: Any = None
-        gaps: list[dict[str, Any]] = []
-        finals: list[dict[str, Any]] = []
+        """Emit call.started, stream until the call ended and its finals are in, emit call.ended."""
+        started = event_data.call_started(self.info, self._answered_wall, self._worker, self.delivery)
+        self._emit("call.started", started)
+        self.log.info("call started from %s", self.info.from_uri)
         try:
-            async with asyncio.TaskGroup() as group:
-                runners = [
-                    group.create_task(stream.run(), name=f"engine-{self.call_id}-{index}")
-                    for index, stream in enumerate(self.streams)
-                ]
-                try:
-                    await self._ended.wait()
-                    if self._pairer is not None:
-                        for frame, at in self._pairer.flush():
-                            self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
-                            self.stream.push_audio(frame, at)
-                    results = await asyncio.gather(*(stream.finish() for stream in self.streams))
-                    transcript, gaps, finals = self._outcome(results)
-                except Exception:
-                    self._abandon()  # before the TaskGroup cancels the streams: the cause is ours
-                    raise
-                for runner in runners:
-                    if not runner.done():
-                        runner.cancel()
+            await self._transcribe()
         except* Exception as group_error:
             for error in group_error.exceptions:
                 self.log.error("call pipeline failed", exc_info=error)
             self._abandon()
-            transcript, gaps, finals = self._outcome([stream.result() for stream in self.streams])
+            self._result = self._outcome([stream.result() for stream in self.streams])
         finally:
-            duration = time.monotonic() - self._answered_mono
-            ended: dict[str, Any] = {
-                "reason": self._end_reason,
-                "duration": round(duration, 3),
-                "audio_seconds": round(self._audio_seconds, 3),
-                "utterances": self._utterances,
-                "transcript": transcript,
-                "engine_finals": finals,
-                "gaps": gaps,
-            }
-            if info.siprec is not None:
-                ended["streams"] = [role.as_dict() for role in self.roles]
-                ended["remaps"] = self._remaps
-            if self._pairer is not None and self._pairer.padded:
-                self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
-            self._report_audio()
-            self._emit("call.ended", ended)
-            self.log.info(
-                "call ended (%s) after %.1f s, %d utterances, %d gaps",
-                self._end_reason,
-                duration,
-                self._utterances,
-                len(gaps),
-            )
+            self._end()
+
+    async def _transcribe(self) -> None:
+        """The call's engine streams in one TaskGroup, until the call ended and their finals are in (or
+        their bound ran out); sets `_result`."""
+        async with asyncio.TaskGroup() as group:
+            runners = [
+                group.create_task(stream.run(), name=f"engine-{self.call_id}-{index}")
+                for index, stream in enumerate(self.streams)
+            ]
+            try:
+                await self._ended.wait()
+                if self._pairer is not None:
+                    for frame, at in self._pairer.flush():
+                        self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
+                        self.stream.push_audio(frame, at)
+                results = await asyncio.gather(*(stream.finish() for stream in self.streams))
+                self._result = self._outcome(results)
+            except Exception:
+                self._abandon()  # before the TaskGroup cancels the streams: the cause is ours
+                raise
+            for runner in runners:
+                if not runner.done():
+                    runner.cancel()
+
+    def _end(self) -> None:
+        """Emit call.ended with what `_result` holds, whatever ended the call."""
+        transcript, gaps, finals = self._result
+        duration = time.monotonic() - self._answered_mono
+        ended = event_data.call_ended(
+            self._end_reason,
+            duration,
+            self._audio_seconds,
+            self._utterances,
+            transcript,
+            gaps,
+            finals,
+            streams=self.roles if self.info.siprec is not None else None,
+            remaps=self._remaps,
+        )
+        if self._pairer is not None and self._pairer.padded:
+            self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
+        self._report_audio()
+        self._emit("call.ended", ended)
+        self.log.info(
+            "call ended (%s) after %.1f s, %d utterances, %d gaps",
+            self._end_reason,
+            duration,
+            self._utterances,
+            len(gaps),
+        )
 
     # --- helpers ------------------------------------------------------------------------------------------
 
@@ -374,9 +378,7 @@ class CallPipeline:
         for stream in self.streams:
             stream.abandon(GapCause.PIPELINE_ERROR)
 
-    def _outcome(
-        self, results: Sequence[StreamResult]
-    ) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    def _outcome(self, results: Sequence[StreamResult]) -> Outcome:
         """`call.ended`'s transcript, gaps and engine finals. The transcript is the call's complete one,
         every engine stream's final document merged onto the call's timeline (`vblaze.transcript`); with
         one engine stream per audio stream, {"streams": [{stream, role, channel, transcript}]}, and gaps
@@ -384,22 +386,20 @@ class CallPipeline:
         if self.delivery != "streams":
             result = results[0]
             merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
-            finals = merged_transcript.engine_finals(result.streams)
-            return merged, [gap.as_dict() for gap in result.gaps], finals
-        transcripts = []
-        gaps = []
+            finals = [event_data.engine_final(f) for f in merged_transcript.engine_finals(result.streams)]
+            return merged, [event_data.gap(gap) for gap in result.gaps], finals
+        transcripts: event_data.StreamTranscriptsData = {"streams": []}
+        gaps: list[GapData] = []
         finals = []
         for index, result in enumerate(results):
             role = self.roles[index]
             merged = merged_transcript.merge(result.streams, result.audio_seconds, result.gaps)
-            transcripts.append(
-                {"stream": index, "role": role.role, "channel": role.channel, "transcript": merged}
-            )
-            gaps += [{**gap.as_dict(), "stream": index} for gap in result.gaps]
+            transcripts["streams"].append(event_data.stream_transcript(index, role, merged))
+            gaps += [event_data.gap(gap, index) for gap in result.gaps]
             finals += [
-                {**final, "audio_stream": index} for final in merged_transcript.engine_finals(result.streams)
+                event_data.engine_final(f, index) for f in merged_transcript.engine_finals(result.streams)
             ]
-        return {"streams": transcripts}, gaps, finals
+        return transcripts, gaps, finals
 
     def _role_of(self, utt: Utterance, stream: int | None) -> StreamRole | None:
         if not self.roles:
@@ -414,35 +414,18 @@ class CallPipeline:
         self._utterances += 1
         self._entry.utterances = self._utterances
         self._entry.last_end = max(self._entry.last_end, utt.end)
-        latency: dict[str, float] = {}
+        latency = None
         if self._first_frame_mono is not None:
-            speech_end = self._first_frame_mono + utt.end
-            latency["speech_end_to_utterance_seconds"] = round(utt.received_at - speech_end, 4)
-        data: dict[str, Any] = {
-            "text": utt.text,
-            "words": [
-                {"word": w.word, "start": w.start, "end": w.end, "confidence": w.confidence}
-                for w in utt.words
-            ],
-            "start": utt.start,
-            "end": utt.end,
-            "confidence": utt.confidence,
-            "channel": utt.channel,
-            "engine": utt.raw,
-            "latency": latency,
-        }
-        if self.info.siprec is not None:
-            role = self._role_of(utt, stream)
-            participant = role.participant if role else None
-            if role is not None and stream is not None:
-                data["channel"] = role.channel
-            data["role"] = role.role if role else "unknown"
-            data["participant"] = participant.as_dict() if participant else None
-            data["stream"] = role.index if role else stream
+            latency = utt.received_at - (self._first_frame_mono + utt.end)
+        siprec = self.info.siprec is not None
+        role = self._role_of(utt, stream) if siprec else None
+        data = event_data.utterance(utt, latency, siprec, role, stream)
         self._emit("utterance", data)
 
-    def _emit(self, kind: EventKind, data: dict[str, Any]) -> None:
-        event = BridgeEvent(kind=kind, call_id=self.call_id, seq=self._seq, time=time.time(), data=data)
+    def _emit(self, kind: EventKind, data: EventData) -> None:
+        event = BridgeEvent(
+            kind=kind, call_id=self.call_id, seq=self._seq, time=time.time(), data=event_data.as_data(data)
+        )
         self._seq += 1
         self._sink.submit(event)
         if kind == "call.ended":

@@ -48,7 +48,11 @@ DEFAULT_METRICS_HOST = "127.0.0.1"
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_DRAIN_SECONDS = 30.0
 DEFAULT_WEBHOOK_TIMEOUT = 5.0
+DEFAULT_WEBHOOK_BACKOFF_INITIAL = 0.5
+DEFAULT_WEBHOOK_BACKOFF_MAX = 60.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_SPOOL_WARN_FRACTION = 0.8
+DEFAULT_CLAIM_INTERVAL = 10.0
 DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label")  # no guess
 DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
@@ -179,14 +183,16 @@ class WebhookConfig(_Section):
     secret_env: str = "VBLAZE_BRIDGE_WEBHOOK_SECRET"  # environment variable holding the HMAC secret
     bearer_env: str | None = None  # environment variable holding a bearer token, if any
     timeout_seconds: float = Field(DEFAULT_WEBHOOK_TIMEOUT, gt=0)  # per attempt
-    backoff_initial_seconds: float = Field(0.5, gt=0)
-    backoff_max_seconds: float = Field(60.0, gt=0)
+    backoff_initial_seconds: float = Field(DEFAULT_WEBHOOK_BACKOFF_INITIAL, gt=0)
+    backoff_max_seconds: float = Field(DEFAULT_WEBHOOK_BACKOFF_MAX, gt=0)
     basic_auth_env: str | None = None  # environment variable holding user:password for HTTP basic auth
     spool_path: str = "var/spool.sqlite3"
     spool_max_bytes: int = Field(DEFAULT_SPOOL_MAX_BYTES, ge=1024 * 1024)
-    spool_warn_fraction: float = Field(0.8, gt=0, le=1)  # warn when the spool is this full
+    spool_warn_fraction: float = Field(
+        DEFAULT_SPOOL_WARN_FRACTION, gt=0, le=1
+    )  # warn when the spool is this full
     claim_interval_seconds: float = Field(
-        10.0, gt=0
+        DEFAULT_CLAIM_INTERVAL, gt=0
     )  # how often a worker adopts spooled events of dead workers
 
     @model_validator(mode="after")

@@ -7,14 +7,15 @@
     │   ├── EngineRejected      4xx at the upgrade: our tags are wrong (not retryable)
     │   ├── EngineClosed        the socket closed before the final transcript (retryable)
     │   └── EngineProtocolError a message we cannot parse (not retryable)
-    └── WebhookError            a webhook attempt failed
-        ├── WebhookRetryable    connection error, timeout, 408, 429, 5xx
-        └── WebhookRejected     any other 4xx (final)
+    ├── MetricsDirInUse         another live bridge owns the workers' metrics directory
+    ├── InvalidState            (bridge/vblaze/protocol.py) a session call in the wrong state
+    └── SinkStateError          (bridge/webhook/delivery.py) a sink call in the wrong state
 
     SipError                    pjsua2 refused an operation (not retryable); defined in `sip.errors`
                                 (sip/ imports nothing of bridge/, so it is no BridgeError), re-exported here
 
-`is_retryable` is the one place that decides whether an error is worth another attempt.
+`is_retryable` is the one place that decides whether an error is worth another attempt. A webhook
+attempt's outcome is not an exception: `bridge/webhook/policy.py` decides retries from the answer.
 """
 
 from __future__ import annotations
@@ -55,30 +56,14 @@ class EngineProtocolError(EngineError):
     """The engine sent something that does not follow the protocol."""
 
 
-class WebhookError(BridgeError):
-    """A webhook delivery attempt failed."""
-
-
-class WebhookRetryable(WebhookError):
-    """A webhook attempt that may succeed later."""
-
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class WebhookRejected(WebhookError):
-    """The receiver answered with a final 4xx."""
-
-
 class MetricsDirInUse(BridgeError):
     """Another live bridge owns the directory for the workers' metric files."""
 
 
 def is_retryable(error: BaseException) -> bool:
     """Whether another attempt at the same operation may succeed."""
-    if isinstance(error, (EngineUnavailable, EngineClosed, WebhookRetryable)):
+    if isinstance(error, (EngineUnavailable, EngineClosed)):
         return True
-    if isinstance(error, (ConfigError, EngineRejected, EngineProtocolError, WebhookRejected, SipError)):
+    if isinstance(error, (ConfigError, EngineRejected, EngineProtocolError, SipError)):
         return False
     return isinstance(error, (OSError, TimeoutError, ConnectionError))

@@ -7,13 +7,15 @@
   ``engine full``. ``workers down``: some worker is not serving (starting, failing to start, hung, being
   replaced); the others still take calls on their ports, but the pool is not what was configured.
 
-The readiness rule is :func:`bridge.readiness.decide` over a :class:`Readiness` snapshot, which the
-supervisor keeps current (the app asks for it through a callable at each request). A worker answering
-SIP OPTIONS applies the same rule to its own figures (`sip.gate`).
+The readiness rule is :func:`bridge.readiness.decide` over a :class:`Readiness` snapshot that the app
+asks for at each request through a callable (`make_app`'s `readiness`): the supervisor's
+`Supervisor.readiness` builds it then from the slots that serve, the workers' calls-active gauges and
+the last engine probe. Each worker answers SIP OPTIONS by the same rule over its own figures (its
+calls, its slots, the engine state the supervisor last sent it), from its SIP thread (`sip.gate`).
 
 Engine reachability comes from :func:`probe_engine` (V-Blaze's ``GET /maxstreamscheck``: 200 with
-``#streams``/``maxstreams`` when a stream is free, 429 when full), run every few seconds by
-:func:`run_engine_probe`.
+``#streams``/``maxstreams`` when a stream is free, 429 when full), which the supervisor runs every
+`bridge.supervision.ENGINE_PROBE_SECONDS` through :func:`run_engine_probe`.
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bridge import metrics
-from bridge.readiness import Decision, Readiness, decide, sip_status
+from bridge.readiness import Decision, Readiness, decide
 
-__all__ = ["Decision", "Readiness", "decide", "sip_status"]  # the readiness rule, where /readyz uses it
+__all__ = ["Decision", "Readiness", "decide"]  # the readiness rule, where /readyz uses it
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT = 2.0
-DEFAULT_PROBE_INTERVAL = 5.0
 SCRAPE_TIMEOUT = 10.0
 BIND_TIMEOUT = 5.0
 
@@ -103,7 +104,7 @@ async def probe_engine(
 async def run_engine_probe(
     ws_url: str,
     on_result: Callable[[EngineProbe], None],
-    interval: float = DEFAULT_PROBE_INTERVAL,
+    interval: float,
     limit_seconds: float = DEFAULT_PROBE_TIMEOUT,
 ) -> None:
     """Probe the engine every `interval` seconds and hand each result to `on_result`, until cancelled.

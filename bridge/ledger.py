@@ -44,6 +44,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from bridge import event_data
 from bridge.events import BridgeEvent, EventSink
 from bridge.webhook import crashpoint
 
@@ -234,16 +235,9 @@ class CallLedger:
 
 def lost_call_ended(entry: LedgerEntry, lost_at: float) -> dict[str, Any]:
     """The `call.ended` data for a call whose worker died at `lost_at` (unix time)."""
-    elapsed = max(0.0, lost_at - entry.started_at)
-    gap = max(0.0, elapsed - entry.last_end)
-    return {
-        "reason": "worker_lost",
-        "duration": round(elapsed, 3),
-        "audio_seconds": None,
-        "utterances": entry.utterances,
-        "transcript": None,
-        "gaps": [{"start": round(entry.last_end, 3), "duration": round(gap, 3), "cause": "worker_lost"}],
-    }
+    return event_data.as_data(
+        event_data.lost_call_ended(entry.started_at, lost_at, entry.utterances, entry.last_end)
+    )
 
 
 def end_lost_calls(

@@ -43,6 +43,7 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.supervision import RestartReason
 from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.session import ConnectCause, LostCause
 from bridge.webhook.policy import Outcome
@@ -65,7 +66,9 @@ CALL_RESULTS = tuple(result.value for result in CallResult)
 # fails). 400 is counted as "4xx", as it always was. Other codes are reported by class ("4xx"); answers
 # pjsua gives itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
 INVITE_CODES = ("200", "403", "488", "500", "503")
-DROP_CAUSES = ("buffer_full", "queue_full", "engine_unreachable", "late", "other")
+# Frames dropped before the engine: only a frame the worker could not hand to its call is counted
+# ("other": sip/media.py's FramePort, bridge/worker.py's drain; each logs the first failure of a call).
+DROP_CAUSES = ("other",)
 # Engine causes: each tuple is its enum's values plus "other"; the enums (with what each value means) are
 # the one list the producers use: bridge/vblaze/session.py (ConnectCause, LostCause) and
 # bridge/vblaze/buffer.py (GapCause).
@@ -79,9 +82,8 @@ RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause)
 # Defined, with a comment per value, where they are produced: bridge/webhook/policy.py, queue.py.
 WEBHOOK_OUTCOMES = tuple(o.value for o in Outcome)  # Outcome.OTHER ("other") is one of them
 WEBHOOK_DROP_REASONS = (*(r.value for r in DropReason), OTHER)
-# exit/signal: it exited or was killed; hung: it stopped answering the supervisor's pings and was killed;
-# start_failed: a start that never became ready (spawn error, exit before ready, not ready in time).
-RESTART_REASONS = ("exit", "signal", "hung", "start_failed", "other")
+# Why a worker was restarted: the supervisor's `RestartReason` (bridge/supervision.py) is the one list.
+RESTART_REASONS = tuple(reason.value for reason in RestartReason)
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:

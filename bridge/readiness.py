@@ -49,8 +49,3 @@ def decide(state: Readiness) -> Decision:
     if state.engine_full:
         return Decision(False, "engine full")
     return Decision(True, "ready")
-
-
-def sip_status(decision: Decision) -> int:
-    """The status a SIP OPTIONS ping gets for this decision: 200 or 503."""
-    return 200 if decision.ready else 503

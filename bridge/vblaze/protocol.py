@@ -17,9 +17,10 @@ Contract:
   says (`stream_datahdr`); the engine transcribes each channel and tags utterances ``metadata.channel``.
 - `Session.send_audio(pcm, call_position)` returns the binary frame to write. The first frame of a
   ``datahdr=WAVE`` stream starts with the streaming WAV header (`wav_stream_header`). ``call_position`` is
-  where the first byte of ``pcm`` lies on the call's timeline (bytes since the call was answered); when it
-  does not follow the previous chunk (a replay after a reconnect, or audio dropped in between) the session
-  records the jump and maps the engine's times across it.
+  where the first byte of ``pcm`` lies on the call's timeline (in bytes; the timeline is defined in
+  `bridge/call.py`: 0 is the start of the call's first audio frame); when it does not follow the previous
+  chunk (a replay after a reconnect, or audio dropped in between) the session records the jump and maps
+  the engine's times across it.
 - `Session.send_end()` returns the frames that end the audio (the empty frame, preceded by the WAV header
   if no audio was sent) and moves ``OPEN -> DRAINING``.
 - `Session.receive_text(text, received_at)` returns one event: `Utterance` (times already mapped onto the

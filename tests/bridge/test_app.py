@@ -1,10 +1,11 @@
-"""The supervisor's pure rules: when a worker is hung, how long to wait before a restart, the watchdog."""
+"""The supervisor's pure rules (bridge/supervision.py): when a worker is hung, how long to wait before a
+restart, the watchdog."""
 
 from __future__ import annotations
 
 import pytest
 
-from bridge.app import (
+from bridge.supervision import (
     HUNG_AFTER_MISSES,
     PING_INTERVAL_SECONDS,
     PING_TIMEOUT_SECONDS,

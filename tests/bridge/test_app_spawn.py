@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import app, metrics
+from bridge import app, metrics, supervision
 from bridge.app import SlotState, Supervisor, WorkerSlot
 from bridge.config import Config
 
@@ -89,7 +89,7 @@ async def test_a_worker_that_says_ready_but_never_answers_a_ping_is_killed_as_hu
     started = asyncio.get_running_loop().time()
     assert await asyncio.wait_for(supervisor._supervise(slot), 10) == "hung"
     took = asyncio.get_running_loop().time() - started
-    assert app.PING_TIMEOUT_SECONDS <= took < app.PING_TIMEOUT_SECONDS + 1.5
+    assert supervision.PING_TIMEOUT_SECONDS <= took < supervision.PING_TIMEOUT_SECONDS + 1.5
     process = slot.process
     await supervisor._reap(slot)
     assert process is not None and process.returncode == -9

@@ -1,4 +1,4 @@
-"""Realistic BridgeEvents for tests, shaped as documented in bridge/events.py."""
+"""Realistic BridgeEvents for tests, shaped as bridge/event_data.py builds them."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def call_events(
                 "confidence": 0.91,
                 "channel": 0,
                 "engine": engine,
-                "latency": {"engine_seconds": 0.4},
+                "latency": {"speech_end_to_utterance_seconds": 0.4},
             },
         )
         if dtmf and i == 0:
