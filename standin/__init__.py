@@ -3,8 +3,9 @@ recognition (faster-whisper tiny.en), for the demo and the tests.
 
 Modules: `tags` (query/header tags, validation), `audio` (WAVE parser, PCM/G.711 decoding),
 `segmenter` (level/energy VAD), `stream` (one stream's bytes → utterance cuts), `results` (JSON/text
-documents), `faults` (fault switches) — none does I/O; `recognizer` (whisper in a thread pool,
-vad-only) and `server` (aiohttp) do.
+documents), `redaction` (numtrans, scrubtext, scrubconf), `scrubber` (scrubbed audio: held until
+settled, silenced, WAV or mp3), `faults` (fault switches) — none does I/O; `recognizer` (whisper in
+a thread pool, vad-only) and `server` (aiohttp) do.
 
 Behaviour chosen where the vendor docs are silent (details in the module docstrings and docs/standin.md):
 - a tag given as header and in the query string takes the query's value; header names are

@@ -86,6 +86,11 @@ class Segmenter:
         self._last_active = -1  # last active frame of the open utterance
         self._active_count = 0
 
+    @property
+    def settled(self) -> int:
+        """The sample before which no utterance still to come can start: audio there is decided."""
+        return self._buf_frame * self.frame
+
     def feed(self, samples: npt.NDArray[np.int16]) -> list[Cut]:
         """Judge the new samples; return the utterances they complete."""
         data = np.concatenate([self._partial, samples.astype(np.int16, copy=False)])

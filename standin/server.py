@@ -29,6 +29,7 @@ import aiohttp
 import numpy as np
 from aiohttp import web
 
+from standin import redaction
 from standin.faults import FaultError, Faults
 from standin.recognizer import Recognizer
 from standin.results import Final, Utterance, now, timestamp, utterance_message
@@ -255,6 +256,16 @@ class _ClientGone(Exception):
     """The client closed or dropped the socket."""
 
 
+@dataclass(frozen=True)
+class _Release:
+    """In the sender's queue: send the scrubbed audio up to frame `upto` (None: all of it, and end)."""
+
+    upto: int | None
+
+
+RELEASE_SECONDS = 0.1  # scrubbed audio goes out in pieces of at least this much
+
+
 class _Stream:
     """One /transcribe connection from first audio frame to close."""
 
@@ -276,7 +287,8 @@ class _Stream:
         self.warnings: list[str] = []
         self.utterances: list[Utterance] = []
         self._held: list[str] = []
-        self._queue: asyncio.Queue[asyncio.Task[Utterance] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[asyncio.Task[Utterance] | _Release | None] = asyncio.Queue()
+        self._released_upto = 0  # the settled frame of the last _Release queued
         self._tasks: set[asyncio.Task[Utterance]] = set()
         self._next_uttid = 0
         self._label = tags.requestid or f"{request.remote}"
@@ -321,6 +333,7 @@ class _Stream:
                     continue
                 for cut in self.audio.feed(data):
                     self._submit(cut)
+                self._release_settled()
                 if self.faults.close_after is not None and self.audio.audiosecs >= self.faults.close_after:
                     logger.warning(
                         "stream %s: fault switch: dropping the connection after %.1f s of audio",
@@ -354,7 +367,20 @@ class _Stream:
                 return False
         for cut in self.audio.finish():
             self._submit(cut)
+        if self.audio.scrubber is not None:
+            self._queue.put_nowait(_Release(None))
         return True
+
+    def _release_settled(self) -> None:
+        """Queue the scrubbed audio up to the settled point, behind the cuts before it (so their
+        scrubbed words are known when it goes out); in pieces of at least RELEASE_SECONDS."""
+        scrubber = self.audio.scrubber
+        if scrubber is None:
+            return
+        settled = self.audio.settled_frames
+        if settled - self._released_upto >= RELEASE_SECONDS * scrubber.format.samprate:
+            self._released_upto = settled
+            self._queue.put_nowait(_Release(settled))
 
     def _submit(self, cut: ChannelCut) -> None:
         uttid, self._next_uttid = self._next_uttid, self._next_uttid + 1
@@ -364,7 +390,16 @@ class _Stream:
 
     async def _recognize(self, cut: ChannelCut, uttid: int, recvdate: datetime) -> Utterance:
         samples = cut.cut.audio.astype(np.float32) / 32768.0
-        recognition = await self.server.recognizer.recognize(samples, cut.samprate)
+        heard = await self.server.recognizer.recognize(samples, cut.samprate)
+        tags = self.tags
+        scrubber = self.audio.scrubber
+        recognition, scrub = redaction.apply(
+            heard, tags.numtrans, tags.scrubtext, scrubber is not None, tags.scrub_rules
+        )
+        if scrubber is not None:
+            at = cut.start_s
+            spoken = ((at + w.start, at + w.end) for w in recognition.words)
+            scrubber.add(cut.channel, ((at + s, at + e) for s, e in scrub), spoken)
         st = self.server.status
         st.utt_count += 1
         st.utt_audiosecs += cut.end_s - cut.start_s
@@ -373,6 +408,9 @@ class _Stream:
     async def _send_utterances(self) -> None:
         tags = self.tags
         while (task := await self._queue.get()) is not None:
+            if isinstance(task, _Release):
+                await self._send_scrubbed(task)
+                continue
             utt = await task
             self.utterances.append(utt)
             message = utterance_message(utt, tags)
@@ -420,13 +458,23 @@ class _Stream:
             len(self.utterances),
         )
 
-    async def _send(self, message: str) -> None:
+    async def _send_scrubbed(self, release: _Release) -> None:
+        scrubber = self.audio.scrubber
+        assert scrubber is not None
+        data = scrubber.finish() if release.upto is None else scrubber.release(release.upto)
+        if data:
+            await self._send(data)
+
+    async def _send(self, message: str | bytes) -> None:
         await self._delay()
         if self.ws.closed:
             raise _ClientGone("socket closed")
         try:
             async with asyncio.timeout(self.server.options.idle_timeout):
-                await self.ws.send_str(message)
+                if isinstance(message, bytes):
+                    await self.ws.send_bytes(message)
+                else:
+                    await self.ws.send_str(message)
         except ConnectionResetError as exc:
             raise _ClientGone(str(exc)) from exc
         except TimeoutError:

@@ -2,7 +2,9 @@
 
 `StreamAudio.feed(data)` takes the socket's binary payloads in any split; `finish()` is the empty
 frame. Both return `ChannelCut`s (one channel's utterance). Undecodable audio does not raise: the
-first problem is kept in `warning`, later audio is ignored, and the final result says so.
+first problem is kept in `warning`, later audio is ignored, and the final result says so. With
+`scrubaudio`, the payload also goes to an `AudioScrubber` (standin/scrubber.py), which holds it until
+`settled_frames` passes it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from standin.audio import AudioError, AudioFormat, SampleDecoder, WaveParser
+from standin.scrubber import AudioScrubber
 from standin.segmenter import Cut, Segmenter, VadParams
 from standin.tags import Encoding, Tags
 
@@ -49,6 +52,7 @@ class StreamAudio:
         self._wave = WaveParser() if tags.datahdr_wave else None
         self._decoder: SampleDecoder | None = None
         self._segmenters: list[Segmenter] = []
+        self.scrubber: AudioScrubber | None = None  # scrubaudio: the audio to send back, once settled
         if self._wave is None:
             self._guard(self._start_raw)
 
@@ -60,6 +64,11 @@ class StreamAudio:
     def audiosecs(self) -> float:
         fmt = self.format
         return self.frames_decoded / fmt.samprate if fmt else 0.0
+
+    @property
+    def settled_frames(self) -> int:
+        """Frames before which every utterance has been cut (those still to come start later)."""
+        return min((seg.settled for seg in self._segmenters), default=0)
 
     @property
     def failed(self) -> bool:
@@ -97,6 +106,8 @@ class StreamAudio:
                     return []
                 self._start(self._check_header(self._wave.format))
         assert self._decoder is not None
+        if self.scrubber is not None:
+            self.scrubber.feed(data)
         samples = self._decoder.decode(data)
         self.frames_decoded += len(samples)
         return [
@@ -136,3 +147,8 @@ class StreamAudio:
     def _start(self, fmt: AudioFormat) -> None:
         self._decoder = SampleDecoder(fmt)
         self._segmenters = [Segmenter(fmt.samprate, self.vad) for _ in range(fmt.channels)]
+        tags = self.tags
+        if tags.streams_scrubbed_audio:
+            self.scrubber = AudioScrubber(
+                fmt, tags.scruboutfmt, tags.scrubmindist_s, tags.scruboffset_s, tags.scrubsil
+            )

@@ -12,7 +12,8 @@ Choices where the vendor page is silent (see docs/standin.md):
 - integers are ASCII decimal digits with an optional sign (`int()` would also read `٣` or `1_000`);
 - a URL tag needs an http or https scheme, a host and, if it names one, a port from 1 to 65535;
 - tags the stand-in does not implement are accepted, echoed in `streamtags` and otherwise ignored,
-  except features that would change the result's shape (`scrubaudio`, `outzip`, ...), which get a 400.
+  except features that would change the result's shape (`outzip`, `notext`, `diarize`, `scrubaudio`
+  without `outstream`), which get a 400.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import urlsplit
+
+from standin.redaction import Rule, ScrubConfError, parse_scrubconf
 
 HEADER_PREFIX = "x-voci-"
 DEFAULT_MODEL = "eng1:callcenter"
@@ -86,7 +89,12 @@ _ENCODING_SPELLINGS: dict[str, Encoding] = {
 }
 
 # Features that would change what the server sends; the stand-in says so instead of silently ignoring them.
-_UNSUPPORTED_WHEN_TRUE = ("scrubaudio", "outzip", "diarize", "notext")
+_UNSUPPORTED_WHEN_TRUE = ("outzip", "diarize", "notext")
+SCRUB_OUTFMTS = ("wav", "mp3", *(f"mp3-{kbps}" for kbps in (8, 16, 24, 32, 40, 48, 56, 64)))
+DEFAULT_SCRUBOUTFMT = "mp3"
+DEFAULT_SCRUBMINDIST_S = 0.3
+DEFAULT_SCRUBOFFSET_S = 0.0
+_DECIMAL = re.compile(r"[+-]?[0-9]{1,6}(\.[0-9]{1,6})?")
 _TRUE = {"true": True, "false": False}
 
 
@@ -115,6 +123,19 @@ class Tags:
     uttmaxsilence_ms: int = DEFAULT_UTTMAXSILENCE_MS
     uttpadding_ms: int = DEFAULT_UTTPADDING_MS
     uttmaxtime_s: int = DEFAULT_UTTMAXTIME_S
+    numtrans: bool = True
+    scrubtext: bool = False
+    scrub_rules: tuple[Rule, ...] | None = None  # scrubconf's rules, which replace the default ones
+    scrubaudio: bool = False
+    scrubsil: bool = False
+    scrubmindist_s: float = DEFAULT_SCRUBMINDIST_S
+    scruboffset_s: float = DEFAULT_SCRUBOFFSET_S
+    scruboutfmt: str = DEFAULT_SCRUBOUTFMT
+
+    @property
+    def streams_scrubbed_audio(self) -> bool:
+        """True when scrubbed audio goes back over the socket in binary messages."""
+        return self.scrubaudio and self.outstream
 
     @property
     def streams_utterances(self) -> bool:
@@ -198,7 +219,54 @@ def parse_tags(raw: Mapping[str, str]) -> Tags:
         uttmaxsilence_ms=_req_int(raw, "uttmaxsilence", DEFAULT_UTTMAXSILENCE_MS, 10, 600_000),
         uttpadding_ms=_req_int(raw, "uttpadding", DEFAULT_UTTPADDING_MS, 0, 60_000),
         uttmaxtime_s=_req_int(raw, "uttmaxtime", DEFAULT_UTTMAXTIME_S, 1, 3600),
+        numtrans=_bool(raw, "numtrans", True),
+        scrubtext=_bool(raw, "scrubtext", False),
+        scrub_rules=_scrubconf(raw),
+        scrubaudio=_scrubaudio(raw, outstream),
+        scrubsil=_bool(raw, "scrubsil", False),
+        scrubmindist_s=_decimal(raw, "scrubmindist", DEFAULT_SCRUBMINDIST_S, 0.0, 60.0),
+        scruboffset_s=_decimal(raw, "scruboffset", DEFAULT_SCRUBOFFSET_S, -60.0, 60.0),
+        scruboutfmt=_choice(raw, "scruboutfmt", DEFAULT_SCRUBOUTFMT, SCRUB_OUTFMTS),
     )
+
+
+def _scrubaudio(raw: Mapping[str, str], outstream: bool) -> bool:
+    on = _bool(raw, "scrubaudio", False)
+    if on and not outstream:
+        raise TagError(
+            "scrubaudio",
+            "the stand-in serves scrubbed audio streamed (outstream=true or realtime=true), "
+            "not as a zipped result",
+        )
+    return on
+
+
+def _decimal(raw: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    if name not in raw:
+        return default
+    text = raw[name].strip()
+    if not _DECIMAL.fullmatch(text):
+        raise TagError(name, f"must be a number of seconds, not {raw[name][:80]!r}")
+    value = float(text)
+    if not low <= value <= high:
+        raise TagError(name, f"must be between {low:g} and {high:g}, not {value:g}")
+    return value
+
+
+def _choice(raw: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
+    value = raw.get(name, default).strip().lower()
+    if value not in allowed:
+        raise TagError(name, f"must be one of {', '.join(allowed)}, not {raw[name][:80]!r}")
+    return value
+
+
+def _scrubconf(raw: Mapping[str, str]) -> tuple[Rule, ...] | None:
+    if "scrubconf" not in raw:
+        return None
+    try:
+        return parse_scrubconf(raw["scrubconf"])
+    except ScrubConfError as exc:
+        raise TagError("scrubconf", str(exc)) from None
 
 
 def _bool(raw: Mapping[str, str], name: str, default: bool) -> bool:

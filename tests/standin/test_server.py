@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import numpy as np
@@ -201,6 +202,8 @@ async def test_invalid_tag_is_400_naming_it_before_the_upgrade(srv: StandinServe
     )
     status, body = await refused(srv.url, "vadtype=neural")
     assert status == 400 and "vadtype" in body
+    status, body = await refused(srv.url, "scrubconf=" + quote('[{"regex": "(["}]'))
+    assert status == 400 and body.startswith("invalid tag value: scrubconf: rule 0: bad regex"), body
 
 
 async def test_capacity_503_maxstreamscheck_429_and_status(srv: StandinServer) -> None:
@@ -350,3 +353,64 @@ async def test_server_stops_with_streams_open() -> None:
         await server.stop()
     s = await collect(ws)
     assert s.close_code is not None and s.close_code != 1000
+
+
+# --- scrubbed audio streaming ------------------------------------------------------------------------
+
+
+def scrubbed(s: Any) -> bytes:
+    return b"".join(m for m in s.messages if isinstance(m, bytes))
+
+
+async def test_scrubbed_audio_streams_in_binary_messages_while_audio_arrives(srv: StandinServer) -> None:
+    """VAD-only recognises no words, so nothing is scrubbed: the audio comes back as it went in."""
+    ws = await connect(srv.url, "realtime=true&scrubaudio=true&scruboutfmt=wav")
+    audio = wav_bytes(TWO)
+    first_part = audio[: 44 + 2 * 8000 * 3]
+    async with asyncio.timeout(TIMEOUT):
+        await ws.send(first_part)
+        early = [await ws.recv(), await ws.recv()]  # the first utterance and scrubbed audio, any order
+        assert {type(m) for m in early} == {str, bytes}, early
+        await ws.send(audio[len(first_part) :])
+        await ws.send(b"")
+    s = await collect(ws)
+    s.messages[:0] = early
+    texts = [m for m in s.messages if isinstance(m, str)]
+    assert len(texts) == 4 and texts[2] == "" and s.close_code == 1000  # 2 utterances, "", final
+    assert isinstance(s.messages[-1], str)
+    out = scrubbed(s)
+    assert out[:4] == b"RIFF" and out[44:] == audio[44:]
+
+
+async def test_scrubsil_blanks_what_no_word_covers_and_g711_keeps_its_law(srv: StandinServer) -> None:
+    codes = bytes([0x10, 0x90]) * 8000  # 2 s of loud µ-law
+    query = "datahdr=NONE&encoding=ulaw&samprate=8000&outstream=true"
+    query += "&scrubaudio=true&scrubsil=true&scruboutfmt=wav"
+    s = await transcribe(srv.url, pieces(codes, 1600), query=query)
+    out = scrubbed(s)
+    assert out[20:22] == b"\x07\x00" and out[44:] == b"\xff" * len(codes)
+    assert s.close_code == 1000 and s.final_json()["utterances"]
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("scrubaudio=true", "not as a zipped result"),
+        ("outstream=true&scrubaudio=true&scruboutfmt=ogg", "scruboutfmt: must be one of"),
+        ("outstream=true&scrubaudio=true&scrubmindist=-1", "scrubmindist: must be between"),
+        ("outstream=true&scrubaudio=true&scruboffset=1e3", "scruboffset: must be a number"),
+    ],
+)
+async def test_scrubbed_audio_tags_are_checked_before_the_upgrade(
+    srv: StandinServer, query: str, message: str
+) -> None:
+    status, body = await refused(srv.url, query)
+    assert status == 400 and message in body, body
+
+
+async def test_scrubbed_mp3_is_the_default_format(srv: StandinServer) -> None:
+    s = await transcribe(srv.url, pieces(TWO_WAV, 4000), query="outstream=true&scrubaudio=true")
+    out = scrubbed(s)
+    assert out[:3] == b"ID3" or (out[0] == 0xFF and out[1] & 0xE0 == 0xE0)
+    seconds = (len(TWO_WAV) - 44) / 16000
+    assert 0.8 * seconds * 2000 <= len(out) <= 1.2 * seconds * 2000 + 2000  # 16 kbit/s

@@ -25,6 +25,7 @@ def test_defaults_are_vblaze_defaults() -> None:
     assert (tags.activitylevel, tags.uttminactivity_ms, tags.uttmaxsilence_ms) == (175, 500, 800)
     assert (tags.uttpadding_ms, tags.uttmaxtime_s) == (300, 150)
     assert not tags.realtime and not tags.outstream
+    assert (tags.numtrans, tags.scrubtext, tags.scrub_rules) == (True, False, None)
 
 
 def test_outstream_defaults_to_realtime_unless_utterance_callback() -> None:
@@ -51,7 +52,9 @@ def test_encoding_spellings(spelling: str, encoding: Encoding) -> None:
      ({"output": "jsonlist"}, "output"), ({"vadtype": "neural"}, "vadtype"),
      ({"uttmaxtime": "0"}, "uttmaxtime"),
      ({"activitylevel": "40000"}, "activitylevel"), ({"callback": "ftp://x/y"}, "callback"),
-     ({"scrubaudio": "true"}, "scrubaudio"), ({"sampwidth": "9"}, "sampwidth")],
+     ({"scrubaudio": "true"}, "scrubaudio"), ({"sampwidth": "9"}, "sampwidth"),
+     ({"numtrans": "yes"}, "numtrans"), ({"scrubtext": "1"}, "scrubtext"), ({"scrubconf": "[{"}, "scrubconf"),
+     ({"scrubconf": '[{"regex": "("}]'}, "scrubconf")],
 )  # fmt: skip
 def test_bad_values_name_the_tag(raw: dict[str, str], tag: str) -> None:
     with pytest.raises(TagError) as err:
