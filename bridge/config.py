@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from sip import siprec
 from sip.limits import PJSUA_MAX_CALLS
 from sip.siprec import SiprecRules
 
@@ -53,8 +54,9 @@ DEFAULT_WEBHOOK_BACKOFF_MAX = 60.0
 DEFAULT_SPOOL_MAX_BYTES = 256 * 1024 * 1024
 DEFAULT_SPOOL_WARN_FRACTION = 0.8
 DEFAULT_CLAIM_INTERVAL = 10.0
-DEFAULT_SIPREC_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label")  # no guess
-DEFAULT_SIPREC_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
+DEFAULT_SIPREC_ORDER = siprec.DEFAULT_ORDER  # the siprec.* defaults are sip.siprec's, the lower layer
+DEFAULT_SIPREC_MLINE_ORDER = siprec.DEFAULT_MLINE_ORDER
+DEFAULT_SIPREC_NUMBER_FORMS = siprec.DEFAULT_NUMBER_FORMS
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
 
 MAX_CALLS_PER_WORKER = PJSUA_MAX_CALLS
@@ -232,7 +234,9 @@ class SiprecConfig(_Section):
     agent_labels: tuple[str, ...] = ()  # a=label values of the agent's stream
     caller_labels: tuple[str, ...] = ()  # a=label values of the caller's stream
     mline_order: tuple[Literal["caller", "agent"], ...] = DEFAULT_SIPREC_MLINE_ORDER  # roles by m-line order
-    number_forms: bool = True  # metadata: a sender with an E.164 number is the caller, an extension the agent
+    number_forms: bool = (
+        DEFAULT_SIPREC_NUMBER_FORMS  # metadata: an E.164 sender is the caller, a short one the agent
+    )
     delivery: Literal["stereo", "streams"] = (
         DEFAULT_SIPREC_DELIVERY  # one 2-channel engine stream, or one each
     )

@@ -18,12 +18,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
+from bridge.vblaze.buffer import GapCause
+
 if TYPE_CHECKING:
     from bridge.vblaze.protocol import Gap, Utterance, Word
     from sip.events import CallStarted
     from sip.siprec import StreamRole
 
-WORKER_LOST = "worker_lost"  # call.ended reason and gap cause of a call whose worker died
+WORKER_LOST = "worker_lost"  # call.ended reason of a call whose worker died (its gap: GapCause.WORKER_LOST)
 
 
 class WordData(TypedDict):
@@ -236,7 +238,9 @@ def lost_call_ended(started_at: float, lost_at: float, utterances: int, last_end
     whose last utterance ended at `last_end`: the audio after it is a `worker_lost` gap."""
     elapsed = max(0.0, lost_at - started_at)
     lost = max(0.0, elapsed - last_end)
-    gaps: list[GapData] = [{"start": round(last_end, 3), "duration": round(lost, 3), "cause": WORKER_LOST}]
+    gaps: list[GapData] = [
+        {"start": round(last_end, 3), "duration": round(lost, 3), "cause": GapCause.WORKER_LOST.value}
+    ]
     return call_ended(WORKER_LOST, elapsed, None, utterances, None, gaps)
 
 

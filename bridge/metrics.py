@@ -507,7 +507,10 @@ class _PoolCollector:
         for metric in self._files.collect():  # type: ignore[no-untyped-call]
             if metric.name == f"{PREFIX}_calls" and calls_lost:
                 metric.samples = _add_to_sample(
-                    metric.samples, f"{PREFIX}_calls_total", {"result": "worker_lost"}, calls_lost
+                    metric.samples,
+                    f"{PREFIX}_calls_total",
+                    {"result": CallResult.WORKER_LOST.value},
+                    calls_lost,
                 )
             yield metric
         # Families of the supervisor alone.

@@ -55,7 +55,10 @@ METADATA_TYPE = "application/rs-metadata+xml"
 SDP_TYPE = "application/sdp"
 MAX_METADATA_BYTES = 256 * 1024
 STRATEGIES = ("metadata", "label", "mline")
-DEFAULT_ORDER = ("metadata", "label")  # mline is a guess: only when configured
+# The siprec.* defaults; bridge/config.py takes them from here (sip/ imports nothing of bridge/).
+DEFAULT_ORDER: tuple[Literal["metadata", "label", "mline"], ...] = ("metadata", "label")  # mline: a guess
+DEFAULT_MLINE_ORDER: tuple[Literal["caller", "agent"], ...] = ("caller", "agent")
+DEFAULT_NUMBER_FORMS = True  # metadata: an E.164 sender is the caller, an extension the agent
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")  # a number in international form: the party outside
 EXTENSION = re.compile(r"^\d{2,6}$")  # a short internal number: the agent's phone
 VISUAL_SEPARATORS = re.compile(r"[\s\-.()]")  # as in "+1 (555) 123-0001"
@@ -380,8 +383,8 @@ class SiprecRules:
     caller_patterns: tuple[str, ...] = ()
     agent_labels: tuple[str, ...] = ()
     caller_labels: tuple[str, ...] = ()
-    mline_order: tuple[Role, ...] = ("caller", "agent")
-    number_forms: bool = True  # metadata: an E.164 sender is the caller, an extension the agent
+    mline_order: tuple[Role, ...] = DEFAULT_MLINE_ORDER
+    number_forms: bool = DEFAULT_NUMBER_FORMS
     _compiled: tuple[tuple[re.Pattern[str], ...], tuple[re.Pattern[str], ...]] = field(
         init=False, repr=False, compare=False
     )

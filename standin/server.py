@@ -391,11 +391,9 @@ class _Stream:
     async def _recognize(self, cut: ChannelCut, uttid: int, recvdate: datetime) -> Utterance:
         samples = cut.cut.audio.astype(np.float32) / 32768.0
         heard = await self.server.recognizer.recognize(samples, cut.samprate)
-        tags = self.tags
+        r = self.tags.redaction
         scrubber = self.audio.scrubber
-        recognition, scrub = redaction.apply(
-            heard, tags.numtrans, tags.scrubtext, scrubber is not None, tags.scrub_rules
-        )
+        recognition, scrub = redaction.apply(heard, r.numtrans, r.scrubtext, scrubber is not None, r.rules)
         if scrubber is not None:
             at = cut.start_s
             spoken = ((at + w.start, at + w.end) for w in recognition.words)

@@ -147,8 +147,6 @@ class StreamAudio:
     def _start(self, fmt: AudioFormat) -> None:
         self._decoder = SampleDecoder(fmt)
         self._segmenters = [Segmenter(fmt.samprate, self.vad) for _ in range(fmt.channels)]
-        tags = self.tags
-        if tags.streams_scrubbed_audio:
-            self.scrubber = AudioScrubber(
-                fmt, tags.scruboutfmt, tags.scrubmindist_s, tags.scruboffset_s, tags.scrubsil
-            )
+        if self.tags.streams_scrubbed_audio:
+            r = self.tags.redaction
+            self.scrubber = AudioScrubber(fmt, r.outfmt, r.mindist_s, r.offset_s, r.scrubsil)

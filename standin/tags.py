@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlsplit
 
@@ -99,6 +99,20 @@ _TRUE = {"true": True, "false": False}
 
 
 @dataclass(frozen=True)
+class Redaction:
+    """The number and redaction tags (standin/redaction.py, standin/scrubber.py)."""
+
+    numtrans: bool = True
+    scrubtext: bool = False
+    rules: tuple[Rule, ...] | None = None  # scrubconf's rules, which replace the default ones
+    scrubaudio: bool = False
+    scrubsil: bool = False
+    mindist_s: float = DEFAULT_SCRUBMINDIST_S
+    offset_s: float = DEFAULT_SCRUBOFFSET_S
+    outfmt: str = DEFAULT_SCRUBOUTFMT
+
+
+@dataclass(frozen=True)
 class Tags:
     """The tags of one /transcribe request, validated, with V-Blaze's defaults filled in."""
 
@@ -123,19 +137,12 @@ class Tags:
     uttmaxsilence_ms: int = DEFAULT_UTTMAXSILENCE_MS
     uttpadding_ms: int = DEFAULT_UTTPADDING_MS
     uttmaxtime_s: int = DEFAULT_UTTMAXTIME_S
-    numtrans: bool = True
-    scrubtext: bool = False
-    scrub_rules: tuple[Rule, ...] | None = None  # scrubconf's rules, which replace the default ones
-    scrubaudio: bool = False
-    scrubsil: bool = False
-    scrubmindist_s: float = DEFAULT_SCRUBMINDIST_S
-    scruboffset_s: float = DEFAULT_SCRUBOFFSET_S
-    scruboutfmt: str = DEFAULT_SCRUBOUTFMT
+    redaction: Redaction = field(default_factory=Redaction)
 
     @property
     def streams_scrubbed_audio(self) -> bool:
         """True when scrubbed audio goes back over the socket in binary messages."""
-        return self.scrubaudio and self.outstream
+        return self.redaction.scrubaudio and self.outstream
 
     @property
     def streams_utterances(self) -> bool:
@@ -219,14 +226,20 @@ def parse_tags(raw: Mapping[str, str]) -> Tags:
         uttmaxsilence_ms=_req_int(raw, "uttmaxsilence", DEFAULT_UTTMAXSILENCE_MS, 10, 600_000),
         uttpadding_ms=_req_int(raw, "uttpadding", DEFAULT_UTTPADDING_MS, 0, 60_000),
         uttmaxtime_s=_req_int(raw, "uttmaxtime", DEFAULT_UTTMAXTIME_S, 1, 3600),
+        redaction=_redaction(raw, outstream),
+    )
+
+
+def _redaction(raw: Mapping[str, str], outstream: bool) -> Redaction:
+    return Redaction(
         numtrans=_bool(raw, "numtrans", True),
         scrubtext=_bool(raw, "scrubtext", False),
-        scrub_rules=_scrubconf(raw),
+        rules=_scrubconf(raw),
         scrubaudio=_scrubaudio(raw, outstream),
         scrubsil=_bool(raw, "scrubsil", False),
-        scrubmindist_s=_decimal(raw, "scrubmindist", DEFAULT_SCRUBMINDIST_S, 0.0, 60.0),
-        scruboffset_s=_decimal(raw, "scruboffset", DEFAULT_SCRUBOFFSET_S, -60.0, 60.0),
-        scruboutfmt=_choice(raw, "scruboutfmt", DEFAULT_SCRUBOUTFMT, SCRUB_OUTFMTS),
+        mindist_s=_decimal(raw, "scrubmindist", DEFAULT_SCRUBMINDIST_S, 0.0, 60.0),
+        offset_s=_decimal(raw, "scruboffset", DEFAULT_SCRUBOFFSET_S, -60.0, 60.0),
+        outfmt=_choice(raw, "scruboutfmt", DEFAULT_SCRUBOUTFMT, SCRUB_OUTFMTS),
     )
 
 

@@ -67,7 +67,11 @@ import aiohttp
 import yarl
 
 from bridge.config import (
+    DEFAULT_CLAIM_INTERVAL,
     DEFAULT_SPOOL_MAX_BYTES,
+    DEFAULT_SPOOL_WARN_FRACTION,
+    DEFAULT_WEBHOOK_BACKOFF_INITIAL,
+    DEFAULT_WEBHOOK_BACKOFF_MAX,
     DEFAULT_WEBHOOK_TIMEOUT,
     Config,
     WebhookConfig,
@@ -81,10 +85,6 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-DEFAULT_BACKOFF_INITIAL = 0.5
-DEFAULT_BACKOFF_MAX = 60.0
-DEFAULT_SPOOL_WARN_FRACTION = 0.8
-DEFAULT_CLAIM_INTERVAL = 10.0  # how often a running sink adopts the events of dead owners
 DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
 
@@ -151,13 +151,13 @@ class WebhookSettings:
     secret: bytes
     spool_path: Path
     timeout_seconds: float = DEFAULT_WEBHOOK_TIMEOUT
-    backoff_initial_seconds: float = DEFAULT_BACKOFF_INITIAL
-    backoff_max_seconds: float = DEFAULT_BACKOFF_MAX
+    backoff_initial_seconds: float = DEFAULT_WEBHOOK_BACKOFF_INITIAL
+    backoff_max_seconds: float = DEFAULT_WEBHOOK_BACKOFF_MAX
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     spool_warn_fraction: float = DEFAULT_SPOOL_WARN_FRACTION
     bearer_token: str | None = None
     basic_auth: tuple[str, str] | None = None
-    claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL
+    claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL  # how often dead owners' events are adopted
     spool_op_timeout_seconds: float = DEFAULT_SPOOL_OP_TIMEOUT
 
     @classmethod

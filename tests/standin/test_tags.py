@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from standin.tags import Encoding, Format, TagError, VadType, collect_tags, parse_encoding, parse_tags
+from standin.tags import (
+    Encoding,
+    Format,
+    Redaction,
+    TagError,
+    VadType,
+    collect_tags,
+    parse_encoding,
+    parse_tags,
+)
 
 
 def test_headers_match_case_insensitively_and_dashes_mean_underscores() -> None:
@@ -25,7 +34,7 @@ def test_defaults_are_vblaze_defaults() -> None:
     assert (tags.activitylevel, tags.uttminactivity_ms, tags.uttmaxsilence_ms) == (175, 500, 800)
     assert (tags.uttpadding_ms, tags.uttmaxtime_s) == (300, 150)
     assert not tags.realtime and not tags.outstream
-    assert (tags.numtrans, tags.scrubtext, tags.scrub_rules) == (True, False, None)
+    assert tags.redaction == Redaction(True, False, None, False, False, 0.3, 0.0, "mp3")
 
 
 def test_outstream_defaults_to_realtime_unless_utterance_callback() -> None:
