@@ -63,6 +63,15 @@ def session(seed: int = 7, **overrides: Any) -> CallSession:
     return CallSession(engine(**overrides), AudioConfig(), rng=random.Random(seed))
 
 
+def streaming(**overrides: Any) -> tuple[CallSession, Driver]:
+    """A session whose first stream is up, and its driver."""
+    call = session(**overrides)
+    d = Driver(call)
+    call.start()
+    d.up()
+    return call, d
+
+
 def of(kind: type[Any], actions: list[Action]) -> list[Any]:
     return [a for a in actions if isinstance(a, kind)]
 
@@ -246,10 +255,7 @@ def test_4xx_at_the_upgrade_gives_up_for_the_rest_of_the_call() -> None:
 
 
 def test_lost_mid_stream_replays_from_the_last_utterance_and_maps_times() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(4.0)
     d.message(utt(0.5, 2.0))
     sleep = lose(d)
@@ -278,10 +284,7 @@ def test_lost_mid_stream_replays_from_the_last_utterance_and_maps_times() -> Non
 
 
 def test_an_utterance_repeated_by_the_new_stream_is_a_duplicate() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(4.0)
     d.message(utt(0.5, 2.0))
     d.now = lose(d).at
@@ -317,10 +320,7 @@ def test_which_cause_a_lost_stream_gets() -> None:
 
 
 def test_a_final_before_the_end_of_audio_is_a_loss() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(1.0)
     d.message("")
     d.message(FINAL)
@@ -350,10 +350,7 @@ def test_a_stream_that_lasted_restarts_the_backoff() -> None:
 
 
 def test_hang_up_while_backing_off_flushes_everything_on_the_next_stream() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(1.25, step=0.05)  # 12 chunks written, half a chunk waiting
     sleep = lose(d)
     assert call.hang_up(d.now) == [ArmDeadline(d.now + 30.0)]
@@ -372,10 +369,7 @@ def test_hang_up_while_backing_off_flushes_everything_on_the_next_stream() -> No
 
 
 def test_final_timeout_turns_unconfirmed_audio_into_a_gap() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(2.0)
     d.message(utt(0.0, 0.5))
     call.hang_up(d.now)
@@ -390,10 +384,7 @@ def test_final_timeout_turns_unconfirmed_audio_into_a_gap() -> None:
 
 
 def test_final_timeout_after_the_separator_is_no_gap() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(2.0)
     call.hang_up(d.now)
     d.pump()
@@ -403,10 +394,7 @@ def test_final_timeout_after_the_separator_is_no_gap() -> None:
 
 
 def test_final_timeout_while_unreachable_says_engine_unavailable() -> None:
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     d.audio(1.0)
     lose(d)
     call.hang_up(d.now)
@@ -553,10 +541,7 @@ def _check_consistent(call: CallSession, d: Driver) -> None:
 def test_an_utterance_before_any_audio_of_its_stream_confirms_nothing() -> None:
     """Found by the property test above: such an utterance (a confused engine) used to acknowledge audio
     never pushed, and giving up then recorded a gap of negative duration."""
-    call = session()
-    d = Driver(call)
-    call.start()
-    d.up()
+    call, d = streaming()
     call.hang_up(d.now)
     assert [s.frame for s in d.pump()] == [b""]  # no audio at all: the end frame only
     (deliver,) = of(Deliver, d.message(utt(0.0, 1.0)))
