@@ -91,6 +91,10 @@ def test_readyz_turns_503_when_the_pool_is_full_and_when_draining(
     port = free_port_block(1, low=29000, high=30000)
     bridge = make_bridge(standin_vad.url, metrics={"port": port}, sip={"calls_per_worker": 1})
     url = f"http://127.0.0.1:{port}/readyz"
+    # The worker answers SIP a moment before its "ready" reaches the supervisor over the control channel.
+    deadline = time.monotonic() + 10
+    while status(url) != (200, "ready\n") and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert status(url) == (200, "ready\n")
     answer = sipua.invite(bridge.sip_port, hangup=False)
     assert answer.status == 200 and answer.dialog is not None
