@@ -71,38 +71,17 @@ def check_complete(events: list[dict[str, Any]], after: float) -> dict[str, Any]
     return ended
 
 
-def test_engine_killed_mid_call_and_restarted(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:
-    engine = vad_engine()
-    port = port_of(engine)
-    try:
-        bridge = make_bridge(engine.url, engine=FAST_RECONNECT)
-        audio = speech(TEXT, speech_dir, "six-sentences")
-        restarted: list[Standin] = []
-
-        def kill_and_restart() -> None:
-            wait_for_call(bridge)
-            time.sleep(6.0)  # two sentences in
-            engine.proc.send_signal(signal.SIGKILL)
-            engine.proc.wait(5)
-            time.sleep(3.0)
-            restarted.append(vad_engine(port))
-
-        fault = threading.Thread(target=kill_and_restart)
-        fault.start()
-        result = run_sipp(bridge.sip_port, audio, tmp_path, hold_ms=19000)
-        fault.join(30)
-        assert result.returncode == 0, result.stdout
-        (events,) = bridge.wait_ended(1).values()
-        ended = check_complete(events, after=9.0)
-        assert [s["ended"] for s in ended["transcript"]["engine_streams"]] == ["closed", "final"]
-    finally:
-        engine.stop()
-        for extra in restarted:
-            extra.stop()
-
-
-@pytest.mark.slow  # a 32 s call
-def test_engine_down_25_seconds(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:
+def call_through_outage(
+    make_bridge: Any,
+    speech_dir: Path,
+    tmp_path: Path,
+    after: float,
+    down: float,
+    hold_ms: int,
+    speech_after: float,
+) -> dict[str, Any]:
+    """A six-sentence call whose engine is killed `after` s into it and restarted on its port `down` s
+    later; its call.ended, checked complete with speech ending after `speech_after` s."""
     engine = vad_engine()
     port = port_of(engine)
     restarted: list[Standin] = []
@@ -110,28 +89,42 @@ def test_engine_down_25_seconds(make_bridge: Any, speech_dir: Path, tmp_path: Pa
         bridge = make_bridge(engine.url, engine=FAST_RECONNECT)
         audio = speech(TEXT, speech_dir, "six-sentences")
 
-        def down_25_seconds() -> None:
+        def outage() -> None:
             wait_for_call(bridge)
-            time.sleep(4.0)
+            time.sleep(after)
             engine.proc.send_signal(signal.SIGKILL)
             engine.proc.wait(5)
-            time.sleep(25.0)
+            time.sleep(down)
             restarted.append(vad_engine(port))
 
-        fault = threading.Thread(target=down_25_seconds)
+        fault = threading.Thread(target=outage)
         fault.start()
-        result = run_sipp(bridge.sip_port, audio, tmp_path, hold_ms=32000)
-        fault.join(40)
+        result = run_sipp(bridge.sip_port, audio, tmp_path, hold_ms=hold_ms)
+        fault.join(down + 15)
         assert result.returncode == 0, result.stdout
         (events,) = bridge.wait_ended(1).values()
-        ended = check_complete(events, after=6.0)
-        streams = ended["transcript"]["engine_streams"]
-        assert streams[0]["ended"] == "closed" and streams[-1]["ended"] == "final"
-        assert streams[-1]["offset"] < 6.0  # replayed from the last utterance before the outage
+        return check_complete(events, after=speech_after)
     finally:
         engine.stop()
         for extra in restarted:
             extra.stop()
+
+
+def test_engine_killed_mid_call_and_restarted(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:
+    ended = call_through_outage(
+        make_bridge, speech_dir, tmp_path, after=6.0, down=3.0, hold_ms=19000, speech_after=9.0
+    )
+    assert [s["ended"] for s in ended["transcript"]["engine_streams"]] == ["closed", "final"]
+
+
+@pytest.mark.slow  # a 32 s call
+def test_engine_down_25_seconds(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:
+    ended = call_through_outage(
+        make_bridge, speech_dir, tmp_path, after=4.0, down=25.0, hold_ms=32000, speech_after=6.0
+    )
+    streams = ended["transcript"]["engine_streams"]
+    assert streams[0]["ended"] == "closed" and streams[-1]["ended"] == "final"
+    assert streams[-1]["offset"] < 6.0  # replayed from the last utterance before the outage
 
 
 def test_three_forced_closes(make_bridge: Any, speech_dir: Path, tmp_path: Path) -> None:

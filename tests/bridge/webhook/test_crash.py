@@ -14,6 +14,7 @@ import pytest
 
 from bridge.webhook.delivery import WebhookSink
 
+from .children import read_line, reap
 from .conftest import spool_rows
 from .factory import call_events
 from .receiver import Answer, Receiver, Request, free_port
@@ -38,17 +39,7 @@ async def children() -> AsyncIterator[Callable[..., Any]]:
         return proc
 
     yield spawn
-    for proc in started:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(10):
-            await proc.wait()
-
-
-async def read_line(proc: asyncio.subprocess.Process, seconds: float = 30.0) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(seconds):
-        return (await proc.stdout.readline()).decode().strip()
+    await reap(started)
 
 
 async def sigkill(proc: asyncio.subprocess.Process) -> None:

@@ -22,6 +22,7 @@ import pytest
 
 from bridge.webhook import crashpoint
 
+from .children import read_line, reap
 from .conftest import spool_rows
 from .receiver import Answer, Receiver, free_port
 
@@ -75,17 +76,7 @@ async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
     p = Pool(tmp_path / "spool" / "webhook.sqlite3", tmp_path / "state", "", [])
     p.url = f"http://127.0.0.1:{free_port()}/hook"
     yield p
-    for proc in p.started:
-        if proc.returncode is None:
-            proc.kill()
-        async with asyncio.timeout(10):
-            await proc.wait()
-
-
-async def line(proc: asyncio.subprocess.Process, seconds: float = 20.0) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(seconds):
-        return (await proc.stdout.readline()).decode().strip()
+    await reap(p.started)
 
 
 async def killed(proc: asyncio.subprocess.Process, seconds: float = 20.0) -> None:
@@ -161,7 +152,7 @@ async def test_killed_at_a_step_of_delivery(pool: Pool, receivers: Make, point: 
     await killed(first)
     durable = on_disk(pool) | {(e["call_id"], e["seq"]) for e in receiver.processed}
     second = await pool.spawn(0, "idle")
-    assert (await line(second)).startswith("STARTED ")
+    assert (await read_line(second)).startswith("STARTED ")
     await settled(receiver, pool, CALL_IDS)
     counts = check(receiver, CALL_IDS, durable)
     # A repeat is of a call's last event only (check() fails otherwise): at most one per call.
@@ -176,8 +167,8 @@ async def test_killed_while_claiming_a_dead_owners_rows(pool: Pool, receivers: M
     """Worker 0 dies with its events spooled (receiver down); worker 1 dies inside its claim of them;
     the claim rolls back and worker 0's replacement delivers all, then the call.endeds."""
     owner = await pool.spawn(0, "open")
-    assert await line(owner) == "STARTED 0"
-    assert await line(owner) == "PERSISTED"
+    assert await read_line(owner) == "STARTED 0"
+    assert await read_line(owner) == "PERSISTED"
     await sigkill(owner)
     durable = on_disk(pool)
     assert len(durable) == CALLS * (UTTERANCES + 2)
@@ -186,7 +177,7 @@ async def test_killed_while_claiming_a_dead_owners_rows(pool: Pool, receivers: M
     assert on_disk(pool) == durable  # nothing moved, nothing lost
     receiver: Receiver = await receivers(port=pool.port)
     again = await pool.spawn(0, "idle")
-    assert await line(again) == f"STARTED {CALLS}"
+    assert await read_line(again) == f"STARTED {CALLS}"
     await settled(receiver, pool, CALL_IDS)
     assert check(receiver, CALL_IDS, durable) == {"duplicates": 0, "holes": 0}
 
@@ -200,7 +191,7 @@ async def test_killed_while_writing_the_ledger(pool: Pool, receivers: Make) -> N
     durable = on_disk(pool)
     receiver.answer = lambda r: Answer(200)
     second = await pool.spawn(0, "idle")
-    assert await line(second) == f"STARTED {CALLS}"
+    assert await read_line(second) == f"STARTED {CALLS}"
     await settled(receiver, pool, CALL_IDS)
     check(receiver, CALL_IDS, durable)
 
@@ -209,15 +200,15 @@ async def test_killed_while_compacting_the_ledger(pool: Pool, receivers: Make) -
     """The replacement dies between writing the compacted ledger and renaming it; the next one still
     ends every call, once."""
     first = await pool.spawn(0, "open")
-    assert await line(first) == "STARTED 0"
-    assert await line(first) == "PERSISTED"
+    assert await read_line(first) == "STARTED 0"
+    assert await read_line(first) == "PERSISTED"
     await sigkill(first)
     durable = on_disk(pool)
     second = await pool.spawn(0, "idle", crash="ledger.compact")
     await killed(second)
     receiver: Receiver = await receivers(port=pool.port)
     third = await pool.spawn(0, "idle")
-    assert await line(third) == f"STARTED {CALLS}"
+    assert await read_line(third) == f"STARTED {CALLS}"
     await settled(receiver, pool, CALL_IDS)
     assert check(receiver, CALL_IDS, durable) == {"duplicates": 0, "holes": 0}
 
@@ -228,17 +219,17 @@ async def test_whole_pool_killed_then_restarted(pool: Pool, receivers: Make) -> 
     call goes out after that call's events, though another process holds them."""
     first = [await pool.spawn(i, "open") for i in range(2)]
     for proc in first:
-        assert await line(proc) == "STARTED 0"
-        assert await line(proc) == "PERSISTED"
+        assert await read_line(proc) == "STARTED 0"
+        assert await read_line(proc) == "PERSISTED"
     await sigkill(*first)
     durable = on_disk(pool)
     assert len(durable) == 2 * CALLS * (UTTERANCES + 2)
     # A slow receiver: worker 1 is still sending worker 0's events when worker 0 ends the calls.
     receiver: Receiver = await receivers(answer=lambda r: Answer(200, hang=0.25), port=pool.port)
     one = await pool.spawn(1, "idle")
-    assert await line(one) == f"STARTED {CALLS}"
+    assert await read_line(one) == f"STARTED {CALLS}"
     zero = await pool.spawn(0, "idle")
-    assert await line(zero) == f"STARTED {CALLS}"
+    assert await read_line(zero) == f"STARTED {CALLS}"
     calls = CALL_IDS | {f"w1-{i}" for i in range(CALLS)}
     await settled(receiver, pool, calls, seconds=30)
     assert check(receiver, calls, durable) == {"duplicates": 0, "holes": 0}
