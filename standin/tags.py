@@ -22,6 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from standin.redaction import Rule, ScrubConfError, parse_scrubconf
@@ -94,6 +95,7 @@ SCRUB_OUTFMTS = ("wav", "mp3", *(f"mp3-{kbps}" for kbps in (8, 16, 24, 32, 40, 4
 DEFAULT_SCRUBOUTFMT = "mp3"
 DEFAULT_SCRUBMINDIST_S = 0.3
 DEFAULT_SCRUBOFFSET_S = 0.0
+N = TypeVar("N", int, float)
 _DECIMAL = re.compile(r"[+-]?[0-9]{1,6}(\.[0-9]{1,6})?")
 _TRUE = {"true": True, "false": False}
 
@@ -255,15 +257,8 @@ def _scrubaudio(raw: Mapping[str, str], outstream: bool) -> bool:
 
 
 def _decimal(raw: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
-    if name not in raw:
-        return default
-    text = raw[name].strip()
-    if not _DECIMAL.fullmatch(text):
-        raise TagError(name, f"must be a number of seconds, not {raw[name][:80]!r}")
-    value = float(text)
-    if not low <= value <= high:
-        raise TagError(name, f"must be between {low:g} and {high:g}, not {value:g}")
-    return value
+    text = _number_text(raw, name, _DECIMAL, "a number of seconds")
+    return default if text is None else _in_range(name, float(text), low, high)
 
 
 def _choice(raw: Mapping[str, str], name: str, default: str, allowed: tuple[str, ...]) -> str:
@@ -292,14 +287,27 @@ def _bool(raw: Mapping[str, str], name: str, default: bool) -> bool:
 
 
 def _int(raw: Mapping[str, str], name: str, default: int | None, low: int, high: int) -> int | None:
+    text = _number_text(raw, name, _INTEGER, "an integer")
+    return default if text is None else _in_range(name, int(text), low, high)
+
+
+def _number_text(raw: Mapping[str, str], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+    """The tag's value if it is given and spelled as `pattern` says (ASCII digits only), else None."""
     if name not in raw:
-        return default
+        return None
     text = raw[name].strip()
-    if not _INTEGER.fullmatch(text):
-        raise TagError(name, f"must be an integer, not {raw[name][:80]!r}")
-    value = int(text)
+    if not pattern.fullmatch(text):
+        raise TagError(name, f"must be {what}, not {raw[name][:80]!r}")
+    return text
+
+
+def _shown(number: float) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _in_range(name: str, value: N, low: N, high: N) -> N:
     if not low <= value <= high:
-        raise TagError(name, f"must be between {low} and {high}, not {value}")
+        raise TagError(name, f"must be between {_shown(low)} and {_shown(high)}, not {_shown(value)}")
     return value
 
 
