@@ -9,12 +9,15 @@ wrapped in `{"source", "utterance"}`. With `utterance_fmt=text` they are the tex
 
 Final document (`output=json`): {"asr", "model", "requestid"?, "streamtags", "started", "donedate",
 "audiosecs"?, "confidence"?, "warning"?, "utterances"} with null elements omitted, utterances in time
-order. `output=text` is one line per utterance in time order, joined by "\n".
+order. `output=text` is one line per utterance in time order, joined by "\n". `Final.zipped` puts the
+result (and the scrubbed audio) in a zip container, for `outzip` and for `scrubaudio` without streaming.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -118,3 +121,29 @@ class Final:
     def render(self) -> str:
         """The final message per `output`."""
         return self.to_text() if self.tags.output is Format.TEXT else json.dumps(self.to_json())
+
+    def zipped(self, audio: bytes | None) -> bytes:
+        """The result as a zip container: ``NAME.json`` (or ``.txt``) unless `notext`, and the scrubbed
+        audio as ``NAME.wav`` / ``NAME.mp3`` when there is some. NAME is the requestid, else ``stream``."""
+        tags = self.tags
+        name = tags.requestid or "stream"
+        members: list[tuple[str, bytes]] = []
+        if not tags.redaction.notext:
+            members.append(
+                (f"{name}.{'txt' if tags.output is Format.TEXT else 'json'}", self.render().encode())
+            )
+        if audio is not None:
+            members.append((f"{name}.{tags.redaction.outfmt.split('-')[0]}", audio))
+        return zip_bytes(members, self.donedate)
+
+
+def zip_bytes(members: list[tuple[str, bytes]], when: datetime) -> bytes:
+    """A deflated zip of `members` (name, bytes), each dated `when`."""
+    out = io.BytesIO()
+    stamp = when.astimezone(UTC).timetuple()[:6]
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members:
+            info = zipfile.ZipInfo(name, date_time=(max(1980, stamp[0]), *stamp[1:]))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return out.getvalue()

@@ -236,13 +236,15 @@ class StandinServer:
                 self.status.idle_since = time.monotonic()
         return ws
 
-    async def post(self, url: str, body: str, content_type: str) -> None:
+    async def post(self, url: str, body: str | bytes, content_type: str) -> None:
         """One callback POST: no retry, status logged, never raises (V-Blaze does not retry)."""
         assert self._http is not None
         try:
             async with asyncio.timeout(self.options.callback_timeout):
                 async with self._http.post(
-                    url, data=body.encode(), headers={"Content-Type": content_type}
+                    url,
+                    data=body.encode() if isinstance(body, str) else body,
+                    headers={"Content-Type": content_type},
                 ) as r:
                     await r.read()
                     if r.status >= 300:
@@ -367,7 +369,7 @@ class _Stream:
                 return False
         for cut in self.audio.finish():
             self._submit(cut)
-        if self.audio.scrubber is not None:
+        if self.audio.scrubber is not None and self.tags.streams_scrubbed_audio:
             self._queue.put_nowait(_Release(None))
         return True
 
@@ -375,7 +377,7 @@ class _Stream:
         """Queue the scrubbed audio up to the settled point, behind the cuts before it (so their
         scrubbed words are known when it goes out); in pieces of at least RELEASE_SECONDS."""
         scrubber = self.audio.scrubber
-        if scrubber is None:
+        if scrubber is None or not self.tags.streams_scrubbed_audio:
             return
         settled = self.audio.settled_frames
         if settled - self._released_upto >= RELEASE_SECONDS * scrubber.format.samprate:
@@ -441,12 +443,21 @@ class _Stream:
             self.server.status.stream_warnings += 1
             self.server.status.error(final.warning)
             logger.info("stream %s: warning: %s", self._label, final.warning)
-        if tags.callback is not None:
+        result: str | bytes | None = final.render()
+        if tags.zipped:
+            scrubber = self.audio.scrubber
+            result = final.zipped(scrubber.finish() if scrubber is not None else None)
+        elif tags.redaction.notext:
+            result = None  # streamed scrubbed audio only: no transcript at all
+        if result is None:
+            reason = "done"
+        elif tags.callback is not None:
             await self._delay()
-            await self.server.post(tags.callback, final.render(), _content_type(tags.output))
+            content_type = "application/zip" if isinstance(result, bytes) else _content_type(tags.output)
+            await self.server.post(tags.callback, result, content_type)
             reason = "result delivered to callback"
         else:
-            await self._send(final.render())
+            await self._send(result)
             reason = "done"
         await self.ws.close(code=aiohttp.WSCloseCode.OK, message=reason.encode())
         logger.info(

@@ -147,6 +147,6 @@ class StreamAudio:
     def _start(self, fmt: AudioFormat) -> None:
         self._decoder = SampleDecoder(fmt)
         self._segmenters = [Segmenter(fmt.samprate, self.vad) for _ in range(fmt.channels)]
-        if self.tags.streams_scrubbed_audio:
+        if self.tags.redaction.scrubaudio:
             r = self.tags.redaction
             self.scrubber = AudioScrubber(fmt, r.outfmt, r.mindist_s, r.offset_s, r.scrubsil)

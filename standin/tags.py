@@ -12,8 +12,7 @@ Choices where the vendor page is silent (see docs/standin.md):
 - integers are ASCII decimal digits with an optional sign (`int()` would also read `٣` or `1_000`);
 - a URL tag needs an http or https scheme, a host and, if it names one, a port from 1 to 65535;
 - tags the stand-in does not implement are accepted, echoed in `streamtags` and otherwise ignored,
-  except features that would change the result's shape (`outzip`, `notext`, `diarize`, `scrubaudio`
-  without `outstream`), which get a 400.
+  except `diarize`, which would change the result's shape and gets a 400.
 """
 
 from __future__ import annotations
@@ -90,7 +89,7 @@ _ENCODING_SPELLINGS: dict[str, Encoding] = {
 }
 
 # Features that would change what the server sends; the stand-in says so instead of silently ignoring them.
-_UNSUPPORTED_WHEN_TRUE = ("outzip", "diarize", "notext")
+_UNSUPPORTED_WHEN_TRUE = ("diarize",)
 SCRUB_OUTFMTS = ("wav", "mp3", *(f"mp3-{kbps}" for kbps in (8, 16, 24, 32, 40, 48, 56, 64)))
 DEFAULT_SCRUBOUTFMT = "mp3"
 DEFAULT_SCRUBMINDIST_S = 0.3
@@ -112,6 +111,8 @@ class Redaction:
     mindist_s: float = DEFAULT_SCRUBMINDIST_S
     offset_s: float = DEFAULT_SCRUBOFFSET_S
     outfmt: str = DEFAULT_SCRUBOUTFMT
+    outzip: bool = False  # the result in a zip container (also implied by scrubaudio without outstream)
+    notext: bool = False  # no transcript: the scrubbed audio only
 
 
 @dataclass(frozen=True)
@@ -147,9 +148,15 @@ class Tags:
         return self.redaction.scrubaudio and self.outstream
 
     @property
+    def zipped(self) -> bool:
+        """True when the result goes as one binary zip message (or callback body)."""
+        r = self.redaction
+        return r.outzip or (r.scrubaudio and not self.outstream)
+
+    @property
     def streams_utterances(self) -> bool:
         """True when utterances go back over the socket (outstream and no utterance_callback)."""
-        return self.outstream and self.utterance_callback is None
+        return self.outstream and self.utterance_callback is None and not self.redaction.notext
 
 
 def collect_tags(query: Iterable[tuple[str, str]], headers: Iterable[tuple[str, str]]) -> dict[str, str]:
@@ -237,21 +244,30 @@ def _redaction(raw: Mapping[str, str], outstream: bool) -> Redaction:
         numtrans=_bool(raw, "numtrans", True),
         scrubtext=_bool(raw, "scrubtext", False),
         rules=_scrubconf(raw),
-        scrubaudio=_scrubaudio(raw, outstream),
+        scrubaudio=_bool(raw, "scrubaudio", False),
         scrubsil=_bool(raw, "scrubsil", False),
         mindist_s=_decimal(raw, "scrubmindist", DEFAULT_SCRUBMINDIST_S, 0.0, 60.0),
         offset_s=_decimal(raw, "scruboffset", DEFAULT_SCRUBOFFSET_S, -60.0, 60.0),
         outfmt=_choice(raw, "scruboutfmt", DEFAULT_SCRUBOUTFMT, SCRUB_OUTFMTS),
+        outzip=_outzip(raw),
+        notext=_notext(raw),
     )
 
 
-def _scrubaudio(raw: Mapping[str, str], outstream: bool) -> bool:
-    on = _bool(raw, "scrubaudio", False)
-    if on and not outstream:
+def _outzip(raw: Mapping[str, str]) -> bool:
+    value = raw.get("outzip", "false").strip().lower()
+    if value == "7z":
+        raise TagError("outzip", "the stand-in makes zip containers, not 7z")
+    if value not in ("true", "false", "zip"):
+        raise TagError("outzip", f"must be true, false, zip or 7z, not {raw['outzip'][:80]!r}")
+    return value != "false"
+
+
+def _notext(raw: Mapping[str, str]) -> bool:
+    on = _bool(raw, "notext", False)
+    if on and not _bool(raw, "scrubaudio", False):
         raise TagError(
-            "scrubaudio",
-            "the stand-in serves scrubbed audio streamed (outstream=true or realtime=true), "
-            "not as a zipped result",
+            "notext", "without a transcript the result is the scrubbed audio: needs scrubaudio=true"
         )
     return on
 

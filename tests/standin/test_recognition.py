@@ -8,10 +8,12 @@ import re
 import sys
 import time
 import wave
+import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
+import av
 import numpy as np
 import pytest
 
@@ -165,3 +167,29 @@ async def test_the_vendor_example_client_gets_scrubbed_audio_silent_where_the_di
         assert not redacted[int(start * 8000) : int(end * 8000)].any(), (start, end)
     level = [float(np.abs(redacted[int(s * 8000) : int(e * 8000)].astype(float)).mean()) for s, e in shown]
     assert sum(x > 100 for x in level) >= 0.8 * len(shown), (shown, level)  # the other words are there
+
+
+async def test_the_vendor_example_client_gets_the_zipped_default_result(
+    srv: StandinServer, tmp_path: Path
+) -> None:
+    """Default mode with scrubaudio: one binary message, a zip of the transcript and the mp3."""
+    wav = tmp_path / "card.wav"
+    wav.write_bytes(speech_wav(CARD, rate=8000).read_bytes())
+    tags = ["Output=json", "Scrubaudio=true", "Scrubtext=true", "Requestid=card"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(EXAMPLE), srv.url, str(wav), *tags, stdout=asyncio.subprocess.PIPE
+    )
+    async with asyncio.timeout(120):
+        out = (await proc.communicate())[0].decode()
+    assert proc.returncode == 0 and out.rstrip().endswith("Closed successfully"), out
+    assert out.count("bytes of scrubbed audio") == 1 and "Received transcript" not in out, out
+    with zipfile.ZipFile(f"{wav}.scrubbed") as archive:
+        assert sorted(archive.namelist()) == ["card.json", "card.mp3"]
+        doc = json.loads(archive.read("card.json"))
+        (tmp_path / "card.mp3").write_bytes(archive.read("card.mp3"))
+    words = [e["word"] for u in doc["utterances"] for e in u["events"]]
+    assert any("#" in w for w in words) and not any(c.isdigit() for w in words for c in w), words
+    with av.open(str(tmp_path / "card.mp3")) as container:
+        stream = container.streams.audio[0]
+        decoded = sum(frame.samples for frame in container.decode(stream)) / stream.rate
+    assert abs(decoded - len(samples(str(wav))) / 8000) < 0.2, decoded

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import time
+import zipfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +40,7 @@ async def srv() -> AsyncIterator[StandinServer]:
 @dataclass
 class Receiver:
     url: str
-    posts: list[tuple[str, str, str]] = field(default_factory=list)  # path, content type, body
+    posts: list[tuple[str, str, bytes]] = field(default_factory=list)  # path, content type, body
     event: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -47,7 +49,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     rec = Receiver("")
 
     async def handle(request: web.Request) -> web.Response:
-        rec.posts.append((request.path, request.content_type, await request.text()))
+        rec.posts.append((request.path, request.content_type, await request.read()))
         rec.event.set()
         return web.Response(text="ok")
 
@@ -243,7 +245,7 @@ async def test_utterance_callback_with_final_on_socket_and_text_format(
     query = f"outstream=true&utterance_fmt=text&utterance_callback={receiver.url}/u"
     s = await transcribe(srv.url, [TWO_WAV], query=query)
     assert len(s.messages) == 1 and len(s.final_json()["utterances"]) == 2
-    assert [(p, ct, b) for p, ct, b in receiver.posts] == [("/u", "text/plain", "")] * 2
+    assert [(p, ct, b) for p, ct, b in receiver.posts] == [("/u", "text/plain", b"")] * 2
 
 
 async def test_callback_failure_is_logged_not_fatal(srv: StandinServer) -> None:
@@ -395,7 +397,8 @@ async def test_scrubsil_blanks_what_no_word_covers_and_g711_keeps_its_law(srv: S
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("scrubaudio=true", "not as a zipped result"),
+        ("outzip=7z", "zip containers, not 7z"),
+        ("notext=true", "needs scrubaudio=true"),
         ("outstream=true&scrubaudio=true&scruboutfmt=ogg", "scruboutfmt: must be one of"),
         ("outstream=true&scrubaudio=true&scrubmindist=-1", "scrubmindist: must be between"),
         ("outstream=true&scrubaudio=true&scruboffset=1e3", "scruboffset: must be a number"),
@@ -414,3 +417,37 @@ async def test_scrubbed_mp3_is_the_default_format(srv: StandinServer) -> None:
     assert out[:3] == b"ID3" or (out[0] == 0xFF and out[1] & 0xE0 == 0xE0)
     seconds = (len(TWO_WAV) - 44) / 16000
     assert 0.8 * seconds * 2000 <= len(out) <= 1.2 * seconds * 2000 + 2000  # 16 kbit/s
+
+
+def unzip(data: bytes) -> dict[str, bytes]:
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+async def test_scrubaudio_without_outstream_is_one_zip_of_transcript_and_audio(srv: StandinServer) -> None:
+    query = "scrubaudio=true&scruboutfmt=wav&requestid=r-9"
+    s = await transcribe(srv.url, pieces(TWO_WAV, 4000), query=query)
+    assert len(s.messages) == 1 and isinstance(s.messages[0], bytes) and s.close_code == 1000
+    members = unzip(s.messages[0])
+    assert sorted(members) == ["r-9.json", "r-9.wav"]
+    assert len(json.loads(members["r-9.json"])["utterances"]) == 2
+    assert members["r-9.wav"][:4] == b"RIFF" and members["r-9.wav"][44:] == TWO_WAV[44:]
+
+
+async def test_outzip_zips_the_transcript_and_notext_leaves_only_the_audio(srv: StandinServer) -> None:
+    s = await transcribe(srv.url, [TWO_WAV], query="outzip=true&output=text")
+    assert len(s.messages) == 1 and sorted(unzip(s.messages[0])) == ["stream.txt"]
+    s = await transcribe(srv.url, [TWO_WAV], query="scrubaudio=true&notext=true")
+    (only,) = unzip(s.messages[0]).items()
+    assert only[0] == "stream.mp3" and len(only[1]) > 1000
+    s = await transcribe(srv.url, pieces(TWO_WAV, 4000), query="realtime=true&scrubaudio=true&notext=true")
+    assert s.messages and all(isinstance(m, bytes) for m in s.messages) and s.close_code == 1000
+
+
+async def test_a_zipped_result_goes_to_the_callback_as_application_zip(
+    srv: StandinServer, receiver: Receiver
+) -> None:
+    s = await transcribe(srv.url, [TWO_WAV], query=f"outzip=zip&callback={receiver.url}/final")
+    assert s.messages == [] and s.close_code == 1000 and s.close_reason == "result delivered to callback"
+    ((path, content_type, body),) = receiver.posts
+    assert (path, content_type) == ("/final", "application/zip") and sorted(unzip(body)) == ["stream.json"]

@@ -34,7 +34,11 @@ def test_defaults_are_vblaze_defaults() -> None:
     assert (tags.activitylevel, tags.uttminactivity_ms, tags.uttmaxsilence_ms) == (175, 500, 800)
     assert (tags.uttpadding_ms, tags.uttmaxtime_s) == (300, 150)
     assert not tags.realtime and not tags.outstream
-    assert tags.redaction == Redaction(True, False, None, False, False, 0.3, 0.0, "mp3")
+    assert tags.redaction == Redaction(True, False, None, False, False, 0.3, 0.0, "mp3", False, False)
+    assert (
+        not tags.zipped and parse_tags({"scrubaudio": "true"}).zipped and parse_tags({"outzip": "zip"}).zipped
+    )
+    assert not parse_tags({"scrubaudio": "true", "realtime": "true"}).zipped
 
 
 def test_outstream_defaults_to_realtime_unless_utterance_callback() -> None:
@@ -61,7 +65,8 @@ def test_encoding_spellings(spelling: str, encoding: Encoding) -> None:
      ({"output": "jsonlist"}, "output"), ({"vadtype": "neural"}, "vadtype"),
      ({"uttmaxtime": "0"}, "uttmaxtime"),
      ({"activitylevel": "40000"}, "activitylevel"), ({"callback": "ftp://x/y"}, "callback"),
-     ({"scrubaudio": "true"}, "scrubaudio"), ({"sampwidth": "9"}, "sampwidth"),
+     ({"outzip": "7z"}, "outzip"), ({"sampwidth": "9"}, "sampwidth"),
+     ({"notext": "true"}, "notext"), ({"diarize": "true"}, "diarize"), ({"outzip": "rar"}, "outzip"),
      ({"numtrans": "yes"}, "numtrans"), ({"scrubtext": "1"}, "scrubtext"), ({"scrubconf": "[{"}, "scrubconf"),
      ({"scrubconf": '[{"regex": "("}]'}, "scrubconf")],
 )  # fmt: skip
