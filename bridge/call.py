@@ -227,6 +227,8 @@ class CallPipeline:
         frame_seconds = self._cfg.audio.port_frame_ms / 1000
         if self._first_frame_mono is None:
             self._first_frame_mono = arrival - frame_seconds
+            # The ledger keeps wall time: a lost call's gap runs from its last utterance to its death.
+            self._entry.audio_started_at = time.time() - (time.monotonic() - self._first_frame_mono)
         data = pcm if pcm else self._silence
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
         self._unreported_frames += 1

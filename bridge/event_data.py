@@ -233,11 +233,15 @@ def call_ended(
     return data
 
 
-def lost_call_ended(started_at: float, lost_at: float, utterances: int, last_end: float) -> CallEndedData:
+def lost_call_ended(
+    started_at: float, lost_at: float, utterances: int, last_end: float, audio_started_at: float | None = None
+) -> CallEndedData:
     """The `call.ended` of a call whose worker died at `lost_at` (unix time), answered at `started_at`,
-    whose last utterance ended at `last_end`: the audio after it is a `worker_lost` gap."""
+    whose last utterance ended at `last_end` on the call's timeline, which began at `audio_started_at`
+    (unix time; the answer if the ledger never learnt it): the audio after it is a `worker_lost` gap."""
     elapsed = max(0.0, lost_at - started_at)
-    lost = max(0.0, elapsed - last_end)
+    timeline = max(0.0, lost_at - (started_at if audio_started_at is None else audio_started_at))
+    lost = max(0.0, timeline - last_end)
     gaps: list[GapData] = [
         {"start": round(last_end, 3), "duration": round(lost, 3), "cause": GapCause.WORKER_LOST.value}
     ]

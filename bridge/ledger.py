@@ -61,6 +61,7 @@ class LedgerEntry:
     started_at: float  # unix time the call was answered
     utterances: int = 0
     last_end: float = 0.0  # end of the last utterance on the call's timeline
+    audio_started_at: float | None = None  # unix time of the call timeline's second 0 (its first audio)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,9 @@ class CallLedger:
 def lost_call_ended(entry: LedgerEntry, lost_at: float) -> dict[str, Any]:
     """The `call.ended` data for a call whose worker died at `lost_at` (unix time)."""
     return event_data.as_data(
-        event_data.lost_call_ended(entry.started_at, lost_at, entry.utterances, entry.last_end)
+        event_data.lost_call_ended(
+            entry.started_at, lost_at, entry.utterances, entry.last_end, entry.audio_started_at
+        )
     )
 
 

@@ -127,6 +127,22 @@ def test_lost_calls_end_counted_to_the_last_sign_of_life(tmp_path: Path) -> None
     assert CallLedger(tmp_path, 5080).take_orphans() == []
 
 
+def test_a_lost_calls_gap_is_on_the_audio_timeline_not_the_answers(tmp_path: Path) -> None:
+    """The timeline starts with the first audio frame, 1.5 s after the answer here: the gap from the last
+    utterance (20 s into the audio) to the death (60 s after the answer) is 38.5 s, the call 60 s."""
+    ledger = CallLedger(tmp_path, 5080)
+    ledger.take_orphans()
+    started = time.time() - 100
+    entry = LedgerEntry("late-audio", 3, started, utterances=1, last_end=20.0, audio_started_at=started + 1.5)
+    ledger.update(entry)
+    os.utime(ledger.path, (started + 60, started + 60))
+    ((_, data),) = end_lost_calls(CallLedger(tmp_path, 5080), ListSink())
+    assert data["duration"] == pytest.approx(60.0, abs=0.01)
+    assert data["gaps"] == [
+        {"start": 20.0, "duration": pytest.approx(38.5, abs=0.01), "cause": "worker_lost"}
+    ]
+
+
 def test_the_previous_single_document_ledger_is_read(tmp_path: Path) -> None:
     legacy = tmp_path / "worker-5080.calls.json"
     legacy.write_text(

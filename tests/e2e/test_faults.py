@@ -128,6 +128,8 @@ def test_worker_killed_mid_call(
     assert lost[-1]["kind"] == "call.ended"
     assert lost[-1]["data"]["reason"] == "worker_lost"
     assert lost[-1]["data"]["gaps"][0]["cause"] == "worker_lost"
+    (gap,) = lost[-1]["data"]["gaps"]  # on the audio's timeline, which starts a moment after the answer
+    assert 0.0 <= lost[-1]["data"]["duration"] - (gap["start"] + gap["duration"]) < 1.0, lost[-1]["data"]
     assert [e["seq"] for e in lost] == list(range(len(lost)))  # numbered on from what was sent
     assert bridge.proc is not None and bridge.proc.poll() is None
     assert "died" in bridge.log()
