@@ -16,23 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from children import child_settings
 from factory import call_events
-from receiver import SECRET
 
-from bridge.webhook.delivery import WebhookSettings, WebhookSink
+from bridge.webhook.delivery import WebhookSink
 
 
 async def main(spool: str, url: str, prefix: str, calls: int, utterances: int, mode: str) -> None:
-    settings = WebhookSettings(
-        urls=(url,),
-        secret=SECRET,
-        spool_path=Path(spool),
-        timeout_seconds=0.5,
-        backoff_initial_seconds=0.02,
-        backoff_max_seconds=0.2,
-        claim_interval_seconds=0.2,
-    )
-    sink = WebhookSink(settings)
+    sink = WebhookSink(child_settings(spool, url))
     await sink.start()
     per_call = [call_events(f"{prefix}{i}", utterances=utterances) for i in range(calls)]
     for batch in zip(*per_call, strict=True):

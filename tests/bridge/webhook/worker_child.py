@@ -22,27 +22,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from children import child_settings
 from factory import call_events
 
 from bridge.ledger import CallLedger, LedgerEntry, end_lost_calls
-from bridge.webhook.delivery import WebhookSettings, WebhookSink
-
-SECRET = b"test-secret"  # receiver.SECRET, without importing aiohttp.web into every child
+from bridge.webhook.delivery import WebhookSink
 
 
 async def main(
     spool: str, url: str, state: str, index: int, prefix: str, calls: int, utterances: int, mode: str
 ) -> None:
-    settings = WebhookSettings(
-        urls=(url,),
-        secret=SECRET,
-        spool_path=Path(spool),
-        timeout_seconds=0.5,
-        backoff_initial_seconds=0.02,
-        backoff_max_seconds=0.2,
-        claim_interval_seconds=0.2,
-    )
-    sink = WebhookSink(settings)
+    sink = WebhookSink(child_settings(spool, url))
     await sink.start()
     ledger = CallLedger(state, 5080 + index)
     lost = end_lost_calls(ledger, sink)
