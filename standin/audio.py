@@ -30,9 +30,7 @@ STREAMING_SIZES = (0, 0xFFFFFFFF)
 MIN_SAMPRATE = 2000
 MAX_SAMPRATE = 192000
 
-_WAVE_FORMAT_PCM = 1
-_WAVE_FORMAT_ALAW = 6
-_WAVE_FORMAT_MULAW = 7
+WAVE_FORMAT_TAGS = {Encoding.PCM: 1, Encoding.ALAW: 6, Encoding.ULAW: 7}  # fmt chunk format tags, both ways
 _WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
@@ -164,11 +162,7 @@ def _parse_fmt(body: bytes) -> AudioFormat:
         if len(body) < 26:
             raise AudioError("WAVE_FORMAT_EXTENSIBLE fmt chunk too short")
         tag = struct.unpack("<H", body[24:26])[0]
-    encodings = {
-        _WAVE_FORMAT_PCM: Encoding.PCM,
-        _WAVE_FORMAT_ALAW: Encoding.ALAW,
-        _WAVE_FORMAT_MULAW: Encoding.ULAW,
-    }
+    encodings = {number: encoding for encoding, number in WAVE_FORMAT_TAGS.items()}
     if tag not in encodings:
         raise AudioError(f"unsupported WAVE format tag {tag}")
     width = block_align // channels if channels else 0

@@ -22,8 +22,6 @@ from dataclasses import dataclass, replace
 
 from standin.recognizer import Recognition, Word
 
-DEFAULT_MINDIST_SECONDS = 0.3
-DEFAULT_OFFSET_SECONDS = 0.0
 MAX_RULES = 32
 MAX_RULE_CHARS = 512
 SCRUB_CHAR = "#"

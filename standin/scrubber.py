@@ -25,14 +25,12 @@ from collections.abc import Iterable
 import lameenc
 import numpy as np
 
-from standin.audio import AudioFormat, SampleDecoder
+from standin.audio import STREAMING_SIZES, WAVE_FORMAT_TAGS, AudioFormat, SampleDecoder
 from standin.redaction import Span, merge_spans
 from standin.tags import Encoding
 
-STREAMING_SIZE = 0xFFFFFFFF
-MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64)
-DEFAULT_MP3_KBPS = 16
-_WAVE_TAGS = {Encoding.PCM: 1, Encoding.ALAW: 6, Encoding.ULAW: 7}
+STREAMING_SIZE = max(STREAMING_SIZES)  # 0xFFFFFFFF: "until the end of the stream"
+DEFAULT_MP3_KBPS = 16  # scruboutfmt=mp3
 _SILENCE = {Encoding.ULAW: 0xFF, Encoding.ALAW: 0xD5}
 
 
@@ -41,7 +39,7 @@ def wave_header(fmt: AudioFormat) -> bytes:
     bits = fmt.sampwidth * 8
     body = struct.pack(
         "<HHIIHH",
-        _WAVE_TAGS[fmt.encoding],
+        WAVE_FORMAT_TAGS[fmt.encoding],
         fmt.channels,
         fmt.samprate,
         fmt.bytes_per_second,

@@ -90,7 +90,8 @@ _ENCODING_SPELLINGS: dict[str, Encoding] = {
 
 # Features that would change what the server sends; the stand-in says so instead of silently ignoring them.
 _UNSUPPORTED_WHEN_TRUE = ("diarize",)
-SCRUB_OUTFMTS = ("wav", "mp3", *(f"mp3-{kbps}" for kbps in (8, 16, 24, 32, 40, 48, 56, 64)))
+MP3_BITRATES_KBPS = (8, 16, 24, 32, 40, 48, 56, 64)  # scruboutfmt=mp3-N
+SCRUB_OUTFMTS = ("wav", "mp3", *(f"mp3-{kbps}" for kbps in MP3_BITRATES_KBPS))
 DEFAULT_SCRUBOUTFMT = "mp3"
 DEFAULT_SCRUBMINDIST_S = 0.3
 DEFAULT_SCRUBOFFSET_S = 0.0
