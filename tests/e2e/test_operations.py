@@ -19,6 +19,7 @@ from tests.e2e.conftest import Standin, free_port_block, run_sipp, speech
 from tests.e2e.test_bad_input import metric, scrape
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import sipua
+from tests.fixtures.harness import wait_until
 
 HISTOGRAMS = (
     "vblaze_bridge_audio_to_socket_seconds",
@@ -92,10 +93,7 @@ def test_readyz_turns_503_when_the_pool_is_full_and_when_draining(
     bridge = make_bridge(standin_vad.url, metrics={"port": port}, sip={"calls_per_worker": 1})
     url = f"http://127.0.0.1:{port}/readyz"
     # The worker answers SIP a moment before its "ready" reaches the supervisor over the control channel.
-    deadline = time.monotonic() + 10
-    while status(url) != (200, "ready\n") and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert status(url) == (200, "ready\n")
+    wait_until(lambda: status(url) == (200, "ready\n"), 10, "/readyz 200")
     answer = sipua.invite(bridge.sip_port, hangup=False)
     assert answer.status == 200 and answer.dialog is not None
     time.sleep(0.5)

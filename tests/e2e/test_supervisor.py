@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,20 +27,10 @@ from tests.e2e.test_faults import worker_pid
 from tests.e2e.test_operations import status
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import sipua
-from tests.fixtures.harness import free_port_block
+from tests.fixtures.harness import free_port_block, wait_until
 from tests.fixtures.sipua import Dialog
 
 COUNT = "one two three four five six seven eight nine ten eleven twelve"
-
-
-def wait_until(check: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> float:
-    """Poll `check` until it holds; the seconds it took."""
-    started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"not within {timeout} s: {what}")
-        time.sleep(step)
-    return time.monotonic() - started
 
 
 def metrics_port() -> int:
