@@ -206,6 +206,8 @@ async def test_invalid_tag_is_400_naming_it_before_the_upgrade(srv: StandinServe
     assert status == 400 and "vadtype" in body
     status, body = await refused(srv.url, "scrubconf=" + quote('[{"regex": "(["}]'))
     assert status == 400 and body.startswith("invalid tag value: scrubconf: rule 0: bad regex"), body
+    served = await transcribe(srv.url, [TWO_WAV])  # the server goes on taking streams
+    assert served.close_code == 1000 and len(served.final_json()["utterances"]) == 2
 
 
 async def test_capacity_503_maxstreamscheck_429_and_status(srv: StandinServer) -> None:
@@ -409,6 +411,8 @@ async def test_scrubbed_audio_tags_are_checked_before_the_upgrade(
 ) -> None:
     status, body = await refused(srv.url, query)
     assert status == 400 and message in body, body
+    served = await transcribe(srv.url, [TWO_WAV])  # the server goes on taking streams
+    assert served.close_code == 1000 and len(served.final_json()["utterances"]) == 2
 
 
 async def test_scrubbed_mp3_is_the_default_format(srv: StandinServer) -> None:
