@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     dlist.add_argument("--address", default=None, help="this host's workers' address if sip.host is 0.0.0.0")
     demo = sub.add_parser("demo", help="stand-in engine + bridge + one sample call")
     demo.add_argument("--text", default=None, help="the sentence the sample call speaks")
+    demo.add_argument("--verbose", action="store_true", help="let the peers' logs through to the terminal")
     sub.add_parser("print-config", help="print the sample config (every key, its default, a comment)")
     asset = sub.add_parser("print-asset", help="print a shipped file (systemd units, Kamailio cfg, ...)")
     asset.add_argument(
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from bridge.demo import run_demo
 
-        return run_demo(args.text)
+        return run_demo(args.text, verbose=args.verbose)
     if args.command == "check-config":
         from bridge.cli_check import check_config
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -166,3 +167,20 @@ def test_the_demo_runs_from_the_wheel(installed: Installed) -> None:
     assert "call started:" in result.stdout
     assert "call ended (remote_bye):" in result.stdout
     assert "s after the words were spoken" in result.stdout  # at least one utterance
+    assert_only_what_the_demo_is_about(result.stdout + result.stderr)
+
+
+# Every line the demo may print without --verbose: start-up (two lines), the call, its utterances, its end.
+DEMO_LINES = (
+    re.compile(r"starting the stand-in V-Blaze engine \(faster-whisper tiny\.en\) and the bridge\.\.\.$"),
+    re.compile(r"calling sip:demo@127\.0\.0\.1:\d+ with [\d.]+ s of speech\.\.\.$"),
+    re.compile(r"call started: .* -> <sip:demo@127\.0\.0\.1:\d+>$"),
+    re.compile(r"  \[ *[\d.]+- *[\d.]+ s\] .*  \(\+[\d.]+ s after the words were spoken\)$"),
+    re.compile(r"call ended \(remote_bye\): \d+ utterances, [\d.]+ s, gaps: none$"),
+)
+
+
+def assert_only_what_the_demo_is_about(output: str) -> None:
+    """No log line of a peer (pjsua, faster-whisper, the stand-in, sipp) reaches the terminal."""
+    stray = [line for line in output.splitlines() if not any(p.match(line) for p in DEMO_LINES)]
+    assert not stray, "\n".join(stray)
