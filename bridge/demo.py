@@ -188,15 +188,12 @@ def _call_once(work: Path, text: str, log: Callable[[str], IO[bytes] | None]) ->
         seconds = audio.stat().st_size / 8000
         scenario = sipp_scenario(audio, work, int(seconds * 1000) + 1500)
         print(f"calling sip:demo@127.0.0.1:{sip_port} with {seconds:.1f} s of speech...", flush=True)
-        sipp_log = log("sipp")
+        ports = ["-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(free_port(socket.SOCK_DGRAM))]
+        target = ["-s", "demo", "-nostdin", f"127.0.0.1:{sip_port}"]
         sipp = subprocess.Popen(
-            [
-                "sipp", "-sf", str(scenario), "-m", "1", "-i", "127.0.0.1",
-                "-p", str(free_port(socket.SOCK_DGRAM)), "-mp", str(free_port(socket.SOCK_DGRAM)),
-                "-s", "demo", "-nostdin", f"127.0.0.1:{sip_port}",
-            ],  # fmt: skip
+            ["sipp", "-sf", str(scenario), "-m", "1", "-i", "127.0.0.1", *ports, *target],
             stdout=subprocess.DEVNULL,
-            stderr=sipp_log,
+            stderr=log("sipp"),
             cwd=work,
         )
         ended = follow_events(events_path, CALL_TIMEOUT)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_verbose_demo_shows_the_peers_logs_with_the_call() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bridge", "demo", "--verbose", "--text", "Hello, I am calling about my order."],
+        [sys.executable, "-m", "bridge", "demo", "--verbose", "--text", "Hello, I am calling about my order"],
         capture_output=True,
         text=True,
         timeout=180,
