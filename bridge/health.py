@@ -149,7 +149,12 @@ async def _readyz(request: web.Request) -> web.Response:
 async def _metrics(request: web.Request) -> web.Response:
     state = request.app[READINESS_KEY]()
     supervisor = request.app[SUPERVISOR_KEY]
-    supervisor.set_state(ready=decide(state).ready, draining=state.draining)
+    supervisor.set_state(
+        ready=decide(state).ready,
+        draining=state.draining,
+        engine_reachable=state.engine_reachable,
+        engine_full=state.engine_full,
+    )
     registry = metrics.registry_for_scrape(request.app[MULTIPROC_KEY], supervisor)
     async with asyncio.timeout(SCRAPE_TIMEOUT):
         body = await asyncio.to_thread(generate_latest, registry)

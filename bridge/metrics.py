@@ -188,6 +188,17 @@ SPOOL_EVENTS = Gauge(
     "Events waiting for webhook delivery (queued or spooled to disk), summed over live processes.",
     multiprocess_mode="livesum",
 )
+# The spool is one file the workers share: each reports the same figures, so the pool's is their max.
+SPOOL_BYTES = Gauge(
+    f"{PREFIX}_webhook_spool_bytes",
+    "Bytes the webhook spool uses (its database's used pages), as last seen by a live process.",
+    multiprocess_mode="livemax",
+)
+SPOOL_LIMIT_BYTES = Gauge(
+    f"{PREFIX}_webhook_spool_limit_bytes",
+    "webhook.spool_max_bytes: new events are refused once the spool uses this much.",
+    multiprocess_mode="livemax",
+)
 
 # --- latency histograms, one per hop ----------------------------------------------------------------
 
@@ -372,6 +383,11 @@ class WebhookMetrics:
         """Events this process has waiting, queued in memory and spooled."""
         SPOOL_EVENTS.set(max(0, n))
 
+    def spool_size(self, used: int, limit: int) -> None:
+        """The spool's size after a write or a claim, and its limit."""
+        SPOOL_BYTES.set(max(0, used))
+        SPOOL_LIMIT_BYTES.set(limit)
+
     def rejected(self, status: int) -> None:
         """An event got a final refusal (`status`, counted by its attempt's outcome too)."""
         WEBHOOK_REJECTED.inc()
@@ -395,6 +411,8 @@ class SupervisorMetrics:
         self._calls_lost = 0
         self.ready = False
         self.draining = False
+        self.engine_reachable: bool | None = None  # the supervisor's engine probe; None: not probed yet
+        self.engine_full = False
 
     def worker_restarted(self, reason: str, calls_lost: int = 0) -> None:
         """A worker died and is being replaced; `calls_lost` calls were up on it."""
@@ -402,14 +420,23 @@ class SupervisorMetrics:
             self._restarts[bounded(reason, RESTART_REASONS)] += 1
             self._calls_lost += max(0, calls_lost)
 
-    def set_state(self, *, ready: bool, draining: bool) -> None:
+    def set_state(
+        self, *, ready: bool, draining: bool, engine_reachable: bool | None = None, engine_full: bool = False
+    ) -> None:
         with self._lock:
             self.ready = ready
             self.draining = draining
+            self.engine_reachable = engine_reachable
+            self.engine_full = engine_full
 
     def snapshot(self) -> tuple[dict[str, int], int, bool, bool]:
         with self._lock:
             return dict(self._restarts), self._calls_lost, self.ready, self.draining
+
+    def engine(self) -> tuple[bool | None, bool]:
+        """The engine probe's last answer: reachable (None before the first probe), full."""
+        with self._lock:
+            return self.engine_reachable, self.engine_full
 
 
 SUPERVISOR = SupervisorMetrics()
@@ -528,6 +555,18 @@ class _PoolCollector:
         draining_family = Metric(f"{PREFIX}_draining", "1 after SIGTERM, while calls finish.", "gauge")
         draining_family.add_sample(f"{PREFIX}_draining", {}, 1.0 if draining else 0.0)
         yield draining_family
+        reachable, full = self._supervisor.engine()
+        if reachable is not None:  # no sample before the first probe: absent, not a false 0
+            up_family = Metric(
+                f"{PREFIX}_engine_up", "1 when the supervisor's engine probe reached the engine.", "gauge"
+            )
+            up_family.add_sample(f"{PREFIX}_engine_up", {}, 1.0 if reachable else 0.0)
+            yield up_family
+            full_family = Metric(
+                f"{PREFIX}_engine_full", "1 when the engine answered its stream check 429 (full).", "gauge"
+            )
+            full_family.add_sample(f"{PREFIX}_engine_full", {}, 1.0 if full else 0.0)
+            yield full_family
 
 
 def _add_to_sample(samples: list[Sample], name: str, labels: dict[str, str], amount: int) -> list[Sample]:

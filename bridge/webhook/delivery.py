@@ -116,6 +116,9 @@ class DeliveryObserver(Protocol):
     def spool_depth(self, n: int) -> None:
         """Events this process has waiting (queued in memory and spooled)."""
 
+    def spool_size(self, used: int, limit: int) -> None:
+        """The spool uses `used` of its `limit` bytes (after a write or a claim)."""
+
     def rejected(self, status: int) -> None:
         """An event was answered with a final status and will not be retried."""
 
@@ -134,6 +137,9 @@ class NullObserver:
         pass
 
     def spool_depth(self, n: int) -> None:
+        pass
+
+    def spool_size(self, used: int, limit: int) -> None:
         pass
 
     def rejected(self, status: int) -> None:
@@ -543,6 +549,7 @@ class WebhookSink:
         """Log loudly, at most every SPOOL_WARN_INTERVAL each: near the limit, and at it."""
         alarm = self._watch.check(used, time.monotonic(), refused=refused)
         limit = self._watch.limit
+        self._observer.spool_size(used, limit)
         if alarm is queue.Alarm.FULL:
             logger.error(
                 "webhook spool FULL (%d of %d bytes): new events are refused until receivers catch up",

@@ -54,6 +54,7 @@ WORKER_SCRIPT = textwrap.dedent(
     hook.sent(0.002)
     hook.delivered(0.04)
     hook.spool_depth(n)
+    hook.spool_size(1000 * n, 4096)
     hook.rejected(404)
     hook.dropped("spool_full")
     print("done", flush=True)
@@ -86,10 +87,18 @@ def pool(tmp_path: Path) -> Path:
     return directory
 
 
+def test_engine_gauges_are_absent_before_the_first_probe(pool: Path) -> None:
+    sup = metrics.SupervisorMetrics()
+    sup.set_state(ready=False, draining=False)
+    names = {name for name, _ in _samples(generate_latest(metrics.registry_for_scrape(pool, sup)).decode())}
+    assert "vblaze_bridge_ready" in names
+    assert not {"vblaze_bridge_engine_up", "vblaze_bridge_engine_full"} & names
+
+
 def test_pool_scrape_sums_two_workers(pool: Path) -> None:
     sup = metrics.SupervisorMetrics()
     sup.worker_restarted("exit", calls_lost=3)
-    sup.set_state(ready=True, draining=False)
+    sup.set_state(ready=True, draining=False, engine_reachable=False, engine_full=True)
     text = generate_latest(metrics.registry_for_scrape(pool, sup)).decode()
     s = _samples(text)
     assert s[("vblaze_bridge_calls_active", ())] == 1 + 2 - 2  # one call ended in each process
@@ -112,6 +121,11 @@ def test_pool_scrape_sums_two_workers(pool: Path) -> None:
     assert s[("vblaze_bridge_worker_restarts_total", (("reason", "exit"),))] == 1
     assert s[("vblaze_bridge_ready", ())] == 1
     assert s[("vblaze_bridge_draining", ())] == 0
+    assert s[("vblaze_bridge_engine_up", ())] == 0
+    assert s[("vblaze_bridge_engine_full", ())] == 1
+    # One spool file shared by the workers: the pool's size is the largest any of them saw, not a sum.
+    assert s[("vblaze_bridge_webhook_spool_bytes", ())] == 2000
+    assert s[("vblaze_bridge_webhook_spool_limit_bytes", ())] == 4096
     for hist in (
         "audio_to_socket",
         "speech_end_to_utterance",

@@ -21,6 +21,7 @@ class Observer:
         self.sends: list[float] = []
         self.deliveries: list[float] = []
         self.depths: list[int] = []
+        self.sizes: list[tuple[int, int]] = []
         self.rejections: list[int] = []
         self.drops: list[str] = []
 
@@ -35,6 +36,9 @@ class Observer:
 
     def spool_depth(self, n: int) -> None:
         self.depths.append(n)
+
+    def spool_size(self, used: int, limit: int) -> None:
+        self.sizes.append((used, limit))
 
     def rejected(self, status: int) -> None:
         self.rejections.append(status)

@@ -40,7 +40,8 @@ async def test_delivers_every_event_in_order_signed_and_valid(
 ) -> None:
     receiver: Receiver = await receivers()
     observer = Observer()
-    sink: WebhookSink = await sinks(settings(receiver.url), observer=observer)
+    sink_settings = settings(receiver.url)
+    sink: WebhookSink = await sinks(sink_settings, observer=observer)
     calls = {f"call-{i}": call_events(f"call-{i}", utterances=4) for i in range(3)}
     for batch in zip(*calls.values(), strict=True):  # interleaved, as concurrent calls are
         for event in batch:
@@ -61,6 +62,9 @@ async def test_delivers_every_event_in_order_signed_and_valid(
     assert [o for o, _ in observer.attempts] == ["ok"] * total
     assert len(observer.sends) == len(observer.deliveries) == 12  # utterances only
     assert observer.depths[-1] == 0
+    # The spool's size after each write, against its limit (the spool-filling alert's two gauges).
+    assert observer.sizes and all(0 < used <= limit for used, limit in observer.sizes)
+    assert {limit for _, limit in observer.sizes} == {sink_settings.spool_max_bytes}
 
 
 async def test_sent_the_moment_it_is_submitted(receivers: Make, sinks: Make, settings: Make) -> None:
