@@ -79,11 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     from bridge.app import Supervisor
+    from bridge.control.api import load_tokens
     from bridge.logs import setup_logging
 
+    try:
+        tokens = load_tokens(config.control, os.environ)
+    except ConfigError as exc:
+        print(f"vblaze-bridge: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.logging, "supervisor")
     try:
-        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir).run())
+        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir, tokens).run())
     except MetricsDirInUse as exc:
         print(f"vblaze-bridge: {exc}", file=sys.stderr)
         return 1
