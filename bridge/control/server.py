@@ -23,6 +23,20 @@ Ask = Callable[[Op, str | None, str | None, str | None], Awaitable[Sequence[Repl
 OPENAPI = resources.files("bridge.control").joinpath("openapi.yaml")
 
 
+@web.middleware
+async def _json_errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own answers (an unknown path, a wrong method) in the API's JSON error form."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return web.json_response({"error": exc.reason}, status=exc.status, headers=headers)
+
+
 class ControlServer:
     def __init__(self, tokens: Mapping[str, str], ask: Ask) -> None:
         self._tokens = dict(tokens)
@@ -31,7 +45,7 @@ class ControlServer:
         self.port = 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=api.MAX_BODY_BYTES)
+        app = web.Application(client_max_size=api.MAX_BODY_BYTES, middlewares=[_json_errors])
         app.router.add_get("/v1/openapi.yaml", self._openapi)
         app.router.add_get("/v1/calls", self._list)
         app.router.add_get("/v1/calls/{call_id}", self._get)
