@@ -145,6 +145,7 @@ def run_demo(text: str | None) -> int:
                 "engine": {"url": url},
                 "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
                 "metrics": {"port": 0},
+                "control": {"port": 0},
                 "logging": {"level": "WARNING"},
                 "state": {"directory": str(work / "state")},
             }
