@@ -468,8 +468,9 @@ class Supervisor:
     async def control_ask(
         self, op: Op, call_id: str | None, by: str | None, reason: str | None
     ) -> list[Reply | None]:
-        """One control request to every serving worker; their replies (None: no answer in time)."""
-        slots = [s for s in self.slots if s.serving and s.writer is not None and not s.writer.is_closing()]
+        """One control request to every worker with calls (serving or draining: a draining worker's calls
+        go on and may still be paused); their replies (None: no answer in time)."""
+        slots = [s for s in self.slots if self._reachable(s)]
 
         def ask(slot: WorkerSlot) -> Awaitable[Reply | None]:
             writer = slot.writer
@@ -479,6 +480,12 @@ class Supervisor:
             )
 
         return list(await asyncio.gather(*(ask(slot) for slot in slots)))
+
+    @staticmethod
+    def _reachable(slot: WorkerSlot) -> bool:
+        alive = slot.process is not None and slot.process.returncode is None
+        open_ = slot.writer is not None and not slot.writer.is_closing()
+        return alive and open_ and slot.state in (SlotState.SERVING, SlotState.DRAINING)
 
     # --- end of the control API ---------------------------------------------------------------------------
 

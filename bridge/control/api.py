@@ -14,8 +14,8 @@ The routes (`bridge/control/openapi.yaml` is the contract; `bridge/control/serve
 - `read_body`: the JSON body of a POST (empty = ``{}``); an `Answer` 400 naming the field otherwise.
 - `combine`: the workers' replies to one request (None for a worker that did not answer in time) make
   the answer: for a call, the reply of the worker holding it; 404 when every worker answered and none
-  holds it; 503 when one did not answer and none holds it. The list is 503 unless every worker serving
-  answered (a partial list would pass for a complete one).
+  holds it; 503 when one did not answer and none holds it. The list is 503 unless every worker asked
+  (serving or draining) answered (a partial list would pass for a complete one).
 """
 
 from __future__ import annotations

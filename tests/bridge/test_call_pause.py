@@ -171,3 +171,54 @@ async def test_nothing_is_paused_once_the_call_ended(tmp_path: Path) -> None:
         assert call.ending and call.pause("api:desk") is False and call.resume("api:desk") is False
         await asyncio.wait_for(task, 10)
     assert "call.paused" not in kinds(sink)
+
+
+async def test_a_reconnect_during_the_pause_replays_only_silence_for_it(tmp_path: Path) -> None:
+    """The first stream drops in the paused span; the next one replays from the start (no utterance
+    confirmed anything): the replay of the paused span is silence, like its first sending."""
+
+    async def dropping(ws: Any, conn: Any) -> None:
+        async for message in ws:
+            conn.audio += message
+            if len(conn.audio) >= 8 * FRAME_BYTES:
+                await ws.close()
+                return
+
+    engine_cfg = {"final_timeout_seconds": 5, "datahdr": "NONE", "reconnect_initial_seconds": 0.05}
+    async with ScriptedEngine([dropping, answering_script([0])]) as engine:
+        call, sink = make(engine.url, tmp_path, engine={"url": engine.url, **engine_cfg})
+        task = asyncio.create_task(call.run())
+        await play(call, 5)
+        call.pause("api:desk")
+        await play(call, 5)
+        await asyncio.sleep(0.4)  # the first stream is gone, the second took the replay, still paused
+        call.resume("api:desk")
+        await settle()
+        await play(call, 5)
+        call.ended("remote_bye")
+        await asyncio.wait_for(task, 10)
+    first, second = engine.conns
+    assert set(values(first.audio)[5 * 800 :]) == {0}
+    replayed = values(second.audio)
+    assert len(replayed) == 15 * 800
+    assert set(replayed[: 5 * 800]) == {100} and set(replayed[5 * 800 : 10 * 800]) == {0}
+    assert set(replayed[10 * 800 :]) == {100}
+    (end,) = sink.of("call.ended")
+    assert [g for g in end["gaps"] if g["cause"] == "paused"] == [
+        {"start": 0.5, "duration": 0.5, "cause": "paused"}
+    ]
+
+
+async def test_a_frame_queued_before_the_pause_but_handled_after_it_is_silenced(tmp_path: Path) -> None:
+    """Fail closed: what is handled while paused goes out silent, whenever it was captured."""
+    async with ScriptedEngine([answering_script([0])]) as engine:
+        call, _ = make(engine.url, tmp_path)
+        task = asyncio.create_task(call.run())
+        captured = asyncio.get_running_loop().time()
+        await play(call, 2)
+        call.pause("api:desk")
+        call.audio(0, frame(100), captured)  # captured before the pause, still in the worker's queue
+        call.ended("remote_bye")
+        await asyncio.wait_for(task, 10)
+    (conn,) = engine.conns
+    assert set(values(conn.audio)[2 * 800 :]) == {0}

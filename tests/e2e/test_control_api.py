@@ -143,6 +143,10 @@ def test_the_api_controls_a_call_and_every_error_leaves_the_pool_alive(pool: tup
         for method, template in ENDPOINTS[1:]:
             assert call_api(port, method, template.format(id="no-such-call%40x"), TOKEN).status == 404
         assert call_api(port, "GET", "/v1/nothing", TOKEN).status == 404
+        huge = call_api(port, "POST", f"{path}/pause", TOKEN, b'{"reason": "' + b"x" * 20_000 + b'"}')
+        assert (huge.status, huge.body["field"]) == (413, "body")
+        wrong = call_api(port, "DELETE", path, TOKEN)
+        assert wrong.status == 405 and "error" in wrong.body
 
         # A worker that does not answer: 503 within the bound, never a hang; the call's own worker answers.
         silent = bridge.worker_pid(1)
