@@ -220,7 +220,11 @@ class Worker:
             return
         calls = list(self.calls.values())
         keys = {id(call): key for key, call in self.calls.items()}
-        reply = commands.execute(request, calls, lambda call: self.endpoint.hangup(keys[id(call)]))
+        try:
+            reply = commands.execute(request, calls, lambda call: self.endpoint.hangup(keys[id(call)]))
+        except Exception:  # a failing request must not take the control channel (and its pings) down
+            logger.exception("control request %d (%s) failed", request.id, request.op)
+            reply = Reply(request.id, 500, {"error": "the worker failed to carry the request out"})
         self._control_write(reply)
 
     def _control_write(self, reply: Reply) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.config import ControlConfig
 from bridge.control import api, commands
@@ -143,3 +145,22 @@ def test_commands_on_a_worker() -> None:
     calls[0].ending = True
     assert run(Request(8, Op.PAUSE, "a", "api:desk")).status == 409
     assert run(Request(9, Op.HANGUP, "a")).body["changed"] is False and hung == ["a"]
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.sampled_from([Op.PAUSE, Op.RESUME, Op.HANGUP]),
+    st.one_of(st.binary(max_size=300), st.text(max_size=200).map(str.encode)),
+)
+def test_any_body_is_read_or_refused_with_400(op: Op, raw: bytes) -> None:
+    answer = api.read_body(op, raw)
+    if isinstance(answer, api.Answer):
+        assert answer.status == 400 and answer.body["field"]
+    else:
+        assert set(answer) <= {"reason"} and isinstance(answer.get("reason", ""), str | None)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.one_of(st.none(), st.text(max_size=80), st.text(max_size=40).map(lambda t: "Bearer " + t)))
+def test_any_authorization_header_is_a_name_or_none(header: str | None) -> None:
+    assert api.authenticate(header, TOKENS) in (None, "desk", "ops")
