@@ -267,3 +267,33 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_spec(pool: tuple[Br
         assert state.status == 200  # random Call-IDs never reached the real call
     assert bridge.log().count("control ") - requests_before > 150  # the examples did reach the API
     lived_on(bridge, before)
+
+
+def test_a_call_of_a_draining_pool_can_still_be_paused(
+    make_bridge: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After SIGTERM the calls go on for drain.timeout_seconds: they stay listed and pausable."""
+    engine = run_standin("--recognizer", "vad-only")
+    try:
+        port = free_port_block(1, low=28000, high=29000)
+        monkeypatch.setenv(TOKEN_ENV, TOKEN)
+        bridge = make_bridge(
+            engine.url, control={"port": port, "tokens": TOKENS[:1]}, drain={"timeout_seconds": 20}
+        )
+        with held_call(bridge.sip_port) as call:
+            path = f"/v1/calls/{call.call_id}"
+            wait_until(lambda: call_api(port, "GET", path, TOKEN).status == 200, 20, "call listed")
+            assert bridge.proc is not None
+            bridge.proc.send_signal(signal.SIGTERM)
+            wait_until(lambda: "draining" in bridge.log(), 10, "the worker drains")
+            answer = call_api(port, "POST", f"{path}/pause", TOKEN, {"reason": "card"})
+            assert answer.status == 200 and answer.body["changed"], answer
+            assert call_api(port, "POST", f"{path}/hangup", TOKEN).status == 200
+            wait_until(
+                lambda: any(e["kind"] == "call.ended" for e in events_of(bridge, call.call_id)), 20, "ended"
+            )
+        kinds = [e["kind"] for e in events_of(bridge, call.call_id)]
+        assert kinds.index("call.paused") < kinds.index("call.ended")
+        assert bridge.proc.wait(timeout=30) == 0
+    finally:
+        engine.stop()
