@@ -7,10 +7,12 @@ the OpenAPI document.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Bridge, int
             workers=2,
             control={"port": port, "tokens": TOKENS, "timeout_seconds": 0.5},
             pause={"reason_max_length": 20},
+            metrics={"port": free_port_block(1, low=29000, high=30000)},
         )
         try:
             wait_until(lambda: call_api(port, "GET", "/v1/calls", TOKEN).status == 200, 20, "control API up")
@@ -63,8 +66,19 @@ def events_of(bridge: Bridge, call_id: str) -> list[dict[str, Any]]:
     return bridge.calls().get(call_id, [])
 
 
+def restarts(bridge: Bridge) -> float:
+    """Worker restarts the supervisor counted, all reasons."""
+    port = yaml.safe_load(bridge.config_path.read_text())["metrics"]["port"]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    found = re.findall(r"^vblaze_bridge_worker_restarts_total\{[^}]*\} (\S+)$", text, re.M)
+    assert found, "no restart counter in the scrape"
+    return sum(float(value) for value in found)
+
+
 def lived_on(bridge: Bridge, before: tuple[int, int, int]) -> None:
     assert pids(bridge) == before
+    assert restarts(bridge) == 0
     log = bridge.log()
     assert "starting it again" not in log, log[-2000:]
     assert TOKEN not in log and OTHER not in log  # the tokens never reach a log
