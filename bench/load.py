@@ -349,6 +349,7 @@ def pool_config(
         "engine": {"url": engine_url, "final_timeout_seconds": 30},
         "sink": {"kind": "jsonl", "jsonl_path": str(workdir / f"{name}-events.jsonl")},
         "metrics": {"port": metrics_port},
+        "control": {"port": 0},
         "logging": {"level": "WARNING"},
         "drain": {"timeout_seconds": 5},
     }

@@ -190,6 +190,7 @@ def main() -> int:
             "engine": {"url": url},
             "sink": {"kind": "jsonl", "jsonl_path": str(work / "events.jsonl")},
             "metrics": {"port": metrics_port},
+            "control": {"port": 0},
             "logging": {"level": "WARNING", "format": "json"},
             "state": {"directory": str(work / "state")},
         }

@@ -1,4 +1,5 @@
-"""Command line: `vblaze-bridge run|worker|check-config|dispatcher-list|demo|print-config|print-asset`.
+"""Command line: `vblaze-bridge run|worker|check-config|dispatcher-list|demo|print-config|print-asset`,
+and the control API's clients `calls|pause|resume|hangup`.
 
 Parses arguments and wires; nothing more.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 
 from bridge.assets import ASSETS, CONFIG, print_asset
 from bridge.config import METRICS_DIR_ENV, load_config
+from bridge.control.cli import DEFAULT_TOKEN_ENV
 from bridge.errors import ConfigError, MetricsDirInUse
 
 
@@ -38,7 +40,25 @@ def _parser() -> argparse.ArgumentParser:
     asset.add_argument(
         "name", nargs="?", choices=list(ASSETS), metavar="NAME", help="a shipped file; omit it to list them"
     )
+    _control_parsers(sub)
     return parser
+
+
+def _control_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The clients of the control API (bridge/control/cli.py)."""
+    for name, text in (
+        ("calls", "list the active calls"),
+        ("pause", "pause a call's transcription"),
+        ("resume", "resume a call's transcription"),
+        ("hangup", "hang a call up"),
+    ):
+        client = sub.add_parser(name, help=f"{text} (control API)")
+        if name != "calls":
+            client.add_argument("call_id", metavar="CALL_ID")
+        client.add_argument("--config", type=Path, default=Path("config.yaml"))
+        client.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, help="variable holding the API token")
+        if name == "pause":
+            client.add_argument("--reason", default=None, help="why (shown in call.paused)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.command in ("calls", "pause", "resume", "hangup"):
+        from bridge.control.cli import run as control_client
+
+        call_id, reason = getattr(args, "call_id", None), getattr(args, "reason", None)
+        return control_client(config, args.command, call_id, reason, args.token_env, os.environ)
     if args.command == "dispatcher-list":
         from bridge.dispatcher import dispatcher_list, parse_host
 
@@ -80,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     import uvloop
 
     from bridge.app import Supervisor
+    from bridge.control.api import load_tokens
     from bridge.logs import setup_logging
 
+    try:
+        tokens = load_tokens(config.control, os.environ)
+    except ConfigError as exc:
+        print(f"vblaze-bridge: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
+        return 2
     setup_logging(config.logging, "supervisor")
     try:
-        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir).run())
+        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir, tokens).run())
     except MetricsDirInUse as exc:
         print(f"vblaze-bridge: {exc}", file=sys.stderr)
         return 1

@@ -24,6 +24,9 @@ The control channel. Each worker gets one end of a socketpair (`--control-fd`); 
 - supervisor -> worker: ``ping N`` every PING_INTERVAL_SECONDS while the worker serves; ``engine R F``
   (R: 1 reachable, 0 not, ? never probed; F: 1 full) when the engine probe's answer changes and when a
   worker starts serving, so that its OPTIONS answers and `engine.on_unreachable: reject` follow it.
+- the control API (`bridge/control/`, served here on ``control.host:control.port``): ``call ID JSON``
+  to each serving worker, answered ``reply ID JSON`` (`bridge.control.lines`), awaited for at most
+  ``control.timeout_seconds`` (`bridge.control.link`; a silent worker makes the API answer 503).
 
 The worker's asyncio loop reads the ping and hands it to its pjsua thread (`SipEndpoint.ping`), which
 answers once it has drained its command queue, back through the loop: a pong proves that both run.
@@ -59,12 +62,16 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bridge import metrics, sdnotify
 from bridge.config import Config
+from bridge.control.lines import Op, Reply, Request
+from bridge.control.link import ControlLink
+from bridge.control.server import ControlServer
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
 from bridge.supervision import (
     ENGINE_PROBE_SECONDS,
@@ -111,7 +118,13 @@ class WorkerSlot:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: Path, metrics_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path,
+        metrics_dir: Path | None = None,
+        control_tokens: dict[str, str] | None = None,
+    ) -> None:
         self.cfg = config
         self.config_path = config_path
         self._metrics_dir = metrics_dir  # the workers' metric files; None: RuntimeDirectory or a temp dir
@@ -124,6 +137,10 @@ class Supervisor:
         self._health: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._child_env: dict[str, str] = {}  # set in startup(), once the metrics directory is exported
+        # --- the control API (bridge/control/) ---
+        self._control_tokens = control_tokens or {}
+        self._control_link = ControlLink(config.control.timeout_seconds)
+        self._control_api: ControlServer | None = None
 
     def port_of(self, slot: WorkerSlot) -> int:
         return self.cfg.sip.first_port + slot.index
@@ -275,6 +292,8 @@ class Supervisor:
         if word == b"pong" and arg.isdigit():
             if monitor.answered(int(arg)) and slot.state is SlotState.SERVING:
                 slot.since = time.monotonic()
+        elif word == b"reply":
+            self._control_link.heard(slot.index, line)
         elif word == b"draining" and slot.state is SlotState.SERVING:
             if not self._stopping:
                 logger.warning("worker %d drains on its own; it is replaced once it exits", slot.index)
@@ -363,6 +382,7 @@ class Supervisor:
         if self.cfg.metrics.port:
             app = make_app(self.readiness, metrics_dir)
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
+        await self._start_control_api()
         self._tasks.append(
             asyncio.create_task(
                 run_engine_probe(self.cfg.engine.url, self._engine_probed, interval=ENGINE_PROBE_SECONDS)
@@ -435,6 +455,39 @@ class Supervisor:
                 task.cancel()
             if self._health is not None:
                 await self._health.close()
+            if self._control_api is not None:
+                await self._control_api.close()
+
+    # --- the control API (bridge/control/) --------------------------------------------------------------
+
+    async def _start_control_api(self) -> None:
+        if self.cfg.control.port:
+            self._control_api = ControlServer(self._control_tokens, self.control_ask)
+            await self._control_api.start(self.cfg.control.host, self.cfg.control.port)
+
+    async def control_ask(
+        self, op: Op, call_id: str | None, by: str | None, reason: str | None
+    ) -> list[Reply | None]:
+        """One control request to every worker with calls (serving or draining: a draining worker's calls
+        go on and may still be paused); their replies (None: no answer in time)."""
+        slots = [s for s in self.slots if self._reachable(s)]
+
+        def ask(slot: WorkerSlot) -> Awaitable[Reply | None]:
+            writer = slot.writer
+            assert writer is not None
+            return self._control_link.ask(
+                slot.index, writer.write, lambda line_id: Request(line_id, op, call_id, by, reason)
+            )
+
+        return list(await asyncio.gather(*(ask(slot) for slot in slots)))
+
+    @staticmethod
+    def _reachable(slot: WorkerSlot) -> bool:
+        alive = slot.process is not None and slot.process.returncode is None
+        open_ = slot.writer is not None and not slot.writer.is_closing()
+        return alive and open_ and slot.state in (SlotState.SERVING, SlotState.DRAINING)
+
+    # --- end of the control API ---------------------------------------------------------------------------
 
     def _signal(self, slot: WorkerSlot, signum: int) -> None:
         process = slot.process

@@ -29,6 +29,13 @@ they go to the engine is the call's audio mode, `CallPipeline.delivery` (named a
 SIPREC utterances carry `role`, `participant` and `stream`. New rs-metadata mid-call (re-INVITE or
 UPDATE) may remap the streams: utterances from then on carry the new roles, stereo channels follow
 the roles, and `call.ended` reports the latest mapping as `streams`.
+
+Pause (PCI, `bridge/pause.py` decides): `pause(by, reason)` and `resume(by)` (from the control API
+through the worker, from DTMF sequences, from `pause.auto_resume_seconds`) take effect on the loop at
+once, before they return: from then on every frame of every audio stream of the call goes to its engine
+stream as silence of the same length, flagged `paused` so its buffer keeps nothing of it and records
+the span as a `paused` gap. Each change is announced as `call.paused` / `call.resumed` in the call's
+order. The settings come from this pipeline's own `config.pause`, never the worker's.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from bridge import event_data
@@ -49,6 +57,7 @@ from bridge.events import BridgeEvent, EventKind, EventSink
 from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
 from bridge.metrics import CallMetrics, EngineMetrics
+from bridge.pause import DtmfSequencer, PauseAction, PauseState
 from bridge.vblaze import transcript as merged_transcript
 from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.client import EngineStream, StreamResult
@@ -200,6 +209,7 @@ class CallPipeline:
         else:
             self.streams = [self._engine_stream(None)]
         self.stream = self.streams[0]
+        self._init_pause(config)
 
     def _engine_stream(self, index: int | None) -> EngineStream:
         """The call's engine stream, or (index given) the one of audio stream `index`."""
@@ -230,6 +240,9 @@ class CallPipeline:
             # The ledger keeps wall time: a lost call's gap runs from its last utterance to its death.
             self._entry.audio_started_at = time.time() - (time.monotonic() - self._first_frame_mono)
         data = pcm if pcm else self._silence
+        paused = self._pause.silences(arrival - frame_seconds)
+        if paused:  # fail closed: the bytes of a paused frame go no further than here
+            data = self._silence if len(data) == len(self._silence) else bytes(len(data))
         seconds = len(data) / (2 * self._cfg.audio.sample_rate)
         self._unreported_frames += 1
         self._unreported_seconds += seconds
@@ -237,11 +250,11 @@ class CallPipeline:
             self._report_audio()
         if self.delivery == "mono":
             self._audio_seconds += seconds
-            self.stream.push_audio(data, arrival)
+            self.stream.push_audio(data, arrival, paused)
         elif self._pairer is not None:
             for frame, at in self._pairer.push(stream, data, arrival):
                 self._audio_seconds += len(frame) / (4 * self._cfg.audio.sample_rate)
-                self.stream.push_audio(frame, at)
+                self.stream.push_audio(frame, at, paused or self._pause.silences(at - frame_seconds))
         else:
             if self._stream_first[stream] is None:
                 # Line this stream up on the call's timeline if it started later than the first.
@@ -249,10 +262,10 @@ class CallPipeline:
                 late = round((arrival - frame_seconds - self._first_frame_mono) / frame_seconds)
                 for _ in range(max(late, 0)):
                     self._stream_seconds[stream] += frame_seconds
-                    self.streams[stream].push_audio(self._silence, arrival)
+                    self.streams[stream].push_audio(self._silence, arrival, paused)
             self._stream_seconds[stream] += seconds
             self._audio_seconds = max(self._stream_seconds)
-            self.streams[stream].push_audio(data, arrival)
+            self.streams[stream].push_audio(data, arrival, paused)
 
     def streams_changed(self, roles: tuple[StreamRole, ...], how: str) -> None:
         """New rs-metadata mid-call: utterances from now on carry these roles."""
@@ -286,7 +299,16 @@ class CallPipeline:
             )
 
     def dtmf(self, digit: str) -> None:
-        self._emit("dtmf", event_data.dtmf(digit, self._timeline_now()))
+        """An RFC 4733 digit: a `dtmf` event, unless it belongs to a pause or resume sequence."""
+        if self._ended.is_set():
+            return
+        released, action = self._sequencer.feed(digit, self._timeline_now(), time.monotonic())
+        self._release_digits(released)
+        if action is PauseAction.PAUSE:
+            self.pause("dtmf")
+        elif action is PauseAction.RESUME:
+            self.resume("dtmf")
+        self._arm_digit_timer()
 
     def ended(self, reason: str) -> None:
         if not self._ended.is_set():
@@ -350,6 +372,7 @@ class CallPipeline:
         )
         if self._pairer is not None and self._pairer.padded:
             self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
+        self._end_pause()
         self._report_audio()
         self._emit("call.ended", ended)
         self.log.info(
@@ -359,6 +382,96 @@ class CallPipeline:
             self._utterances,
             len(gaps),
         )
+
+    # --- pause (PCI): bridge/pause.py decides, this carries it out ---------------------------------------
+
+    def _init_pause(self, config: Config) -> None:
+        settings = config.pause  # the call's own config (a route may give it its own pause section)
+        self._pause = PauseState(settings.auto_resume_seconds)
+        self.reason_max_length = settings.reason_max_length
+        self._sequencer = DtmfSequencer(
+            {settings.dtmf_pause: PauseAction.PAUSE, settings.dtmf_resume: PauseAction.RESUME},
+            settings.dtmf_hold_seconds,
+        )
+        self._auto_timer: asyncio.TimerHandle | None = None
+        self._digit_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def ending(self) -> bool:
+        """The call has ended (its finals may still be on their way): nothing can be paused any more."""
+        return self._ended.is_set()
+
+    def pause(self, by: str, reason: str | None = None) -> bool:
+        """Pause the call now (see the module docstring); False if it was paused already or ended."""
+        if self._ended.is_set():
+            return False
+        change = self._pause.pause(self._timeline_now(), time.monotonic(), by, reason)
+        if change is None:
+            return False
+        self._emit("call.paused", event_data.paused(change.at, change.by, change.reason))
+        self.log.info("paused by %s at %.2f s: the engine hears silence until resumed", by, change.at)
+        due = self._pause.auto_resume_at
+        if due is not None:
+            delay = max(0.0, due - time.monotonic())
+            self._auto_timer = asyncio.get_running_loop().call_later(delay, self.resume, "auto")
+        return True
+
+    def resume(self, by: str) -> bool:
+        """Resume the call's audio; False if it was not paused or ended."""
+        since = self._pause.since_at
+        if self._ended.is_set():
+            return False
+        change = self._pause.resume(self._timeline_now(), time.monotonic(), by)
+        if change is None:
+            return False
+        if self._auto_timer is not None:
+            self._auto_timer.cancel()
+            self._auto_timer = None
+        duration = change.at - (since if since is not None else change.at)
+        self._emit("call.resumed", event_data.resumed(change.at, change.by, duration))
+        self.log.info("resumed by %s at %.2f s after %.1f s", by, change.at, duration)
+        return True
+
+    def _release_digits(self, digits: Sequence[tuple[str, float]]) -> None:
+        for digit, at in digits:
+            self._emit("dtmf", event_data.dtmf(digit, at))
+
+    def _arm_digit_timer(self) -> None:
+        if self._digit_timer is not None:
+            self._digit_timer.cancel()
+            self._digit_timer = None
+        if self._sequencer.deadline is not None:
+            delay = max(0.0, self._sequencer.deadline - time.monotonic())
+            self._digit_timer = asyncio.get_running_loop().call_later(delay, self._digits_expired)
+
+    def _digits_expired(self) -> None:
+        self._digit_timer = None
+        self._release_digits(self._sequencer.expire(time.monotonic()))
+        self._arm_digit_timer()
+
+    def _end_pause(self) -> None:
+        """Before call.ended: held digits go out as dtmf events, the timers stop."""
+        self._release_digits(self._sequencer.flush())
+        for timer in (self._auto_timer, self._digit_timer):
+            if timer is not None:
+                timer.cancel()
+        self._auto_timer = self._digit_timer = None
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the control API tells of the call (`bridge/control/api.py`, GET /v1/calls)."""
+        return {
+            "call_id": self.call_id,
+            "from": self.info.from_uri,
+            "to": self.info.to_uri,
+            "route": getattr(self.info, "route", None),  # set once per-line routes exist
+            "worker": self._worker,
+            "started_at": datetime.fromtimestamp(self._answered_wall, UTC).isoformat(),
+            "paused": self._pause.paused,
+            "paused_by": self._pause.by,
+            "utterances": self._utterances,
+            "engine": [stream.state for stream in self.streams],
+            "ending": self._ended.is_set(),
+        }
 
     # --- helpers ------------------------------------------------------------------------------------------
 

@@ -33,6 +33,13 @@ def secret_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
             )
         if cfg.webhook.bearer_env and not env.get(cfg.webhook.bearer_env):
             warnings.append(f"webhook.bearer_env: environment variable {cfg.webhook.bearer_env} is not set")
+    # The control API's tokens: unset, `run` refuses to start (bridge.control.api.load_tokens).
+    for index, token in enumerate(cfg.control.tokens if cfg.control.port else ()):
+        if not env.get(token.env, "").strip():
+            warnings.append(
+                f"control.tokens.{index}.env: environment variable {token.env} is not set "
+                "(the bridge would refuse to start)"
+            )
     return warnings
 
 

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bridge.errors import ConfigError
+from bridge.pause import check_sequence
 from sip import siprec
 from sip.limits import PJSUA_MAX_CALLS
 from sip.siprec import SiprecRules
@@ -58,6 +59,16 @@ DEFAULT_SIPREC_ORDER = siprec.DEFAULT_ORDER  # the siprec.* defaults are sip.sip
 DEFAULT_SIPREC_MLINE_ORDER = siprec.DEFAULT_MLINE_ORDER
 DEFAULT_SIPREC_NUMBER_FORMS = siprec.DEFAULT_NUMBER_FORMS
 DEFAULT_SIPREC_DELIVERY: Literal["stereo", "streams"] = "stereo"
+# --- pause (PCI) and the control API ---
+DEFAULT_DTMF_PAUSE = "*1"
+DEFAULT_DTMF_RESUME = "*2"
+DEFAULT_DTMF_HOLD_SECONDS = 2.0
+DEFAULT_AUTO_RESUME_SECONDS = 0.0
+DEFAULT_REASON_MAX_LENGTH = 200
+MAX_REASON_LENGTH = 1000  # no config may allow longer: the reason travels on the control channel's lines
+DEFAULT_CONTROL_HOST = "127.0.0.1"
+DEFAULT_CONTROL_PORT = 9401
+DEFAULT_CONTROL_TIMEOUT = 2.0
 
 MAX_CALLS_PER_WORKER = PJSUA_MAX_CALLS
 # Tags the bridge sets on every request itself; engine.tags may not override them.
@@ -259,6 +270,62 @@ class SiprecConfig(_Section):
         )
 
 
+# --- pause (PCI) and the control API -------------------------------------------------------------------
+
+
+class PauseConfig(_Section):
+    """Pausing a call for PCI (`bridge/pause.py`). Self-contained: a call's own config may replace it."""
+
+    dtmf_pause: str = DEFAULT_DTMF_PAUSE  # RFC 4733 digits that pause the call; "" = off
+    dtmf_resume: str = DEFAULT_DTMF_RESUME  # RFC 4733 digits that resume it; "" = off
+    dtmf_hold_seconds: float = Field(
+        DEFAULT_DTMF_HOLD_SECONDS, gt=0, le=30
+    )  # a digit that may start a sequence is held back this long for the next one
+    auto_resume_seconds: float = Field(DEFAULT_AUTO_RESUME_SECONDS, ge=0)  # resume by itself after; 0 = off
+    reason_max_length: int = Field(
+        DEFAULT_REASON_MAX_LENGTH, ge=1, le=MAX_REASON_LENGTH
+    )  # characters of an API pause's reason
+
+    @field_validator("dtmf_pause", "dtmf_resume")
+    @classmethod
+    def _sequence(cls, value: str) -> str:
+        return check_sequence(value)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PauseConfig:
+        a, b = self.dtmf_pause, self.dtmf_resume
+        if a and b and (a.startswith(b) or b.startswith(a)):
+            raise ValueError("pause.dtmf_pause and pause.dtmf_resume must differ and neither start the other")
+        return self
+
+
+class ControlToken(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")  # shown in events as by "api:<name>"
+    env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # environment variable holding the token
+
+
+class ControlConfig(_Section):
+    """The control API (`bridge/control/`), served by the supervisor."""
+
+    host: str = DEFAULT_CONTROL_HOST  # address of the control API
+    port: int = Field(DEFAULT_CONTROL_PORT, ge=0, le=65535)  # 0 = disabled
+    tokens: tuple[ControlToken, ...] = ()  # bearer tokens, each named, its value in an environment variable
+    timeout_seconds: float = Field(
+        DEFAULT_CONTROL_TIMEOUT, gt=0, le=30
+    )  # a worker's answer to the API; none in time = 503
+
+    @field_validator("tokens")
+    @classmethod
+    def _unique(cls, value: tuple[ControlToken, ...]) -> tuple[ControlToken, ...]:
+        names = [token.name for token in value]
+        if len(set(names)) != len(names):
+            raise ValueError("token names must be unique")
+        return value
+
+
+# --- end of pause and control ----------------------------------------------------------------------------
+
+
 class Config(_Section):
     sip: SipConfig = SipConfig()
     audio: AudioConfig = AudioConfig()
@@ -270,6 +337,8 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     drain: DrainConfig = DrainConfig()
     siprec: SiprecConfig = SiprecConfig()
+    pause: PauseConfig = PauseConfig()
+    control: ControlConfig = ControlConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Config:

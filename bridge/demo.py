@@ -172,6 +172,7 @@ def _call_once(work: Path, text: str, log: Callable[[str], IO[bytes] | None]) ->
             "engine": {"url": url},
             "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
             "metrics": {"port": 0},
+            "control": {"port": 0},
             "logging": {"level": "WARNING"},
             "state": {"directory": str(work / "state")},
         }

@@ -248,7 +248,34 @@ def lost_call_ended(
     return call_ended(WORKER_LOST, elapsed, None, utterances, None, gaps)
 
 
-EventData = CallStartedData | UtteranceData | DtmfData | CallEndedData
+# --- pause (PCI): call.paused and call.resumed (bridge/pause.py) ---------------------------------------
+
+
+class PausedData(TypedDict):
+    at: float
+    by: str
+    reason: str | None
+
+
+class ResumedData(TypedDict):
+    at: float
+    by: str
+    duration: float
+
+
+def paused(at: float, by: str, reason: str | None) -> PausedData:
+    """`by`: "api:<token name>", "dtmf" or "auto"; `reason`: the API caller's free text, or None."""
+    return {"at": round(at, 3), "by": by, "reason": reason}
+
+
+def resumed(at: float, by: str, duration: float) -> ResumedData:
+    """`duration`: seconds the pause lasted on the call's timeline."""
+    return {"at": round(at, 3), "by": by, "duration": round(max(0.0, duration), 3)}
+
+
+# --- end of pause ---------------------------------------------------------------------------------------
+
+EventData = CallStartedData | UtteranceData | DtmfData | CallEndedData | PausedData | ResumedData
 
 
 def as_data(data: EventData) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-EventKind = Literal["call.started", "utterance", "dtmf", "call.ended"]
+EventKind = Literal["call.started", "utterance", "dtmf", "call.ended", "call.paused", "call.resumed"]
 
 
 @dataclass(frozen=True)

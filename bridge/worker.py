@@ -10,6 +10,9 @@ bound, answers each ``ping N`` with ``pong N`` only after its pjsua thread has d
 queue and its loop has run the reply (so a pong proves both alive), says ``draining`` when it starts
 to drain, and drains if the channel closes (its supervisor is gone). ``engine R F`` lines carry the
 supervisor's engine probe, the one source of the engine's state in the pool (workers do not probe).
+``call ID JSON`` lines are the control API's requests (`bridge.control.lines`): the worker carries
+each out on its loop (`bridge.control.commands`) and answers ``reply ID JSON`` at once, so a pause is
+in force before its reply leaves.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import uvloop
 from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
+from bridge.control import commands
+from bridge.control.lines import LineError, Reply, format_reply, parse_request
 from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
@@ -189,6 +194,8 @@ class Worker:
                 word, _, arg = line.strip().partition(b" ")
                 if word == b"ping" and arg.isdigit():
                     self.endpoint.ping(functools.partial(self._pinged, int(arg)))
+                elif word == b"call":
+                    self._control_request(line)
                 elif word == b"engine":
                     reachable, _, full = arg.partition(b" ")
                     self.endpoint.set_engine_state(
@@ -199,6 +206,37 @@ class Worker:
         if not self._stop.is_set():
             logger.warning("the supervisor is gone; draining")
             self.request_stop()
+
+    # --- control API requests (bridge/control/) -----------------------------------------------------------
+
+    def _control_request(self, line: bytes) -> None:
+        """Carry out one ``call`` line and answer it before anything else runs on the loop."""
+        try:
+            request = parse_request(line)
+        except LineError as exc:
+            logger.warning("control request not understood: %s", exc)
+            if exc.id is not None:
+                self._control_write(Reply(exc.id, 400, {"error": str(exc)}))
+            return
+        calls = list(self.calls.values())
+        keys = {id(call): key for key, call in self.calls.items()}
+        try:
+            reply = commands.execute(request, calls, lambda call: self.endpoint.hangup(keys[id(call)]))
+        except Exception:  # a failing request must not take the control channel (and its pings) down
+            logger.exception("control request %d (%s) failed", request.id, request.op)
+            reply = Reply(request.id, 500, {"error": "the worker failed to carry the request out"})
+        self._control_write(reply)
+
+    def _control_write(self, reply: Reply) -> None:
+        try:
+            line = format_reply(reply)
+        except LineError as exc:
+            logger.error("control reply %d too large: %s", reply.id, exc)
+            line = format_reply(Reply(reply.id, 500, {"error": "the reply is too large"}))
+        if self._control is not None and not self._control.is_closing():
+            self._control.write(line)
+
+    # --- end of control API requests ------------------------------------------------------------------------
 
     def _pinged(self, seq: int) -> None:
         """From the pjsua thread, once it has drained its queue: answer from the loop."""

@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--fault-delay-ms", type=int, default=0, metavar="M", help="delay every result by M ms")
     p.add_argument("--fault-refuse", action="store_true", help="answer 503 to every new stream")
+    p.add_argument(
+        "--record-energy", action="store_true", help="/status shows each stream's peak per second (tests)"
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -52,6 +55,7 @@ def options_from(args: argparse.Namespace) -> srv.ServerOptions:
         faults=Faults(
             close_after=args.fault_close_after, delay_ms=args.fault_delay_ms, refuse=args.fault_refuse
         ),
+        record_energy=args.record_energy,
     )
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from aiohttp import web
 
 from standin import redaction
+from standin.energy import EnergyMeter
 from standin.faults import FaultError, Faults
 from standin.recognizer import Recognizer
 from standin.results import Final, Utterance, now, timestamp, utterance_message
@@ -47,6 +48,7 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_CALLBACK_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
+ENERGY_STREAMS_KEPT = 64  # --record-energy: the latest streams whose energy /status shows
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class ServerOptions:
     callback_timeout: float = DEFAULT_CALLBACK_TIMEOUT
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
     faults: Faults = field(default_factory=Faults)
+    record_energy: bool = False  # /status shows each stream's peak per second and channel (tests)
 
     def __post_init__(self) -> None:
         if self.max_streams < 1:
@@ -105,6 +108,7 @@ class StandinServer:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self._http: aiohttp.ClientSession | None = None
+        self.energy: list[tuple[str, EnergyMeter]] = []  # --record-energy: (requestid, meter), latest last
 
     @property
     def url(self) -> str:
@@ -180,8 +184,22 @@ class StandinServer:
             "utt.count": st.utt_count,
             "utt.audiosecs": round(st.utt_audiosecs, 3),
             "recognizer": self.recognizer.name,
+            "stream.energy": self._energy() if self.options.record_energy else None,
         }
         return web.json_response({"status": {k: v for k, v in body.items() if v is not None}})
+
+    def _energy(self) -> list[dict[str, object]]:
+        """--record-energy: per stream (oldest first), its requestid and per channel the peak absolute
+        sample of each second it received."""
+        return [{"requestid": label, "peaks": meter.peaks()} for label, meter in self.energy]
+
+    def record(self, label: str) -> EnergyMeter | None:
+        """A meter for a new stream, if --record-energy; the oldest beyond ENERGY_STREAMS_KEPT go."""
+        if not self.options.record_energy:
+            return None
+        meter = EnergyMeter()
+        self.energy = [*self.energy[-(ENERGY_STREAMS_KEPT - 1) :], (label, meter)]
+        return meter
 
     async def _maxstreamscheck(self, request: web.Request) -> web.Response:
         n = len(self._streams)
@@ -294,6 +312,7 @@ class _Stream:
         self._tasks: set[asyncio.Task[Utterance]] = set()
         self._next_uttid = 0
         self._label = tags.requestid or f"{request.remote}"
+        self.audio.meter = server.record(self._label)
 
     async def run(self) -> None:
         sender = asyncio.create_task(self._send_utterances())

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from standin.audio import AudioError, AudioFormat, SampleDecoder, WaveParser
+from standin.energy import EnergyMeter
 from standin.scrubber import AudioScrubber
 from standin.segmenter import Cut, Segmenter, VadParams
 from standin.tags import Encoding, Tags
@@ -53,6 +54,7 @@ class StreamAudio:
         self._decoder: SampleDecoder | None = None
         self._segmenters: list[Segmenter] = []
         self.scrubber: AudioScrubber | None = None  # scrubaudio: the audio to send back, once settled
+        self.meter: EnergyMeter | None = None  # --record-energy: what this stream heard, per second
         if self._wave is None:
             self._guard(self._start_raw)
 
@@ -110,6 +112,8 @@ class StreamAudio:
             self.scrubber.feed(data)
         samples = self._decoder.decode(data)
         self.frames_decoded += len(samples)
+        if self.meter is not None:
+            self.meter.feed(samples, self._decoder.format.samprate)
         return [
             ChannelCut(ch, seg.samprate, cut)
             for ch, seg in enumerate(self._segmenters)

@@ -17,6 +17,11 @@ Contract:
 - `abandon(cause)`: nothing more will reach the engine (rejected, gave up): everything not acknowledged,
   and everything pushed later, becomes a gap with that cause.
 - `gaps` never overlap; adjacent gaps with the same cause are merged.
+- `push(pcm, arrival, paused=True)` (the call is paused for PCI, `bridge/pause.py`): the bytes are
+  replaced by silence of the same length before they are stored, and the span is a gap ``paused``. So
+  the paused audio is never sent, never kept for replay, and a replay of that span replays silence. A
+  paused span is returned (reported) once, whole, when it closes: at the first push not paused, at
+  `close_pause()` (the call hung up while paused) or at `abandon`.
 
 `GapCause` names every cause a gap of a call can have, whoever records it: this buffer, the call's
 engine session (`bridge.vblaze.session`), the call pipeline and the worker. It is the one list the
@@ -44,6 +49,7 @@ class GapCause(StrEnum):
     ERROR = "error"  # the engine session failed on an error of ours (logged with its traceback)
     PIPELINE_ERROR = "pipeline_error"  # the call's pipeline failed on an error of ours (bridge/call.py)
     WORKER_LOST = "worker_lost"  # the worker process died with the call up (bridge/worker.py, ledger)
+    PAUSED = "paused"  # the call was paused (PCI): silence went to the engine instead (bridge/pause.py)
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class AudioBuffer:
         self._replay_bytes = 0
         self._unreplayable: list[tuple[int, int]] = []  # sent, never acknowledged, no longer kept
         self._arrivals: deque[tuple[int, float]] = deque()  # (end position, arrival) of recent pushes
+        self._paused_from: int | None = None  # start of the paused span still open
 
     # -- timeline helpers ---------------------------------------------------------------------------
     def seconds(self, position: int) -> float:
@@ -115,8 +122,9 @@ class AudioBuffer:
         return None
 
     # -- audio in ------------------------------------------------------------------------------------
-    def push(self, pcm: bytes, arrival: float) -> list[Gap]:
-        """Append audio; return the gaps this recorded (overflow, or everything once abandoned)."""
+    def push(self, pcm: bytes, arrival: float, paused: bool = False) -> list[Gap]:
+        """Append audio; return the gaps this recorded (overflow, pause, or everything once abandoned).
+        `paused`: only silence of the same length is stored (see the module docstring)."""
         if len(pcm) % self.sample_width:
             raise ValueError(f"audio of {len(pcm)} bytes is not whole {self.sample_width}-byte samples")
         if not pcm:
@@ -125,10 +133,17 @@ class AudioBuffer:
         self.pushed += len(pcm)
         if self.abandoned is not None:
             return self._add_gap(position, self.pushed, self.abandoned)
-        self._pending.append(_Segment(position, bytes(pcm), arrival, True))
+        new = []
+        if paused:
+            self._add_gap(position, self.pushed, GapCause.PAUSED)
+            self._paused_from = position if self._paused_from is None else self._paused_from
+        else:
+            new = self._close_pause(position)
+        data = bytes(len(pcm)) if paused else bytes(pcm)
+        self._pending.append(_Segment(position, data, arrival, True))
         self._pending_bytes += len(pcm)
         self._arrivals.append((self.pushed, arrival))
-        return self._enforce_limit()
+        return new + self._enforce_limit()
 
     def _enforce_limit(self) -> list[Gap]:
         new: list[Gap] = []
@@ -240,9 +255,17 @@ class AudioBuffer:
         self._replay_bytes = 0
         return new + self._enforce_limit()
 
+    def close_pause(self) -> list[Gap]:
+        """The paused span still open, if any, as one gap (the call ended while paused)."""
+        return self._close_pause(self.pushed)
+
+    def _close_pause(self, end: int) -> list[Gap]:
+        start, self._paused_from = self._paused_from, None
+        return [] if start is None or end <= start else [self._gap(start, end, GapCause.PAUSED)]
+
     def abandon(self, cause: GapCause) -> list[Gap]:
         """Nothing more will be transcribed: all audio after the acknowledged position becomes a gap."""
-        new = self._add_gap(self.acked, self.pushed, cause)
+        new = self.close_pause() + self._add_gap(self.acked, self.pushed, cause)
         self.abandoned = cause
         self._pending.clear()
         self._replay.clear()

@@ -228,9 +228,14 @@ class EngineStream:
     def gaps(self) -> list[Gap]:
         return self._call.gaps
 
-    def push_audio(self, pcm: bytes, arrival: float) -> None:
-        """Queue a frame of the call's audio (never blocks)."""
-        self._effects(self._call.audio(pcm, arrival))
+    @property
+    def state(self) -> str:
+        """The engine session's state, lower case (`bridge.vblaze.session.State`)."""
+        return self._call.state.name.lower()
+
+    def push_audio(self, pcm: bytes, arrival: float, paused: bool = False) -> None:
+        """Queue a frame of the call's audio (never blocks); `paused`: silence goes out in its place."""
+        self._effects(self._call.audio(pcm, arrival, paused))
         self._wake.set()
 
     async def finish(self) -> StreamResult:

@@ -17,7 +17,8 @@ Events (methods) and the actions they return:
   ``reconnect_max_seconds``, each delay drawn between half and all of its ceiling) or, for a 4xx
   (``rejected``), `GiveUp`: the rest of the call becomes a gap ``engine_rejected``. `timer_fired(now)`
   ends a backoff → `Connect`.
-- `audio(pcm, arrival)` buffers audio (`GapRecorded` if the buffer overflows). `next_send()` gives the
+- `audio(pcm, arrival, paused)` buffers audio (`GapRecorded` if the buffer overflows, or for the
+  ``paused`` span of a call paused for PCI, whose audio is stored as silence). `next_send()` gives the
   next `Send` of the current stream (audio chunks; after `hang_up`, the rest flushed and the end frames),
   or None until more audio or the hang-up comes; after each write the driver calls `frame_written`.
 - `receive(message, now)`: an utterance becomes `Deliver` (unless a replayed stream repeats one already
@@ -432,11 +433,12 @@ class CallSession:
         return [Connected()]
 
     # -- audio ------------------------------------------------------------------------------------
-    def audio(self, pcm: bytes, arrival: float) -> list[Action]:
-        """A frame of the call's audio; ``arrival`` is when it reached the bridge."""
+    def audio(self, pcm: bytes, arrival: float, paused: bool = False) -> list[Action]:
+        """A frame of the call's audio; ``arrival`` is when it reached the bridge. ``paused``: the call
+        is paused (`bridge.pause`), only silence of the frame's length is kept (`AudioBuffer.push`)."""
         if self.hung_up:
             raise InvalidState("audio pushed after finish()")
-        return self._gaps(self.buffer.push(pcm, arrival))
+        return self._gaps(self.buffer.push(pcm, arrival, paused))
 
     def next_send(self) -> Send | None:
         """The next frame to write on the current stream, or None (wait for audio or the hang-up)."""
@@ -477,7 +479,7 @@ class CallSession:
         self.hung_up = True
         if self.state is State.STREAMING:
             self.state = State.FINISHING
-        return [ArmDeadline(now + self._engine.final_timeout_seconds)]
+        return [*self._gaps(self.buffer.close_pause()), ArmDeadline(now + self._engine.final_timeout_seconds)]
 
     # -- what the engine says ---------------------------------------------------------------------
     def receive(self, message: str | bytes, now: float) -> list[Action]:
@@ -639,6 +641,10 @@ class CallSession:
                 if not self._overflow_logged:
                     self._overflow_logged = True
                     self.log.warning("audio buffer full: dropping the oldest audio from %.1f s", gap.start)
+            elif gap.cause == GapCause.PAUSED:
+                self.log.info(
+                    "paused %.1f s from %.1f s: silence went to the engine", gap.duration, gap.start
+                )
             elif gap.cause != self.buffer.abandoned:
                 self.log.warning("gap of %.1f s at %.1f s (%s)", gap.duration, gap.start, gap.cause)
         return [GapRecorded(gap) for gap in gaps]

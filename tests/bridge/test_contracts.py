@@ -46,6 +46,8 @@ SHAPES: dict[str, type] = {
     "call_ended/engine_finals/items": event_data.EngineFinalData,
     "stream_transcripts": event_data.StreamTranscriptsData,
     "stream_transcripts/streams/items": event_data.StreamTranscriptData,
+    "call_paused": event_data.PausedData,
+    "call_resumed": event_data.ResumedData,
 }
 
 
@@ -144,6 +146,9 @@ def built_events() -> Iterator[tuple[str, str, dict[str, Any]]]:
     yield "streams", "utterance", event_data.as_data(event_data.utterance(UTT, 0.61, True, ROLES[0], 0))
     yield "unknown role", "utterance", event_data.as_data(event_data.utterance(UTT, 0.61, True, None, 1))
     yield "plain", "dtmf", event_data.as_data(event_data.dtmf("5", 2.25))
+    yield "api", "call.paused", event_data.as_data(event_data.paused(3.5, "api:desk", "card number"))
+    yield "dtmf", "call.paused", event_data.as_data(event_data.paused(3.5, "dtmf", None))
+    yield "auto", "call.resumed", event_data.as_data(event_data.resumed(9.5, "auto", 6.0))
     gaps = [event_data.gap(g) for g in GAPS]
     finals = [event_data.engine_final(FINAL)]
     plain = event_data.call_ended("remote_bye", 9.0, 8.5, 1, None, gaps, finals)

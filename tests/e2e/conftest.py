@@ -132,6 +132,7 @@ def new_bridge(
         "engine": {"url": engine_url, "final_timeout_seconds": 30, "reconnect_initial_seconds": 0.2},
         "sink": {"kind": "jsonl", "jsonl_path": str(events_path)},
         "metrics": {"port": 0},
+        "control": {"port": 0},  # a test that needs the control API gives it a free port
         "drain": {"timeout_seconds": 5},
         "state": {"directory": str(directory / f"state-{number}")},
         "webhook": {"spool_path": str(directory / f"spool-{number}.sqlite3")},

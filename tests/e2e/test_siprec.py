@@ -51,6 +51,7 @@ def start_bridge(directory: Path, engine_url: str, **sections: dict[str, Any]) -
         "engine": {"url": engine_url, "final_timeout_seconds": 30},
         "sink": {"kind": "jsonl", "jsonl_path": str(directory / "events.jsonl")},
         "metrics": {"port": 0},
+        "control": {"port": 0},
         "drain": {"timeout_seconds": 5},
         "state": {"directory": str(directory / "state")},
         "webhook": {"spool_path": str(directory / "spool.sqlite3")},
