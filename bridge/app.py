@@ -65,6 +65,8 @@ from typing import Any
 
 from bridge import metrics, sdnotify
 from bridge.config import Config
+from bridge.control import feed
+from bridge.control.hub import EventHub
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
 from bridge.supervision import (
     ENGINE_PROBE_SECONDS,
@@ -81,6 +83,7 @@ from bridge.supervision import (
     restart_delay,
     restart_reason,
 )
+from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +127,8 @@ class Supervisor:
         self._health: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._child_env: dict[str, str] = {}  # set in startup(), once the metrics directory is exported
+        self.hub = EventHub()  # the live feed: every event of every worker's calls (bridge/control/hub.py)
+        self._feed_errors = Throttle()  # one log line per worker every 10 s for bad feed lines
 
     def port_of(self, slot: WorkerSlot) -> int:
         return self.cfg.sip.first_port + slot.index
@@ -275,10 +280,26 @@ class Supervisor:
         if word == b"pong" and arg.isdigit():
             if monitor.answered(int(arg)) and slot.state is SlotState.SERVING:
                 slot.since = time.monotonic()
+        elif word == b"event":
+            self._feed_line(slot, arg)
         elif word == b"draining" and slot.state is SlotState.SERVING:
             if not self._stopping:
                 logger.warning("worker %d drains on its own; it is replaced once it exits", slot.index)
             slot.enter(SlotState.DRAINING)
+
+    def _feed_line(self, slot: WorkerSlot, rest: bytes) -> None:
+        """A worker's copy of an event, for the live feed (`bridge/control/feed.py`)."""
+        try:
+            self.hub.publish(feed.parse_line(rest))
+        except feed.FeedError as exc:
+            held_back = self._feed_errors.allow(str(slot.index), time.monotonic())
+            if held_back is not None:
+                logger.error(
+                    "worker %d sent a live feed line that is no event: %s (%d more held back)",
+                    slot.index,
+                    exc,
+                    held_back,
+                )
 
     def _kill_hung(self, slot: WorkerSlot) -> RestartReason:
         slot.enter(SlotState.KILLING)
