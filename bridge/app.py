@@ -69,8 +69,11 @@ from typing import Any
 
 from bridge import metrics, sdnotify
 from bridge.config import Config
+from bridge.control import feed
+from bridge.control.hub import EventHub
 from bridge.control.lines import Op, Reply, Request
 from bridge.control.link import ControlLink
+from bridge.control.live import LivePool
 from bridge.control.server import ControlServer
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
 from bridge.supervision import (
@@ -88,6 +91,7 @@ from bridge.supervision import (
     restart_delay,
     restart_reason,
 )
+from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +145,8 @@ class Supervisor:
         self._control_tokens = control_tokens or {}
         self._control_link = ControlLink(config.control.timeout_seconds)
         self._control_api: ControlServer | None = None
+        self.hub = EventHub()  # the live feed: every event of every worker's calls (bridge/control/hub.py)
+        self._feed_errors = Throttle()  # one log line per worker every 10 s for bad feed lines
 
     def port_of(self, slot: WorkerSlot) -> int:
         return self.cfg.sip.first_port + slot.index
@@ -294,10 +300,26 @@ class Supervisor:
                 slot.since = time.monotonic()
         elif word == b"reply":
             self._control_link.heard(slot.index, line)
+        elif word == b"event":
+            self._feed_line(slot, arg)
         elif word == b"draining" and slot.state is SlotState.SERVING:
             if not self._stopping:
                 logger.warning("worker %d drains on its own; it is replaced once it exits", slot.index)
             slot.enter(SlotState.DRAINING)
+
+    def _feed_line(self, slot: WorkerSlot, rest: bytes) -> None:
+        """A worker's copy of an event, for the live feed (`bridge/control/feed.py`)."""
+        try:
+            self.hub.publish(feed.parse_line(rest))
+        except feed.FeedError as exc:
+            held_back = self._feed_errors.allow(str(slot.index), time.monotonic())
+            if held_back is not None:
+                logger.error(
+                    "worker %d sent a live feed line that is no event: %s (%d more held back)",
+                    slot.index,
+                    exc,
+                    held_back,
+                )
 
     def _kill_hung(self, slot: WorkerSlot) -> RestartReason:
         slot.enter(SlotState.KILLING)
@@ -382,7 +404,7 @@ class Supervisor:
         if self.cfg.metrics.port:
             app = make_app(self.readiness, metrics_dir)
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
-        await self._start_control_api()
+        await self._start_control_api(metrics_dir)
         self._tasks.append(
             asyncio.create_task(
                 run_engine_probe(self.cfg.engine.url, self._engine_probed, interval=ENGINE_PROBE_SECONDS)
@@ -460,9 +482,13 @@ class Supervisor:
 
     # --- the control API (bridge/control/) --------------------------------------------------------------
 
-    async def _start_control_api(self) -> None:
+    async def _start_control_api(self, metrics_dir: Path) -> None:
         if self.cfg.control.port:
-            self._control_api = ControlServer(self._control_tokens, self.control_ask)
+            actors = {token.name for token in self.cfg.control.tokens if token.act}
+            pool = LivePool(self.readiness, metrics_dir)
+            self._control_api = ControlServer(
+                self._control_tokens, self.control_ask, actors=actors, hub=self.hub, pool=pool
+            )
             await self._control_api.start(self.cfg.control.host, self.cfg.control.port)
 
     async def control_ask(

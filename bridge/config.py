@@ -302,6 +302,7 @@ class PauseConfig(_Section):
 class ControlToken(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")  # shown in events as by "api:<name>"
     env: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")  # environment variable holding the token
+    act: bool = True  # may pause, resume and hang up calls; false: may only watch (list, page, feed)
 
 
 class ControlConfig(_Section):

@@ -200,6 +200,18 @@ SPOOL_LIMIT_BYTES = Gauge(
     multiprocess_mode="livemax",
 )
 
+# --- the live feed (bridge/control/feed.py) ---------------------------------------------------------
+
+LIVE_EVENTS_DROPPED = Counter(
+    f"{PREFIX}_live_events_dropped_total",
+    "Copies of events the live feed dropped because the supervisor was not reading (sinks got them all).",
+)
+
+
+def live_event_dropped() -> None:
+    LIVE_EVENTS_DROPPED.inc()
+
+
 # --- latency histograms, one per hop ----------------------------------------------------------------
 
 # Frame arrival in pjsua2's media thread -> its bytes written to the engine socket. The normal path is
@@ -621,3 +633,26 @@ def read_pool_gauges(path: str | Path | None = None) -> PoolGauges:
         capacity=round(wanted[f"{PREFIX}_capacity_calls"]),
         workers_up=round(wanted[f"{PREFIX}_workers_up"]),
     )
+
+
+def read_histograms(
+    names: Iterable[str], path: str | Path | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Cumulative buckets `(le, count)` of the pool's histograms `vblaze_bridge_<name>_seconds`.
+
+    Summed over every worker's files, ascending by bound with +Inf last (`bridge/control/latency.py`).
+    """
+    directory = Path(path) if path is not None else multiprocess_dir()
+    wanted = {f"{PREFIX}_{name}_seconds": name for name in names}
+    out: dict[str, dict[float, float]] = {name: {} for name in wanted.values()}
+    if directory is None:
+        return {name: [] for name in out}
+    for metric in MultiProcessCollector(None, str(directory)).collect():  # type: ignore[no-untyped-call]
+        name = wanted.get(metric.name)
+        if name is None:
+            continue
+        for sample in metric.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                out[name][bound] = out[name].get(bound, 0.0) + sample.value
+    return {name: sorted(buckets.items()) for name, buckets in out.items()}

@@ -32,6 +32,7 @@ from bridge import metrics
 from bridge.call import CallPipeline
 from bridge.config import Config
 from bridge.control import commands
+from bridge.control.feed import FeedTap
 from bridge.control.lines import LineError, Reply, format_reply, parse_request
 from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
@@ -66,7 +67,8 @@ class Worker:
         self._drain_pending = False
         self._frame_errors: set[int] = set()  # calls whose failing frame was logged already
         self._control: asyncio.StreamWriter | None = None  # the supervisor's channel, once open
-        self.sink: EventSink = make_sink(config)
+        # Every event to the sinks, and a copy to the supervisor's live feed (bridge/control/feed.py).
+        self.sink: EventSink = FeedTap(make_sink(config), lambda: self._control, metrics.live_event_dropped)
         self.ledger = CallLedger(config.state.directory, self.port)
         self.call_metrics = metrics.CallMetrics()
         self.engine_metrics = metrics.EngineMetrics()

@@ -9,13 +9,15 @@ status and the token's *name*.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from importlib import resources
 
 from aiohttp import web
 
-from bridge.control import api
+from bridge.control import api, live, sse
+from bridge.control.hub import EventHub
 from bridge.control.lines import Op, Reply
+from bridge.control.live import LivePool
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +40,30 @@ async def _json_errors(
 
 
 class ControlServer:
-    def __init__(self, tokens: Mapping[str, str], ask: Ask) -> None:
+    def __init__(
+        self,
+        tokens: Mapping[str, str],
+        ask: Ask,
+        *,
+        actors: Collection[str] | None = None,
+        hub: EventHub | None = None,
+        pool: LivePool | None = None,
+    ) -> None:
         self._tokens = dict(tokens)
         self._ask = ask
+        self._actors = set(self._tokens if actors is None else actors)  # names that may act on calls
+        self._hub = hub if hub is not None else EventHub()
+        self._pool = pool
         self._runner: web.AppRunner | None = None
         self.port = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=api.MAX_BODY_BYTES, middlewares=[_json_errors])
         app.router.add_get("/v1/openapi.yaml", self._openapi)
+        app.router.add_get("/v1/whoami", self._whoami)
+        app.router.add_get("/v1/events", self._events)
+        app.router.add_get("/v1/pool", self._pool_figures)
+        live.add_page(app, self._hub)
         app.router.add_get("/v1/calls", self._list)
         app.router.add_get("/v1/calls/{call_id}", self._get)
         for op in (Op.PAUSE, Op.RESUME, Op.HANGUP):
@@ -92,6 +109,8 @@ class ControlServer:
             name = self._who(request)
             if name is None:
                 return self._respond(request, api.UNAUTHORIZED, None)
+            if name not in self._actors:
+                return self._respond(request, api.error(403, f"token {name!r} may watch but not act"), name)
             return self._respond(request, await self._act(op, request, name), name)
 
         return handle
@@ -111,6 +130,28 @@ class ControlServer:
         by = f"api:{name}" if op is not Op.HANGUP else None
         replies = await self._ask(op, call_id, by, body.get("reason"))
         return api.combine(op, replies)
+
+    async def _whoami(self, request: web.Request) -> web.Response:
+        name = self._who(request)
+        if name is None:
+            return self._respond(request, api.UNAUTHORIZED, None)
+        return self._respond(request, api.Answer(200, {"name": name, "can_act": name in self._actors}), name)
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        """The live feed (`bridge/control/sse.py`), for as long as the watcher stays."""
+        name = self._who(request)
+        if name is None:
+            return self._respond(request, api.UNAUTHORIZED, None)
+        logger.info("control GET /v1/events: live feed opened (token %s)", name)
+        return await sse.stream_events(request, self._hub)
+
+    async def _pool_figures(self, request: web.Request) -> web.Response:
+        name = self._who(request)
+        if name is None:
+            return self._respond(request, api.UNAUTHORIZED, None)
+        if self._pool is None:
+            return self._respond(request, api.error(404, "no pool figures here"), name)
+        return web.json_response(await self._pool.figures())
 
     def _who(self, request: web.Request) -> str | None:
         return api.authenticate(request.headers.get("Authorization"), self._tokens)

@@ -262,6 +262,8 @@ def test_schemathesis_finds_no_5xx_and_no_answer_outside_the_spec(pool: tuple[Br
         )
         for result in schema.get_all_operations():
             operation = result.ok()
+            if operation.path == "/v1/events":
+                continue  # an endless stream by design: tests/e2e/test_monitor.py reads it
             modes = [GenerationMode.POSITIVE]
             if "{" in operation.path:  # something to get wrong: the Call-ID, the body
                 modes.append(GenerationMode.NEGATIVE)
