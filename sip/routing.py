@@ -58,7 +58,7 @@ class RequestFacts:
 def user_part(value: str) -> str:
     """The user of the sip:/sips:/tel: URI in a header value or Request-URI ("" if none)."""
     found = _URI.search(value)
-    uri = (found.group(1) if found else value.split(";", 1)[0]).strip()
+    uri = (found.group(1) if found else value).strip()
     scheme, colon, rest = uri.partition(":")
     if not colon or scheme.lower() not in ("sip", "sips", "tel"):
         return ""

@@ -17,6 +17,7 @@ In-process use:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -47,6 +48,7 @@ DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_CALLBACK_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
+RECENT_STREAMS = 32  # streams whose tags GET /status lists (`recent`)
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,10 @@ class Status:
     lasterror: datetime | None = None
     lasterrormsg: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    # Stand-in extension: the tags of the last RECENT_STREAMS streams accepted, oldest first.
+    recent: collections.deque[dict[str, object]] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_STREAMS)
+    )
 
     def count(self, response: str) -> None:
         self.responses[response] = self.responses.get(response, 0) + 1
@@ -180,6 +186,7 @@ class StandinServer:
             "utt.count": st.utt_count,
             "utt.audiosecs": round(st.utt_audiosecs, 3),
             "recognizer": self.recognizer.name,
+            "recent": list(st.recent),  # stand-in extension: the tags of recent streams
         }
         return web.json_response({"status": {k: v for k, v in body.items() if v is not None}})
 
@@ -205,7 +212,8 @@ class StandinServer:
 
     async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         try:
-            tags = parse_tags(collect_tags(request.query.items(), request.headers.items()))
+            raw = collect_tags(request.query.items(), request.headers.items())
+            tags = parse_tags(raw)
         except TagError as exc:
             self.status.count("http-400")
             logger.info("refused stream: %s", exc)
@@ -228,6 +236,7 @@ class StandinServer:
         try:
             await ws.prepare(request)
             self.status.count("http-101")
+            self.status.recent.append({"requestid": tags.requestid, "tags": dict(raw)})
             await _Stream(self, tags, ws, request, self.faults).run()
         finally:
             self._streams.discard(task)
