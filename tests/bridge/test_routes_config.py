@@ -43,7 +43,7 @@ def route(**keys: Any) -> dict[str, Any]:
         (route(match={"to": "("}), "routes.0.match.to", "is not a regex"),
         (route(match={"from": "[a"}), "routes.0.match.from", "is not a regex"),
         (route(match={"participant": "*"}), "routes.0.match.participant", "is not a regex"),
-        (route(match={"header": {"name": "X-Q", "regex": "("}}), "routes.0.match.header.regex", "not a regex"),
+        (route(match={"header": {"name": "X-Q", "regex": "("}}), "routes.0.match.header.regex", "regex"),
         (route(match={"header": {"name": "X Q", "regex": "a"}}), "routes.0.match.header.name", "pattern"),
         (route(match={"source": ["10.0.0.0/33"]}), "routes.0.match.source", "is not a CIDR"),
         (route(match={"did": "1"}), "routes.0.match.did", "unknown key"),

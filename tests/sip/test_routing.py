@@ -38,7 +38,8 @@ def invite(
 ) -> bytes:
     ctype = "Content-Type: application/sdp\r\n" if "multipart" not in extra else ""
     return (
-        f"INVITE sip:{ruri or to}@127.0.0.1:5080 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\n"
+        f"INVITE sip:{ruri or to}@127.0.0.1:5080 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 127.0.0.1:5062;branch=z9hG4bK1\r\n"
         f'From: "Alice" <sip:{caller}@127.0.0.1>;tag=1\r\nTo: <sip:{to}@127.0.0.1>\r\nCall-ID: c1@h\r\n'
         f"CSeq: 1 INVITE\r\nContact: <sip:a@127.0.0.1:5062>\r\n{extra}{ctype}"
         f"Content-Length: {len(body.encode())}\r\n\r\n{body}"

@@ -37,7 +37,11 @@ def config(a: Receiver, b: Receiver, tmp_path: Path, extra: list[dict[str, Any]]
                 {
                     "name": "support",
                     "match": {"to": "2002"},
-                    "webhook": {"urls": [b.url], "secret_env": "SUPPORT_SECRET", "bearer_env": "SUPPORT_TOKEN"},
+                    "webhook": {
+                        "urls": [b.url],
+                        "secret_env": "SUPPORT_SECRET",
+                        "bearer_env": "SUPPORT_TOKEN",
+                    },
                 },
                 {
                     "name": "archive",
@@ -92,7 +96,8 @@ async def test_a_reload_adds_receivers_and_calls_keep_theirs(
     await sinks.start()
     try:
         in_progress = sinks.sink_for(cfg.for_route("sales"))
-        fresh = config(a, b, tmp_path, [{"name": "new", "match": {"to": "4004"}, "webhook": {"urls": [c.url]}}])
+        new = {"name": "new", "match": {"to": "4004"}, "webhook": {"urls": [c.url]}}
+        fresh = config(a, b, tmp_path, [new])
         updated = cfg.with_routes(fresh.routes)
         await sinks.update(updated)
         events = call_events("old-call", 1)
@@ -108,7 +113,9 @@ async def test_a_reload_adds_receivers_and_calls_keep_theirs(
         await sinks.aclose(1.0)
 
 
-async def test_a_lost_call_ends_on_its_routes_receivers(receivers: Callable[..., Any], tmp_path: Path) -> None:
+async def test_a_lost_call_ends_on_its_routes_receivers(
+    receivers: Callable[..., Any], tmp_path: Path
+) -> None:
     a = await receivers()
     b = await receivers(secret=OTHER_SECRET)
     cfg = config(a, b, tmp_path)
