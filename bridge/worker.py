@@ -219,7 +219,7 @@ class Worker:
                     self.endpoint.ping(functools.partial(self._pinged, int(arg)))
                 elif word == b"reload":  # off the channel's loop: pings go on meanwhile
                     self._reloads.add(task := asyncio.create_task(self._reload(), name="reload"))
-                    task.add_done_callback(self._reloads.discard)
+                    task.add_done_callback(self._reload_done)
                 elif word == b"engine":
                     reachable, _, full = arg.partition(b" ")
                     self.endpoint.set_engine_state(
@@ -241,6 +241,11 @@ class Worker:
             return
         async with self._reload_lock:
             await self._reload_from(self.config_path)
+
+    def _reload_done(self, task: asyncio.Task[None]) -> None:
+        self._reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reload failed; the old routes stay", exc_info=task.exception())
 
     async def _reload_from(self, path: str) -> None:
         try:

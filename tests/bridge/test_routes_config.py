@@ -187,3 +187,16 @@ def test_a_request_to_the_table() -> None:
     )
     assert table.choose(facts_of(parse_request(raw), "127.0.0.1")).name == "support"
     assert table.choose(facts_of(parse_request(raw.replace("es-1", "en")), "127.0.0.1")).reject == 404
+
+
+def test_the_readmes_example_loads() -> None:
+    readme = (SHIPPED.parents[2] / "README.md").read_text()
+    section = readme[readme.index("## Routes") :]
+    example = section[section.index("```yaml\n") + 8 : section.index("```\n", section.index("```yaml"))]
+    config = parse_config(yaml.safe_load(example))
+    assert [r.name for r in config.routes] == ["sales", "support", "collections", "default"]
+    assert config.for_route("support").engine.tags["model"] == "spa1:support"
+    table = route_table(config)
+    assert table.choose(RequestFacts(from_user="+15550001", source_ip="10.1.2.3")).name == "collections"
+    assert table.choose(RequestFacts(to_user="2003", headers=(("x-queue", "es-1"),))).name == "support"
+    assert table.choose(RequestFacts(to_user="2003")).reject == 404

@@ -174,12 +174,16 @@ def test_sighup_new_calls_get_new_routes_calls_in_progress_keep_theirs_broken_fi
     (in_progress,) = calls_of(receiver_a)
 
     write_routes(bridge, [route("sales2", "1001", "eng1:new", receiver_b), {"name": "rest", "reject": 480}])
+    config = yaml.safe_load(bridge.config_path.read_text())
+    config["drain"]["timeout_seconds"] = 7  # not a route: ignored by the reload, and said so
+    bridge.config_path.write_text(yaml.safe_dump(config))
     bridge.proc.send_signal(signal.SIGHUP)
     wait_until(
         lambda: "reload: routes now sales2, rest" in bridge.log(), 10, "the worker took the new routes"
     )
     call(bridge, audio, tmp_path, "1001")
     wait_until(lambda: ended(receiver_b, 1), 60, "the new call ended at receiver B")
+    assert "only routes are reloaded; changes to drain are ignored until a restart" in bridge.log()
     (new,) = calls_of(receiver_b)
     assert started_route(receiver_b, new) == "sales2"
     caller.join(60)
