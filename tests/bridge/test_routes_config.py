@@ -9,12 +9,15 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bridge.config import ROUTE_OVERRIDES, Config, load_config, parse_config
 from bridge.errors import ConfigError
 from bridge.sip_adapter import route_table, sip_settings
 from sip.message import parse_request
 from sip.routing import DEFAULT_ROUTE, RequestFacts, facts_of
+from tests.fixtures.fuzz import FUZZ
 
 SHIPPED = Path(__file__).resolve().parents[2] / "bridge" / "assets" / "config.yaml"
 TWO = {
@@ -200,3 +203,48 @@ def test_the_readmes_example_loads() -> None:
     assert table.choose(RequestFacts(from_user="+15550001", source_ip="10.1.2.3")).name == "collections"
     assert table.choose(RequestFacts(to_user="2003", headers=(("x-queue", "es-1"),))).name == "support"
     assert table.choose(RequestFacts(to_user="2003")).reject == 404
+
+
+VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-5, 700)
+    | st.text(max_size=12)
+    | st.sampled_from(["(", "1001", "10.0.0.0/8"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+KEYS = st.sampled_from(
+    [
+        "name",
+        "match",
+        "reject",
+        "engine",
+        "sink",
+        "webhook",
+        "sip",
+        "siprec",
+        "bogus",
+        "to",
+        "from",
+        "tags",
+        "url",
+    ]
+)
+ROUTES = st.lists(
+    st.dictionaries(KEYS, VALUES | st.dictionaries(KEYS, VALUES, max_size=3), max_size=5), max_size=4
+)
+
+
+@settings(FUZZ, max_examples=60)  # each example validates a whole config per route
+@given(ROUTES)
+def test_random_routes_load_or_fail_naming_a_routes_key(routes: list[dict[str, Any]]) -> None:
+    try:
+        config = parse_config({"routes": routes}, "f.yaml")
+    except ConfigError as exc:
+        assert str(exc).startswith("f.yaml: routes"), str(exc)  # (random keys may hold newlines)
+        return
+    table = route_table(config)  # what loads is a table the SIP layer can use
+    assert table.choose(RequestFacts()).name in table.names
+    for route in config.routes:
+        assert config.for_route(route.name).routes == ()
