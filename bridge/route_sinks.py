@@ -21,17 +21,14 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventSink
 from bridge.sinks import JsonLinesSink
-from bridge.webhook.delivery import (
-    Credentials,
-    DeliveryObserver,
-    WebhookSettings,
-    WebhookSink,
-    credentials_from_config,
-)
+
+if TYPE_CHECKING:  # webhook delivery (aiohttp) is imported only by a worker that has a webhook route
+    from bridge.webhook.delivery import Credentials, DeliveryObserver, WebhookSink
 
 
 class _RouteView:
@@ -82,36 +79,41 @@ class RouteSinks:
     def _add(self, config: Config) -> list[EventSink]:
         """Make the sinks `config`'s routes need and do not have yet; return the new ones."""
         new: list[EventSink] = []
+        hooks: list[Config] = []  # the effective configs whose sink is the webhook
+        for effective in self._effective(config):
+            if effective.sink.kind == "webhook":
+                hooks.append(effective)
+            elif effective.sink.jsonl_path not in self.jsonl:
+                sink = self.jsonl[effective.sink.jsonl_path] = JsonLinesSink(effective.sink.jsonl_path)
+                new.append(sink)
+        if hooks:
+            new += self._add_webhook(hooks)
+        return new
+
+    def _add_webhook(self, hooks: list[Config]) -> list[EventSink]:
+        """The one webhook sink, made (its spool-wide keys from the first of `hooks`, which all share
+        them) or told of the URLs of `hooks` and how to sign for each."""
+        from bridge.webhook.delivery import WebhookSettings, WebhookSink, credentials_from_config
+
         urls: list[str] = []
         credentials: dict[str, Credentials] = {}
-        spooled: Config | None = None  # a config whose sink is the webhook (the spool-wide keys' source)
-        for effective in self._effective(config):
-            if effective.sink.kind == "jsonl":
-                path = effective.sink.jsonl_path
-                if path not in self.jsonl:
-                    self.jsonl[path] = JsonLinesSink(path)
-                    new.append(self.jsonl[path])
-            else:
-                spooled = spooled or effective
-                signer = credentials_from_config(effective.webhook, self._environ)
-                for url in effective.webhook.urls:
-                    urls.append(url)
-                    credentials.setdefault(url, signer)
-        if spooled is None:
-            return new
-        if self.webhook is None:
-            base = WebhookSettings.from_config(spooled.webhook, self._environ)
-            settings = dataclasses.replace(base, urls=tuple(dict.fromkeys(urls)), credentials=credentials)
-            if self._observer is None:
-                from bridge.metrics import WebhookMetrics
-
-                self._observer = WebhookMetrics()
-            self.webhook = WebhookSink(settings, observer=self._observer)
-            self.webhook.begin()
-            new.append(self.webhook)
-        else:
+        for effective in hooks:
+            signer = credentials_from_config(effective.webhook, self._environ)
+            for url in effective.webhook.urls:
+                urls.append(url)
+                credentials.setdefault(url, signer)
+        if self.webhook is not None:
             self.webhook.add_receivers(urls, credentials)
-        return new
+            return []
+        base = WebhookSettings.from_config(hooks[0].webhook, self._environ)
+        settings = dataclasses.replace(base, urls=tuple(dict.fromkeys(urls)), credentials=credentials)
+        if self._observer is None:
+            from bridge.metrics import WebhookMetrics
+
+            self._observer = WebhookMetrics()
+        self.webhook = WebhookSink(settings, observer=self._observer)
+        self.webhook.begin()
+        return [self.webhook]
 
     def sink_for(self, config: Config) -> EventSink:
         """The sink of the calls whose effective config is `config`."""
