@@ -73,6 +73,9 @@ class Worker:
         self.sinks = RouteSinks(config)
         self.sink: EventSink = self.sinks
         self._route_names = set(route_table(config).names)  # the route label's values (grow on reload)
+        # Route name -> effective config, kept across reloads: an INVITE admitted by the old routes just
+        # before the SIP thread took the new ones still finds its route's config.
+        self._effective = {name: config.for_route(name) for name in self._route_names}
         self._reload_lock = asyncio.Lock()  # one reload at a time, in the order the lines came
         self._reloads: set[asyncio.Task[None]] = set()
         self.ledger = CallLedger(config.state.directory, self.port)
@@ -128,7 +131,7 @@ class Worker:
         if isinstance(event, CallStarted):
             self.call_metrics.invite_response(200)
             self.call_metrics.call_answered()
-            effective = self.cfg.for_route(event.route)
+            effective = self._effective.get(event.route) or self.cfg.for_route(event.route)
             call = CallPipeline(
                 event,
                 effective,
@@ -258,6 +261,7 @@ class Worker:
         table = route_table(updated)
         self.cfg = updated
         self._route_names |= set(table.names)
+        self._effective.update({name: updated.for_route(name) for name in table.names})
         metrics.preinit_routes(table.names)
         self.endpoint.set_routes(table)
         logger.info("reload: routes now %s", ", ".join(table.names))

@@ -33,6 +33,7 @@ def worker(tmp_path: Path, raw: dict[str, object]) -> tuple[Worker, Endpoint, Pa
     made = Worker.__new__(Worker)  # only what a reload uses: no SIP endpoint, no control channel
     made.cfg, made.config_path, made.sinks = config, str(path), RouteSinks(config)
     made._route_names = set(route_table(config).names)
+    made._effective = {name: config.for_route(name) for name in made._route_names}
     made._loop = asyncio.get_running_loop()
     made._reload_lock = asyncio.Lock()
     made.endpoint = endpoint = Endpoint()  # type: ignore[assignment]
@@ -56,6 +57,8 @@ async def test_a_reload_takes_the_files_routes_and_keeps_the_rest(tmp_path: Path
     (table,) = endpoint.tables
     assert table.names == ("support", "default") and made._route_names >= {"sales", "support"}
     assert made.cfg.drain.timeout_seconds == 3  # only routes are reloaded
+    assert made._effective["sales"] is before  # a call admitted by the old routes still finds its own
+    assert made._effective["support"] is made.cfg.for_route("support")
     assert made.cfg.for_route("support").sink.jsonl_path == str(tmp_path / "s.jsonl")
     assert str(tmp_path / "s.jsonl") in made.sinks.jsonl  # its sink made for the new calls
     assert before.sink.jsonl_path in made.sinks.jsonl  # the old one kept for the calls in progress
