@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from tests.bridge.webhook.receiver import SECRET, Answer, Receiver
-from tests.e2e.conftest import Bridge, SippResult, Standin, run_sipp, speech
+from tests.e2e.conftest import Bridge, SippResult, Standin, free_port_block, run_sipp, speech
+from tests.e2e.test_bad_input import metric, scrape
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import rawsip
 from tests.fixtures.harness import wait_until
@@ -60,11 +61,12 @@ def route(name: str, did: str, model: str, receiver: Receiver) -> dict[str, Any]
 
 
 def routed_bridge(
-    make_bridge: Any, standin: Standin, default: Receiver, routes: list[dict[str, Any]]
+    make_bridge: Any, standin: Standin, default: Receiver, routes: list[dict[str, Any]], metrics_port: int = 0
 ) -> Bridge:
     bridge: Bridge = make_bridge(
         standin.url,
         start=False,
+        metrics={"port": metrics_port},
         sink={"kind": "webhook"},
         webhook={"urls": [default.url], "backoff_initial_seconds": 0.1, "backoff_max_seconds": 1.0},
     )
@@ -123,7 +125,8 @@ def test_two_routes_end_to_end_and_an_unknown_did_refused(
         route("support", "2002", "spa1:support", receiver_b),
         {"name": "default", "reject": 404},
     ]
-    bridge = routed_bridge(make_bridge, standin_vad, receiver_a, routes)
+    port = free_port_block(1, low=29000, high=30000)
+    bridge = routed_bridge(make_bridge, standin_vad, receiver_a, routes, port)
     audio = speech(SENTENCE, speech_dir, "routes")
     pid = bridge.worker_pid()
     call(bridge, audio, tmp_path, "1001")
@@ -148,6 +151,12 @@ def test_two_routes_end_to_end_and_an_unknown_did_refused(
     call(bridge, audio, tmp_path, "1001")
     wait_until(lambda: ended(receiver_a, 2), 60, "the next sales call ended at receiver A")
     assert len(calls_of(receiver_b)) == 1 and bridge.worker_pid() == pid
+    text = scrape(port)  # the route label: each route's calls, and the refusal by the default route
+    assert metric(text, "vblaze_bridge_calls_total", 'result="completed",route="sales"') == 2
+    assert metric(text, "vblaze_bridge_calls_total", 'result="completed",route="support"') == 1
+    assert metric(text, "vblaze_bridge_calls_total", 'result="rejected_route",route="default"') == 1
+    assert metric(text, "vblaze_bridge_invite_responses_total", 'code="404"') == 1
+    assert metric(text, "vblaze_bridge_worker_restarts_total", 'reason="exit"') == 0
 
 
 @pytest.mark.slow
