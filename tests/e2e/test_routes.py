@@ -1,7 +1,8 @@
 """Per-line routes end to end, with real peers: sipp callers to two DIDs reach the stand-in with their
 route's tags and their events reach their route's webhook receiver; an unknown DID gets the route's
 404 from the same worker, which goes on taking calls; SIGHUP switches new calls to new routes while a
-call in progress keeps its own, and a broken file keeps the old routes (same processes)."""
+call in progress keeps its own, and a broken file keeps the old routes (same processes); a SIPREC
+call takes the route its participant's AOR matches, with that route's SIPREC rules."""
 
 from __future__ import annotations
 
@@ -20,9 +21,11 @@ import yaml
 from tests.bridge.webhook.receiver import SECRET, Answer, Receiver
 from tests.e2e.conftest import Bridge, SippResult, Standin, free_port_block, run_sipp, speech
 from tests.e2e.test_bad_input import metric, scrape
+from tests.e2e.test_siprec import voices  # noqa: F401 (the SIPREC voices fixture, shared)
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import rawsip
 from tests.fixtures.harness import wait_until
+from tests.fixtures.siprec_caller import run_siprec_call
 
 SENTENCE = "Please send the invoice for order four seven two nine to my office."
 
@@ -211,3 +214,26 @@ def test_sighup_new_calls_get_new_routes_calls_in_progress_keep_theirs_broken_fi
     wait_until(lambda: ended(receiver_b, 2), 60, "the call after the broken file ended at receiver B")
     assert all(started_route(receiver_b, c) == "sales2" for c in calls_of(receiver_b))
     assert bridge.proc.poll() is None and bridge.proc.pid == supervisor and bridge.worker_pid() == worker
+
+
+@pytest.mark.slow
+def test_a_siprec_call_routed_by_its_participant_with_the_routes_siprec_rules(
+    standin_vad: Standin, make_bridge: Any, receiver_a: Receiver, voices: tuple[Path, Path]
+) -> None:
+    recorder = {
+        "name": "recorder",
+        "match": {"participant": r"sip:\+1555.*@carrier\.example\.net"},
+        "engine": {"tags": {"model": "eng1:srs"}},
+        "siprec": {"order": ["mline"], "mline_order": ["agent", "caller"]},  # a guess, on purpose
+        "webhook": {"urls": [receiver_a.url]},
+    }
+    bridge = routed_bridge(make_bridge, standin_vad, receiver_a, [recorder, {"name": "rest", "reject": 404}])
+    result = run_siprec_call(bridge.sip_port, voices[0], voices[1], metadata_style="rfc")
+    assert result.status == 200 and result.bye_status == 200, result.invite_response
+    wait_until(lambda: ended(receiver_a, 1), 60, "the SIPREC call ended at the recorder's receiver")
+    (started,) = [e for e in receiver_a.processed if e["type"] == "call.started"]
+    assert started["call_id"] == result.call_id and started["data"]["route"] == "recorder"
+    roles = started["data"]["siprec"]["roles"]
+    assert [(r["role"], r["decided_by"]) for r in roles] == [("agent", "mline"), ("caller", "mline")]
+    assert stream_tags(standin_vad)[result.call_id]["model"] == "eng1:srs"
+    assert refused_unknown_did(bridge) == 404  # no participant: not the recorder's
