@@ -21,9 +21,10 @@ import yaml
 from tests.bridge.webhook.receiver import SECRET, Answer, Receiver
 from tests.e2e.conftest import Bridge, SippResult, Standin, free_port_block, run_sipp, speech
 from tests.e2e.test_bad_input import metric, scrape
-from tests.e2e.test_siprec import voices  # noqa: F401 (the SIPREC voices fixture, shared)
+from tests.e2e.test_siprec import AGENT_TEXT, CALLER_TEXT
 from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import rawsip
+from tests.fixtures.audio import speech_wav
 from tests.fixtures.harness import wait_until
 from tests.fixtures.siprec_caller import run_siprec_call
 
@@ -35,6 +36,15 @@ def receiver_a(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
     monkeypatch.setenv("VBLAZE_BRIDGE_WEBHOOK_SECRET", SECRET.decode())
     with ThreadedReceiver(lambda request: Answer()) as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def voices() -> tuple[Path, Path]:
+    """The caller's and the agent's recordings of a SIPREC call (as tests/e2e/test_siprec.py's)."""
+    return (
+        speech_wav(CALLER_TEXT, voice="en-us", encoding="u-law"),
+        speech_wav(AGENT_TEXT, voice="en-gb+f3", encoding="u-law"),
+    )
 
 
 @pytest.fixture
