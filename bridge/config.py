@@ -442,6 +442,17 @@ class Config(_Section):
         return parse_config(raw, "<routes>")
 
     def _effective_configs(self) -> dict[str, Config]:
+        """Each route's effective config, once the routes' order and their webhooks' signers hold."""
+        self._check_order()
+        if not self.routes:
+            return {}
+        base = self.model_dump(mode="python", exclude={"routes"}, by_alias=True)
+        routed = {route.name: self._apply(index, route, base) for index, route in enumerate(self.routes)}
+        self._check_signers(routed)
+        return routed
+
+    def _check_order(self) -> None:
+        """Names are unique; a catch-all (no match, or `default`) is last."""
         seen: dict[str, int] = {}
         for index, route in enumerate(self.routes):
             if route.name in seen:
@@ -454,21 +465,20 @@ class Config(_Section):
                     f"routes.{index + 1}",
                     f"never reached: routes.{index} ({route.name!r}) catches every call and must be last",
                 )
-        if not self.routes:
-            return {}
-        base = self.model_dump(mode="python", exclude={"routes"}, by_alias=True)
-        routed = {route.name: self._apply(index, route, base) for index, route in enumerate(self.routes)}
+
+    def _check_signers(self, routed: dict[str, Config]) -> None:
+        """One webhook sink and spool serve every route: a URL is signed one way wherever it appears."""
         signers = {url: ("webhook", self.webhook) for url in self.webhook.urls if self.sink.kind == "webhook"}
         for index, route in enumerate(self.routes):
-            hook = routed[route.name].webhook
-            for url in hook.urls if routed[route.name].sink.kind == "webhook" else ():
+            effective = routed[route.name]
+            hook = effective.webhook
+            for url in hook.urls if effective.sink.kind == "webhook" else ():
                 key, other = signers.setdefault(url, (f"routes.{index}.webhook", hook))
                 if (other.secret_env, other.bearer_env) != (hook.secret_env, hook.bearer_env):
                     raise KeyedError(
                         f"routes.{index}.webhook.urls",
                         f"{url} is signed otherwise in {key} (one spool, one signer a URL)",
                     )
-        return routed
 
     @staticmethod
     def _apply(index: int, route: RouteConfig, base: dict[str, Any]) -> Config:
