@@ -144,6 +144,8 @@ def screen(
     route = table.choose(facts_of(request, source_ip, body.metadata if body is not None else None))
     refusal = route.refusal()
     if refusal is not None:
+        if refusal.status == 503 and policy.retry_after:  # as every other 503 of the gate
+            refusal = dataclasses.replace(refusal, headers=(("Retry-After", str(policy.retry_after)),))
         return Refused(refusal, f"route {route.name} rejects", route.name)
     verdict = _admit(request, source_ip, state, policy, calls_per_source, evidence, body, route)
     if isinstance(verdict, Refused):

@@ -132,6 +132,14 @@ def test_screening_refuses_with_the_routes_status_and_names_the_route() -> None:
     assert isinstance(verdict, Refused) and verdict.reject.status == 403 and verdict.route == NO_ROUTE
 
 
+def test_a_routes_503_carries_retry_after_as_the_gates_others() -> None:
+    table = RouteTable((Route("closed", reject=503),))
+    verdict = screen(invite(), "127.0.0.1", IDLE, POLICY, RULES, routes=table)
+    assert isinstance(verdict, Refused) and verdict.reject.headers == (("Retry-After", "5"),)
+    verdict = screen(invite(), "127.0.0.1", IDLE, POLICY, RULES, routes=RouteTable((Route("x", reject=404),)))
+    assert isinstance(verdict, Refused) and verdict.reject.headers == ()
+
+
 def test_an_admission_carries_its_route_headers_and_siprec_rules() -> None:
     verdict = screen(invite("1001", extra="X-Queue: q7\r\n"), "127.0.0.1", IDLE, POLICY, RULES, routes=TABLE)
     assert isinstance(verdict, Admitted) and verdict.route is SALES
