@@ -35,6 +35,7 @@ with atheris.instrument_imports():
     from sip.admission import Policy, decide
     from sip.message import parse_request
     from sip.multipart import find_part, framing_issues, split_multipart
+    from sip.routing import Match, Route, RouteTable
     from sip.screening import WorkerState, screen
     from sip.sdp import SdpError, parse_offer
     from sip.siprec import MetadataError, SiprecRules, parse_body, parse_metadata, siprec_evidence
@@ -105,6 +106,14 @@ POLICY = Policy(capacity=4, codecs=("PCMU", "PCMA", "G722"), retry_after=5, allo
 TARGETS = 5
 IDLE = WorkerState(active_calls=0, draining=False, within_rate=True, engine_refuses=False)
 RULES = SiprecRules()
+ROUTES = RouteTable(  # every kind of condition, so screening exercises the route matcher too
+    (
+        Route("did", Match(to="1[0-9]{3}", header=("X-Queue", "^s"))),
+        Route("caller", Match(from_=r"\+1.*", ruri="svc", source=("127.0.0.0/8",))),
+        Route("recorder", Match(participant=r"sip:\+1555.*"), siprec_rules=SiprecRules(order=("mline",))),
+        Route("rest", reject=404),
+    )
+)
 
 
 def one_input(data: bytes) -> None:
@@ -130,7 +139,7 @@ def one_input(data: bytes) -> None:
             except MetadataError:
                 pass
     elif target == 4:
-        screen(raw, "127.0.0.1", IDLE, POLICY, RULES, 2)
+        screen(raw, "127.0.0.1", IDLE, POLICY, RULES, 2, ROUTES)
     else:
         try:
             request = parse_request(text)

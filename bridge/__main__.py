@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "worker":
         from bridge.worker import main as worker_main
 
-        worker_main(config, args.index, args.control_fd)
+        worker_main(config, args.index, args.control_fd, str(args.config))
         return 0
     # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
     # stay in memory; the supervisor owns this directory and exports it to its workers.

@@ -20,10 +20,13 @@ Lifecycle, in order:
 The control channel. Each worker gets one end of a socketpair (`--control-fd`); lines of ASCII:
 
 - worker -> supervisor: ``ready`` once its SIP port is bound; ``pong N`` for ``ping N``;
-  ``draining`` when it starts to drain (the supervisor then stops pinging it);
+  ``draining`` when it starts to drain (the supervisor then stops pinging it); ``event JSON``, a copy
+  of each event the worker hands its sinks, for the live feed (`bridge.control.feed`);
 - supervisor -> worker: ``ping N`` every PING_INTERVAL_SECONDS while the worker serves; ``engine R F``
   (R: 1 reachable, 0 not, ? never probed; F: 1 full) when the engine probe's answer changes and when a
-  worker starts serving, so that its OPTIONS answers and `engine.on_unreachable: reject` follow it.
+  worker starts serving, so that its OPTIONS answers and `engine.on_unreachable: reject` follow it;
+  ``reload`` after a SIGHUP whose config file is valid: the worker re-reads the file and takes its
+  routes for new calls (`reload()` below; docs/operations.md);
 - the control API (`bridge/control/`, served here on ``control.host:control.port``): ``call ID JSON``
   to each serving worker, answered ``reply ID JSON`` (`bridge.control.lines`), awaited for at most
   ``control.timeout_seconds`` (`bridge.control.link`; a silent worker makes the API answer 503).
@@ -68,13 +71,14 @@ from pathlib import Path
 from typing import Any
 
 from bridge import metrics, sdnotify
-from bridge.config import Config
+from bridge.config import Config, load_config
 from bridge.control import feed
 from bridge.control.hub import EventHub
 from bridge.control.lines import Op, Reply, Request
 from bridge.control.link import ControlLink
 from bridge.control.live import LivePool
 from bridge.control.server import ControlServer
+from bridge.errors import ConfigError
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
 from bridge.supervision import (
     ENGINE_PROBE_SECONDS,
@@ -432,6 +436,34 @@ class Supervisor:
         )
         return False
 
+    # --- routes: SIGHUP ------------------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file; if it is valid, tell every serving worker to take its routes
+        (each re-reads the file itself). A broken file is refused, logged with its dotted key, and
+        nobody changes. Sections other than `routes` are not applied: a changed one is logged."""
+        try:
+            fresh = load_config(self.config_path)
+        except ConfigError as exc:
+            logger.error("SIGHUP: config refused, the workers keep their routes:\n%s", exc)
+            return
+        old = self.cfg.model_dump(exclude={"routes"})
+        new = fresh.model_dump(exclude={"routes"})
+        changed = sorted(name for name in new if new[name] != old.get(name))
+        if changed:
+            logger.warning(
+                "SIGHUP: only routes are reloaded; changes to %s are ignored until a restart",
+                ", ".join(changed),
+            )
+        sent = 0
+        for slot in self.slots:
+            if slot.serving and slot.writer is not None and not slot.writer.is_closing():
+                slot.writer.write(b"reload\n")
+                sent += 1
+        logger.info(
+            "SIGHUP: %d route(s) in %s, sent to %d worker(s)", len(fresh.routes), self.config_path, sent
+        )
+
     def request_stop(self) -> None:
         """A signal: the first asks for a drain, the second forces."""
         if self._stop.is_set():
@@ -527,6 +559,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)  # routes: re-read routes
         await self.startup()
         if not self._serving.is_set():
             stop = asyncio.ensure_future(self._stop.wait())

@@ -194,7 +194,7 @@ class CallPipeline:
         self._unreported_frames = 0
         self._unreported_seconds = 0.0
         self._ledger = ledger
-        self._entry = LedgerEntry(self.call_id, 0, self._answered_wall)
+        self._entry = LedgerEntry(self.call_id, 0, self._answered_wall, route=started.route)
         self._engine_metrics = engine_metrics
         self.log = call_logger(logger, self.call_id)
         self.roles: tuple[StreamRole, ...] = started.siprec.roles if started.siprec else ()

@@ -9,16 +9,26 @@ is bound. Secrets never live in the file: the file names an environment variable
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bridge.errors import ConfigError
 from bridge.pause import check_sequence
 from sip import siprec
 from sip.limits import PJSUA_MAX_CALLS
+from sip.routing import DEFAULT_ROUTE, NO_ROUTE, REJECT_STATUSES
 from sip.siprec import SiprecRules
 
 # Where workers write their metric files; prometheus_client reads it when it is first imported.
@@ -325,6 +335,140 @@ class ControlConfig(_Section):
 
 
 # --- end of pause and control ----------------------------------------------------------------------------
+# --- routes: per-line overrides (see `Config.for_route`) -------------------------------------------
+
+# The sections a route may override, with the keys it may set in each (None: every key of the section).
+# A mapping value (engine.tags) is merged over the top level's; any other value replaces it. Letting a
+# route override one more section is one line here (the section must be a field of `Config`).
+ROUTE_OVERRIDES: dict[str, tuple[str, ...] | None] = {
+    "engine": ("url", "tags"),
+    "siprec": (
+        "order",
+        "agent_patterns",
+        "caller_patterns",
+        "agent_labels",
+        "caller_labels",
+        "mline_order",
+        "number_forms",
+        "delivery",
+    ),
+    "sink": None,
+    "webhook": ("urls", "secret_env", "bearer_env"),
+    "sip": ("headers",),
+    "pause": None,  # a line's own PCI pause digits and auto-resume
+}
+ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # route names are metric label values: short
+
+
+class KeyedError(ValueError):
+    """A validator's error about a key below the model it validates (`key`, dotted, relative to that
+    model's own key): `parse_config` names the whole dotted key."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _regex(value: str | None) -> str | None:
+    if value is not None:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regex: {exc}") from exc
+    return value
+
+
+class HeaderMatch(_Section):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9!%*_+`'~.-]+$")  # the SIP header, e.g. X-Queue
+    regex: str  # searched in each of the header's values
+
+    _check = field_validator("regex")(_regex)
+
+
+class MatchConfig(_Section):
+    """A route's conditions (see `sip.routing`); all given ones must hold. None given: catches all."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    to: str | None = None  # regex, fullmatch on the To user part (the DID)
+    from_: str | None = Field(None, alias="from")  # regex, fullmatch on the From user part
+    ruri: str | None = None  # regex, fullmatch on the Request-URI user part
+    source: tuple[str, ...] = ()  # CIDR networks the INVITE's source is in (any)
+    header: HeaderMatch | None = None  # a SIP header whose value matches
+    participant: str | None = None  # regex, fullmatch on a SIPREC participant AOR (any)
+
+    _regexes = field_validator("to", "from_", "ruri", "participant")(_regex)
+
+    @field_validator("source")
+    @classmethod
+    def _cidrs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return SipConfig._cidrs(value)
+
+    @property
+    def catch_all(self) -> bool:
+        return self == MatchConfig()
+
+
+class RouteConfig(_Section):
+    """One route: a name, a match, and either a `reject` status or sections that override the top level
+    (`ROUTE_OVERRIDES`, given as keys of the route next to `match`)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    match: MatchConfig = MatchConfig()
+    reject: int | None = None  # refuse the INVITE with this status (403, 404, 480, 486, 503, 603)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not ROUTE_NAME.fullmatch(value) or value == NO_ROUTE:
+            raise ValueError(f"{value!r}: lower-case letters, digits, _ and -, at most 32, not {NO_ROUTE!r}")
+        return value
+
+    @field_validator("reject")
+    @classmethod
+    def _reject(cls, value: int | None) -> int | None:
+        if value is not None and value not in REJECT_STATUSES:
+            raise ValueError(f"{value} is not one of {', '.join(map(str, REJECT_STATUSES))}")
+        return value
+
+    @model_validator(mode="after")
+    def _overrides(self) -> RouteConfig:
+        for section, keys in self.overrides.items():
+            if section not in ROUTE_OVERRIDES:
+                raise KeyedError(section, "unknown key")
+            if not isinstance(keys, dict):
+                raise KeyedError(section, "must be a mapping of keys")
+            allowed = ROUTE_OVERRIDES[section]
+            for key in keys:
+                if allowed is not None and key not in allowed:
+                    raise KeyedError(f"{section}.{key}", "unknown key (or not one a route may set)")
+        if self.name == DEFAULT_ROUTE and not self.match.catch_all:
+            raise KeyedError("match", "the default route catches every call; it takes no match")
+        return self
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        """The sections this route sets, as given."""
+        return dict(self.model_extra or {})
+
+    @property
+    def catch_all(self) -> bool:
+        return self.name == DEFAULT_ROUTE or self.match.catch_all
+
+
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+# --- end of routes ---------------------------------------------------------------------------------
 
 
 class Config(_Section):
@@ -340,6 +484,8 @@ class Config(_Section):
     siprec: SiprecConfig = SiprecConfig()
     pause: PauseConfig = PauseConfig()
     control: ControlConfig = ControlConfig()
+    routes: tuple[RouteConfig, ...] = ()  # per-line routes, first match wins (see the example below)
+    _routed: dict[str, Config] = PrivateAttr(default_factory=dict)  # route name -> effective config
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -347,7 +493,75 @@ class Config(_Section):
             raise ValueError("sink.kind is 'webhook' but webhook.urls is empty")
         if self.audio.chunk_ms % self.audio.port_frame_ms and self.audio.port_frame_ms % self.audio.chunk_ms:
             raise ValueError("audio.chunk_ms and audio.port_frame_ms must divide one another")
+        self._routed.update(self._effective_configs())
         return self
+
+    # --- routes ---------------------------------------------------------------------------------------
+
+    def for_route(self, name: str) -> Config:
+        """The effective config of the calls on route `name`: this config with the route's sections
+        applied (computed once, at load). The top-level settings for `default` without a route of
+        that name, and for a name no route has."""
+        return self._routed.get(name, self)
+
+    def with_routes(self, routes: tuple[RouteConfig, ...]) -> Config:
+        """This config with other routes (a reload: the other sections stay). Raises ConfigError."""
+        raw = self.model_dump(mode="python", exclude={"routes"}, by_alias=True)
+        raw["routes"] = [route.model_dump(mode="python", by_alias=True) for route in routes]
+        return parse_config(raw, "<routes>")
+
+    def _effective_configs(self) -> dict[str, Config]:
+        """Each route's effective config, once the routes' order and their webhooks' signers hold."""
+        self._check_order()
+        if not self.routes:
+            return {}
+        base = self.model_dump(mode="python", exclude={"routes"}, by_alias=True)
+        routed = {route.name: self._apply(index, route, base) for index, route in enumerate(self.routes)}
+        self._check_signers(routed)
+        return routed
+
+    def _check_order(self) -> None:
+        """Names are unique; a catch-all (no match, or `default`) is last."""
+        seen: dict[str, int] = {}
+        for index, route in enumerate(self.routes):
+            if route.name in seen:
+                raise KeyedError(
+                    f"routes.{index}.name", f"duplicate route name {route.name!r} (routes.{seen[route.name]})"
+                )
+            seen[route.name] = index
+            if route.catch_all and index < len(self.routes) - 1:
+                raise KeyedError(
+                    f"routes.{index + 1}",
+                    f"never reached: routes.{index} ({route.name!r}) catches every call and must be last",
+                )
+
+    def _check_signers(self, routed: dict[str, Config]) -> None:
+        """One webhook sink and spool serve every route: a URL is signed one way wherever it appears."""
+        signers = {url: ("webhook", self.webhook) for url in self.webhook.urls if self.sink.kind == "webhook"}
+        for index, route in enumerate(self.routes):
+            effective = routed[route.name]
+            hook = effective.webhook
+            for url in hook.urls if effective.sink.kind == "webhook" else ():
+                key, other = signers.setdefault(url, (f"routes.{index}.webhook", hook))
+                if (other.secret_env, other.bearer_env) != (hook.secret_env, hook.bearer_env):
+                    raise KeyedError(
+                        f"routes.{index}.webhook.urls",
+                        f"{url} is signed otherwise in {key} (one spool, one signer a URL)",
+                    )
+
+    @staticmethod
+    def _apply(index: int, route: RouteConfig, base: dict[str, Any]) -> Config:
+        raw = dict(base)
+        for section, keys in route.overrides.items():
+            raw[section] = _merged(raw[section], keys)
+        try:
+            return Config.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            inner = err.get("ctx", {}).get("error")
+            loc = ".".join(str(part) for part in err["loc"])
+            msg = str(inner) if inner is not None else err["msg"]
+            raise KeyedError(".".join(filter(None, (f"routes.{index}", loc))), msg) from None
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:
@@ -361,8 +575,13 @@ def parse_config(raw: Any, source: str = "<config>") -> Config:
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
-            key = ".".join(str(part) for part in err["loc"]) or "(top level)"
+            parts = [str(part) for part in err["loc"]]
             msg = err["msg"]
+            inner = err.get("ctx", {}).get("error")
+            if isinstance(inner, KeyedError):  # a key below the validated model (routes)
+                parts.append(inner.key)
+                msg = str(inner)
+            key = ".".join(parts) or "(top level)"
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
             problems.append(f"{source}: {key}: {msg}")

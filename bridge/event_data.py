@@ -70,6 +70,8 @@ CallStartedData = TypedDict(
         "remote": str,
         "codecs": list[str],
         "siprec": dict[str, Any] | None,
+        # routes: the route the call took (`routes:` in the config; "default": the top-level settings)
+        "route": str,
     },
 )
 
@@ -125,6 +127,7 @@ def call_started(info: CallStarted, answered_at: float, worker: int, delivery: s
         "remote": info.remote,
         "codecs": list(info.codecs),
         "siprec": {**info.siprec.as_dict(), "delivery": delivery} if info.siprec else None,
+        "route": info.route,  # routes
     }
 
 

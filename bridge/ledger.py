@@ -47,6 +47,7 @@ from typing import Any, Protocol, runtime_checkable
 from bridge import event_data
 from bridge.events import BridgeEvent, EventSink
 from bridge.webhook import crashpoint
+from sip.routing import DEFAULT_ROUTE
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class LedgerEntry:
     utterances: int = 0
     last_end: float = 0.0  # end of the last utterance on the call's timeline
     audio_started_at: float | None = None  # unix time of the call timeline's second 0 (its first audio)
+    route: str = DEFAULT_ROUTE  # the call's route: a lost call's call.ended goes to its sinks
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,13 @@ class LostCallSink(Protocol):
     """A sink that numbers a lost call's call.ended itself, after the call's events it holds."""
 
     def submit_lost(self, event: BridgeEvent) -> None: ...
+
+
+@runtime_checkable
+class RoutedSink(Protocol):
+    """Sinks by route (`bridge.route_sinks.RouteSinks`): a lost call's events go to its route's."""
+
+    def for_route(self, name: str) -> EventSink: ...
 
 
 class CallLedger:
@@ -260,10 +269,11 @@ def end_lost_calls(
         entry = lost.entry
         data = lost_call_ended(entry, lost.lost_at)
         event = BridgeEvent("call.ended", entry.call_id, entry.next_seq, now, data)
-        if isinstance(sink, LostCallSink):
-            sink.submit_lost(event)
+        target = sink.for_route(entry.route) if isinstance(sink, RoutedSink) else sink
+        if isinstance(target, LostCallSink):
+            target.submit_lost(event)
         else:
-            sink.submit(event)
+            target.submit(event)
         ledger.forget(entry.call_id)
         out.append((lost, data))
     return out

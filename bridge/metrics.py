@@ -51,6 +51,7 @@ from bridge.webhook.queue import DropReason
 from sip.admission import CallResult
 from sip.pjlog import SipDropReason
 from sip.reclaim import ReclaimCause
+from sip.routing import DEFAULT_ROUTE, NO_ROUTE, REJECT_STATUSES
 
 MULTIPROC_ENV = METRICS_DIR_ENV
 PREFIX = "vblaze_bridge"
@@ -65,7 +66,15 @@ CALL_RESULTS = tuple(result.value for result in CallResult)
 # call), and the refusals of the gate (sip.screening, sip.admission: 403, 488, 503; 500 when screening
 # fails). 400 is counted as "4xx", as it always was. Other codes are reported by class ("4xx"); answers
 # pjsua gives itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
-INVITE_CODES = ("200", "403", "488", "500", "503")
+INVITE_CODES = tuple(
+    sorted({"200", "403", "488", "500", "503"} | {str(code) for code in REJECT_STATUSES})
+)  # and the statuses a route may reject with (sip.routing.REJECT_STATUSES)
+# --- routes: the `route` label of calls_total -------------------------------------------------------
+# Route names come from the config (`routes:`, at most 32 characters each), so the label is bounded by
+# the config: a worker counts a call under its route's name ("default": the top-level settings) and
+# "none" for an INVITE refused before a route was chosen, or a call lost with its worker (the
+# supervisor does not know the route); a name outside the worker's routes is counted as "other".
+# --- end of routes ----------------------------------------------------------------------------------
 # Frames dropped before the engine: only a frame the worker could not hand to its call is counted
 # ("other": sip/media.py's FramePort, bridge/worker.py's drain; each logs the first failure of a call).
 DROP_CAUSES = ("other",)
@@ -108,7 +117,9 @@ CALLS_ACTIVE = Gauge(
     "Calls answered and not yet ended, over live workers.",
     multiprocess_mode="livesum",
 )
-CALLS = Counter(f"{PREFIX}_calls_total", "Calls by how they ended or were refused.", ["result"])
+CALLS = Counter(
+    f"{PREFIX}_calls_total", "Calls by how they ended or were refused, and their route.", ["result", "route"]
+)
 INVITE_RESPONSES = Counter(
     f"{PREFIX}_invite_responses_total", "Responses sent to initial INVITEs, by status code.", ["code"]
 )
@@ -256,10 +267,17 @@ WEBHOOK_ATTEMPT = Histogram(
 )
 
 
+def preinit_routes(routes: Iterable[str]) -> None:
+    """Create calls_total's series of these routes (and "none") at zero; a worker calls it with its
+    config's route names (`sip.routing.RouteTable.names`)."""
+    for route in (*routes, NO_ROUTE):
+        for result in CALL_RESULTS:
+            CALLS.labels(result, route)
+
+
 def _preinit() -> None:
     """Create every labelled series at zero so rate() and absent() work before the first event."""
-    for result in CALL_RESULTS:
-        CALLS.labels(result)
+    preinit_routes((DEFAULT_ROUTE,))
     for code in INVITE_CODES:
         INVITE_RESPONSES.labels(code)
     for cause in DROP_CAUSES:
@@ -305,17 +323,18 @@ class CallMetrics:
     def invite_response(self, code: int) -> None:
         INVITE_RESPONSES.labels(sip_code_label(code)).inc()
 
-    def call_rejected(self, result: str) -> None:
-        """A call refused before answering (`result` is one of the ``rejected_*`` values)."""
-        CALLS.labels(bounded(result, CALL_RESULTS)).inc()
+    def call_rejected(self, result: str, route: str = NO_ROUTE) -> None:
+        """A call refused before answering (`result` is one of the ``rejected_*`` values; `route` the
+        route chosen: a route name or "none", see the `route` label above)."""
+        CALLS.labels(bounded(result, CALL_RESULTS), route).inc()
 
     def call_answered(self) -> None:
         CALLS_ACTIVE.inc()
 
-    def call_ended(self, result: str) -> None:
+    def call_ended(self, result: str, route: str = DEFAULT_ROUTE) -> None:
         """An answered call ended; `result` is ``completed`` or ``failed``. Call exactly once per answer."""
         CALLS_ACTIVE.dec()
-        CALLS.labels(bounded(result, CALL_RESULTS)).inc()
+        CALLS.labels(bounded(result, CALL_RESULTS), route).inc()
 
     def audio_in(self, frames: int, seconds: float) -> None:
         """Frames received from pjsua2; call per batch, not necessarily per frame."""
@@ -548,7 +567,7 @@ class _PoolCollector:
                 metric.samples = _add_to_sample(
                     metric.samples,
                     f"{PREFIX}_calls_total",
-                    {"result": CallResult.WORKER_LOST.value},
+                    {"result": CallResult.WORKER_LOST.value, "route": NO_ROUTE},
                     calls_lost,
                 )
             yield metric

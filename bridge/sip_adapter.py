@@ -6,8 +6,9 @@ sip/ imports nothing of bridge/; the worker builds the endpoint with `sip_settin
 
 from __future__ import annotations
 
-from bridge.config import Config
+from bridge.config import Config, RouteConfig
 from bridge.readiness import Readiness, decide
+from sip.routing import DEFAULT_ROUTE, Match, Route, RouteTable
 from sip.settings import ReadyVerdict, SipSettings, WorkerLoad
 
 
@@ -34,6 +35,35 @@ def sip_settings(config: Config) -> SipSettings:
         siprec_rules=config.siprec.rules(),
         accept_require_siprec=config.siprec.accept_require,
         refuse_without_engine=config.engine.on_unreachable == "reject",
+        routes=route_table(config),
+    )
+
+
+def route_table(config: Config) -> RouteTable:
+    """The `routes:` list as the SIP layer's matcher (`sip.routing`); each route with the SIP-side parts
+    of its effective config (`Config.for_route`): the headers copied into call.started, SIPREC rules."""
+    return RouteTable(
+        routes=tuple(_route(config, route) for route in config.routes),
+        fallback=Route(DEFAULT_ROUTE, headers=config.sip.headers, siprec_rules=config.siprec.rules()),
+    )
+
+
+def _route(config: Config, route: RouteConfig) -> Route:
+    effective = config.for_route(route.name)
+    match = route.match
+    return Route(
+        name=route.name,
+        match=Match(
+            to=match.to,
+            from_=match.from_,
+            ruri=match.ruri,
+            source=match.source,
+            header=(match.header.name, match.header.regex) if match.header is not None else None,
+            participant=match.participant,
+        ),
+        reject=route.reject,
+        headers=effective.sip.headers,
+        siprec_rules=effective.siprec.rules(),
     )
 
 

@@ -13,6 +13,12 @@ supervisor's engine probe, the one source of the engine's state in the pool (wor
 ``call ID JSON`` lines are the control API's requests (`bridge.control.lines`): the worker carries
 each out on its loop (`bridge.control.commands`) and answers ``reply ID JSON`` at once, so a pause is
 in force before its reply leaves.
+A ``reload`` line (the supervisor had SIGHUP and found the file valid) makes the worker re-read its
+config file and take its routes (`_reload`): new calls get the new routes, calls in progress keep the
+effective config and sink they started with; a file it cannot load keeps the old routes, logged.
+
+Routes: each call gets its route's effective config (`Config.for_route`, by the route name the SIP
+thread put on `CallStarted`) and its route's sink (`bridge.route_sinks.RouteSinks`).
 """
 
 from __future__ import annotations
@@ -30,20 +36,22 @@ import uvloop
 
 from bridge import metrics
 from bridge.call import CallPipeline
-from bridge.config import Config
+from bridge.config import Config, load_config
 from bridge.control import commands
 from bridge.control.feed import FeedTap
 from bridge.control.lines import LineError, Reply, format_reply, parse_request
+from bridge.errors import ConfigError
 from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
-from bridge.sinks import make_sink
-from bridge.sip_adapter import sip_settings, worker_readiness
+from bridge.route_sinks import RouteSinks
+from bridge.sip_adapter import route_table, sip_settings, worker_readiness
 from bridge.vblaze.buffer import GapCause
 from sip.admission import CallResult
 from sip.endpoint import SipEndpoint
 from sip.events import CallDtmf, CallEnded, CallMedia, CallStarted, CallStreams, InviteRejected, SipEvent
 from sip.limits import PJSUA_MAX_CALLS, RTP_PORTS_PER_WORKER
+from sip.routing import NO_ROUTE
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +59,9 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 
 
 class Worker:
-    def __init__(self, config: Config, index: int) -> None:
-        self.cfg = config
+    def __init__(self, config: Config, index: int, config_path: str | None = None) -> None:
+        self.cfg = config  # the current config: its routes change on reload, the rest never
+        self.config_path = config_path  # re-read on a ``reload`` line (None: run by hand, no reloads)
         self.index = index
         self.port = config.sip.first_port + index
         self.rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
@@ -67,12 +76,19 @@ class Worker:
         self._drain_pending = False
         self._frame_errors: set[int] = set()  # calls whose failing frame was logged already
         self._control: asyncio.StreamWriter | None = None  # the supervisor's channel, once open
-        # Every event to the sinks, and a copy to the supervisor's live feed (bridge/control/feed.py).
-        self.sink: EventSink = FeedTap(make_sink(config), lambda: self._control, metrics.live_event_dropped)
+        self.sinks = RouteSinks(config)
+        self.sink: EventSink = self.sinks
+        self._route_names = set(route_table(config).names)  # the route label's values (grow on reload)
+        # Route name -> effective config, kept across reloads: an INVITE admitted by the old routes just
+        # before the SIP thread took the new ones still finds its route's config.
+        self._effective = {name: config.for_route(name) for name in self._route_names}
+        self._reload_lock = asyncio.Lock()  # one reload at a time, in the order the lines came
+        self._reloads: set[asyncio.Task[None]] = set()
         self.ledger = CallLedger(config.state.directory, self.port)
         self.call_metrics = metrics.CallMetrics()
         self.engine_metrics = metrics.EngineMetrics()
         self.worker_metrics = metrics.WorkerMetrics()
+        metrics.preinit_routes(self._route_names)
         self.endpoint = SipEndpoint(
             sip_settings(config),
             self.port,
@@ -121,8 +137,16 @@ class Worker:
         if isinstance(event, CallStarted):
             self.call_metrics.invite_response(200)
             self.call_metrics.call_answered()
+            effective = self._effective.get(event.route) or self.cfg.for_route(event.route)
             call = CallPipeline(
-                event, self.cfg, self.sink, self.index, self.call_metrics, self.engine_metrics, self.ledger
+                event,
+                effective,
+                # The route's sink, and a copy of each event to the supervisor's live feed (control/feed.py).
+                FeedTap(self.sinks.sink_for(effective), lambda: self._control, metrics.live_event_dropped),
+                self.index,
+                self.call_metrics,
+                self.engine_metrics,
+                self.ledger,
             )
             self.calls[event.key] = call
             self._idle.clear()
@@ -131,7 +155,8 @@ class Worker:
             task.add_done_callback(functools.partial(self._call_done, event.key))
         elif isinstance(event, InviteRejected):
             self.call_metrics.invite_response(event.status)
-            self.call_metrics.call_rejected(event.result)  # sip.endpoint logs it, throttled per source
+            # sip.endpoint logs it, throttled per source
+            self.call_metrics.call_rejected(event.result, self._route_label(event.route))
         else:
             self._on_call_event(event)
 
@@ -156,14 +181,20 @@ class Worker:
         else:
             found.log.info("media %s (%s)", event.status, event.codec or "no codec")
 
+    def _route_label(self, route: str) -> str:
+        """`route` as a label value: a name of the config's routes (or "none"), else "other"."""
+        return route if route in self._route_names or route == NO_ROUTE else metrics.OTHER
+
     def _call_done(self, key: int, task: asyncio.Task[None]) -> None:
+        call = self.calls.get(key)
+        route = self._route_label(call.info.route) if call is not None else NO_ROUTE
         self.calls.pop(key, None)
         self._frame_errors.discard(key)
         self.tasks.pop(key, None)
         failed = task.cancelled() or task.exception() is not None
         if not task.cancelled() and task.exception() is not None:
             logger.error("call task failed", exc_info=task.exception())
-        self.call_metrics.call_ended(CallResult.FAILED if failed else CallResult.COMPLETED)
+        self.call_metrics.call_ended(CallResult.FAILED if failed else CallResult.COMPLETED, route)
         if not self.calls:
             self._idle.set()
 
@@ -177,7 +208,7 @@ class Worker:
             logger.error("call %s was lost with the previous worker %d", lost.entry.call_id, self.index)
             self.engine_metrics.gap(data["gaps"][0]["duration"], GapCause.WORKER_LOST)
             if not lost.same_supervisor:
-                metrics.CALLS.labels(CallResult.WORKER_LOST.value).inc()
+                metrics.CALLS.labels(CallResult.WORKER_LOST.value, NO_ROUTE).inc()  # as the supervisor
 
     def request_stop(self) -> None:
         if self._stop.is_set():
@@ -198,6 +229,9 @@ class Worker:
                     self.endpoint.ping(functools.partial(self._pinged, int(arg)))
                 elif word == b"call":
                     self._control_request(line)
+                elif word == b"reload":  # off the channel's loop: pings go on meanwhile
+                    self._reloads.add(task := asyncio.create_task(self._reload(), name="reload"))
+                    task.add_done_callback(self._reload_done)
                 elif word == b"engine":
                     reachable, _, full = arg.partition(b" ")
                     self.endpoint.set_engine_state(
@@ -239,6 +273,37 @@ class Worker:
             self._control.write(line)
 
     # --- end of control API requests ------------------------------------------------------------------------
+    # --- routes: reload ---------------------------------------------------------------------------------
+
+    async def _reload(self) -> None:
+        """Re-read the config file and take its routes for new calls (the rest of the file is not
+        applied: see docs/operations.md). A file that does not load keeps the old routes, logged."""
+        if self.config_path is None:
+            logger.warning("reload: this worker was started without a config file; nothing to re-read")
+            return
+        async with self._reload_lock:
+            await self._reload_from(self.config_path)
+
+    def _reload_done(self, task: asyncio.Task[None]) -> None:
+        self._reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("reload failed; the old routes stay", exc_info=task.exception())
+
+    async def _reload_from(self, path: str) -> None:
+        try:
+            fresh = await self._loop.run_in_executor(None, load_config, path)
+            updated = self.cfg.with_routes(fresh.routes)
+            await self.sinks.update(updated)
+        except ConfigError as exc:
+            logger.error("reload refused, the old routes stay:\n%s", exc)
+            return
+        table = route_table(updated)
+        self.cfg = updated
+        self._route_names |= set(table.names)
+        self._effective.update({name: updated.for_route(name) for name in table.names})
+        metrics.preinit_routes(table.names)
+        self.endpoint.set_routes(table)
+        logger.info("reload: routes now %s", ", ".join(table.names))
 
     def _pinged(self, seq: int) -> None:
         """From the pjsua thread, once it has drained its queue: answer from the loop."""
@@ -290,14 +355,14 @@ class Worker:
             force.cancel()
 
 
-def main(config: Config, index: int, control_fd: int | None) -> None:
+def main(config: Config, index: int, control_fd: int | None, config_path: str | None = None) -> None:
     """Run one worker until it is told to stop, then leave with os._exit (see sip.endpoint).
 
     `control_fd`: the worker's end of the supervisor's socketpair (None when run by hand)."""
     setup_logging(config.logging, f"worker-{index}")
 
     async def run() -> None:
-        worker = Worker(config, index)
+        worker = Worker(config, index, config_path)
         await worker.run(None if control_fd is None else socket.socket(fileno=control_fd))
 
     code = 0

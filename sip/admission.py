@@ -41,6 +41,7 @@ class CallResult(StrEnum):
     # 500: screening the INVITE failed inside the bridge (a defect, logged with traceback)
     REJECTED_ERROR = "rejected_error"
     WORKER_LOST = "worker_lost"  # the worker process died with the call up (counted by the supervisor)
+    REJECTED_ROUTE = "rejected_route"  # the status of the call's route (`reject:`, sip.routing)
     OTHER = "other"  # what `bridge.metrics.bounded` maps anything else to; never produced
 
 

@@ -67,6 +67,7 @@ from sip.message import parse_request
 from sip.midcall import remap
 from sip.pjlog import dropped_reason
 from sip.reclaim import Reclaim, ReclaimCause, RtpWatch, unacked
+from sip.routing import RouteTable
 from sip.screening import (
     ANSWER_FAILED_STATUS,
     SCREEN_FAILED,
@@ -78,6 +79,7 @@ from sip.screening import (
 )
 from sip.sdp import Offer
 from sip.settings import CallObserver, NullObserver, ReadinessRule, ReadyVerdict, SipSettings, WorkerLoad
+from sip.siprec import SiprecRules
 from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class _Entry:
     headers: dict[str, str] = field(default_factory=dict)
     call_id: str = ""
     siprec_offer: Offer | None = None  # the audio m-lines answered, for a SIPREC call
+    rules: SiprecRules | None = None  # the SIPREC rules of the call's route (mid-call remaps)
     streams: int = 1  # audio streams the bridge answered and connects
 
 
@@ -241,6 +244,7 @@ class SipEndpoint:
         self._on_audio = on_audio
         self._policy = settings.policy()
         self._rules = settings.siprec_rules
+        self._routes = settings.route_table()  # replaced by set_routes (SIGHUP), on the pjsua thread
         self._commands: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
@@ -287,6 +291,10 @@ class SipEndpoint:
         """The supervisor's latest engine probe (None: never probed): OPTIONS answers follow it, and so
         do INVITEs when engine.on_unreachable is reject."""
         self._commands.put(("engine", (reachable, full)))
+
+    def set_routes(self, routes: RouteTable) -> None:
+        """New INVITEs take `routes` from now on (a reload); calls in progress keep theirs."""
+        self._commands.put(("routes", routes))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Hang up every call, shut pjsua down and wait for the thread (bounded)."""
@@ -437,6 +445,8 @@ class SipEndpoint:
             self._engine_reachable, self._engine_full = arg
         elif command == "ping":
             arg()
+        elif command == "routes":
+            self._routes = arg
         elif command == "stop":
             self._stopping = True
             self._draining = True
@@ -564,7 +574,13 @@ class SipEndpoint:
             source_calls=sum(1 for e in self._entries.values() if e.source_ip == incoming.source_ip),
         )
         verdict = screen(
-            incoming.raw, incoming.source_ip, state, self._policy, self._rules, self._cfg.calls_per_source
+            incoming.raw,
+            incoming.source_ip,
+            state,
+            self._policy,
+            self._rules,
+            self._cfg.calls_per_source,
+            self._routes,
         )
         if isinstance(verdict, Refused):
             reject = verdict.reject
@@ -580,7 +596,9 @@ class SipEndpoint:
                     verdict.detail,
                     more,
                 )
-            self._on_event(InviteRejected(status=reject.status, result=reject.result, source=source))
+            self._on_event(
+                InviteRejected(status=reject.status, result=reject.result, source=source, route=verdict.route)
+            )
             return Answer(reject.status, reject.reason, reject.headers)
         call_id = verdict.request.header("call-id") or ""
         self._admitted[call_id] = verdict
@@ -606,6 +624,7 @@ class SipEndpoint:
         session = admitted.session
         if session is not None:
             entry.siprec_offer = admitted.offer
+            entry.rules = admitted.route.siprec_rules
             entry.streams = len(admitted.roles)
             _log_session(call_id, source, session)
         try:
@@ -623,9 +642,10 @@ class SipEndpoint:
                 from_uri=admitted.request.header("from") or "",
                 to_uri=admitted.request.header("to") or "",
                 remote=source,
-                headers=admitted.copied_headers(self._cfg.headers),
+                headers=admitted.copied_headers(admitted.route.headers),
                 codecs=admitted.accept.encodings,
                 siprec=session,
+                route=admitted.route.name,
             )
         )
 
@@ -635,7 +655,7 @@ class SipEndpoint:
         if entry is None or entry.siprec_offer is None:
             return
         try:
-            roles = remap(parse_request(message), entry.siprec_offer, self._rules)
+            roles = remap(parse_request(message), entry.siprec_offer, entry.rules or self._rules)
         except Exception:  # untrusted input must not escape a pjsua2 callback
             _call_log(entry.call_id).exception("%s could not be read", how)
             return

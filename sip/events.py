@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sip.routing import DEFAULT_ROUTE, NO_ROUTE
 from sip.siprec import StreamRole
 
 
@@ -49,6 +50,7 @@ class CallStarted:
     headers: tuple[tuple[str, str], ...]
     codecs: tuple[str, ...]
     siprec: SiprecSession | None = None  # None: a plain call, one stream
+    route: str = DEFAULT_ROUTE  # the route the call took (sip.routing; the bridge picks its config by it)
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ class InviteRejected:
     status: int
     result: str
     source: str
+    route: str = NO_ROUTE  # the route chosen before the refusal (sip.routing.NO_ROUTE: none was)
 
 
 SipEvent = CallStarted | CallStreams | CallMedia | CallDtmf | CallEnded | InviteRejected

@@ -10,6 +10,9 @@ out-of-dialog INVITE). In order, so the cheapest and most specific answer wins:
    rs-metadata that cannot be read (the SRC insists on a recording session the SRS cannot follow) → 400;
    one whose multipart body hides the SDP from pjsip (no close delimiter) → 488. Without
    `Require: siprec`, unreadable metadata is tolerated: the call goes on, the problem is in call.started
+3b. the route the INVITE takes (`sip.routing`: on its To/From/R-URI users, source, headers and SIPREC
+   participants, so after rule 3) rejects → the route's status (`reject:`); a SIPREC body's streams are
+   mapped with the route's rules
 4. the source holds `sip.calls_per_source` of this worker's calls already → 503 with Retry-After
 5. `sip.admission.decide`: flood, draining, full, engine down → 503; no offer, no codec in common → 488
 
@@ -33,6 +36,7 @@ from sip.admission import Accept, CallResult, Policy, Reject, decide, source_all
 from sip.events import SiprecSession
 from sip.limits import MAX_SIPREC_STREAMS  # further audio m-lines are answered with port 0
 from sip.message import SipRequest, parse_request
+from sip.routing import DEFAULT_ROUTE, NO_ROUTE, Route, RouteTable, facts_of
 from sip.sdp import Offer, parse_offer
 from sip.siprec import (
     SiprecBody,
@@ -45,6 +49,7 @@ from sip.siprec import (
 )
 
 NO_OFFER = Offer(())
+NO_ROUTES = Route(DEFAULT_ROUTE)  # an admission's route when the worker has no routes
 # Refusals and hang-ups decided after the rules above, by the SIP thread that carries them out:
 SCREEN_FAILED = Reject(500, "Server Internal Error", CallResult.REJECTED_ERROR)  # screening raised: a defect
 UNSCREENED_STATUS = 500  # pjsua made a call of an INVITE the gate never screened (a defect): hung up
@@ -78,6 +83,7 @@ class Admitted:
     body: SiprecBody | None = None
     offer: Offer = NO_OFFER  # the audio m-lines answered, for a SIPREC call
     roles: tuple[StreamRole, ...] = ()
+    route: Route = NO_ROUTES  # the route the call took (its headers and SIPREC rules)
 
     @property
     def audio_count(self) -> int | None:
@@ -111,6 +117,7 @@ class Refused:
 
     reject: Reject
     detail: str
+    route: str = NO_ROUTE  # the route chosen, if the INVITE got that far
 
 
 def screen(
@@ -120,15 +127,44 @@ def screen(
     policy: Policy,
     rules: SiprecRules,
     calls_per_source: int = 0,
+    routes: RouteTable | None = None,
 ) -> Admitted | Refused:
-    """Decide on one INVITE as it arrived (`raw`: the whole message; `calls_per_source`: 0 = no cap)."""
+    """Decide on one INVITE as it arrived (`raw`: the whole message; `calls_per_source`: 0 = no cap;
+    `routes`: None = no routes, every call on the top-level settings with `rules`)."""
     request = _well_formed(raw)
     if isinstance(request, Refused):
         return request
     if not source_allowed(source_ip, policy.allow_from):
         return Refused(Reject(403, "Forbidden", CallResult.REJECTED_ACL), "source not in sip.allow_from")
     evidence = siprec_evidence(request)
-    recording = _siprec(request, rules) if evidence else None
+    body = _read_body(request) if evidence else None
+    if isinstance(body, Refused):
+        return body
+    table = routes if routes is not None else RouteTable(fallback=Route(DEFAULT_ROUTE, siprec_rules=rules))
+    route = table.choose(facts_of(request, source_ip, body.metadata if body is not None else None))
+    refusal = route.refusal()
+    if refusal is not None:
+        if refusal.status == 503 and policy.retry_after:  # as every other 503 of the gate
+            refusal = dataclasses.replace(refusal, headers=(("Retry-After", str(policy.retry_after)),))
+        return Refused(refusal, f"route {route.name} rejects", route.name)
+    verdict = _admit(request, source_ip, state, policy, calls_per_source, evidence, body, route)
+    if isinstance(verdict, Refused):
+        return dataclasses.replace(verdict, route=route.name)
+    return verdict
+
+
+def _admit(
+    request: SipRequest,
+    source_ip: str,
+    state: WorkerState,
+    policy: Policy,
+    calls_per_source: int,
+    evidence: tuple[str, ...],
+    body: SiprecBody | None,
+    route: Route,
+) -> Admitted | Refused:
+    """Rules 3 (the streams' roles), 4 and 5, for an INVITE on `route`."""
+    recording = _siprec(request, body, route.siprec_rules) if body is not None else None
     if isinstance(recording, Refused):
         return recording
     if calls_per_source and state.source_calls >= calls_per_source:
@@ -154,8 +190,8 @@ def screen(
     if isinstance(decision, Reject):
         return Refused(decision, decision.reason)
     if recording is None:
-        return Admitted(request, decision)
-    return Admitted(request, decision, evidence, recording.body, recording.offer, recording.roles)
+        return Admitted(request, decision, route=route)
+    return Admitted(request, decision, evidence, recording.body, recording.offer, recording.roles, route)
 
 
 @dataclass(frozen=True)
@@ -183,10 +219,17 @@ def _well_formed(raw: bytes) -> SipRequest | Refused:
     return request
 
 
-def _siprec(request: SipRequest, rules: SiprecRules) -> _Recording | Refused:
-    """Rule 3: a SIPREC INVITE's body, or why it is refused."""
+def _read_body(request: SipRequest) -> SiprecBody | Refused:
+    """Rule 3, first half: a SIPREC INVITE's parts (its metadata may choose the route)."""
     try:
-        body = parse_body(request)
+        return parse_body(request)
+    except ValueError as exc:
+        return _invalid(f"SIPREC body could not be read: {exc}")
+
+
+def _siprec(request: SipRequest, body: SiprecBody, rules: SiprecRules) -> _Recording | Refused:
+    """Rule 3: a SIPREC INVITE's streams mapped by the route's `rules`, or why it is refused."""
+    try:
         offer = Offer(parse_offer(body.sdp).audio[:MAX_SIPREC_STREAMS])
         roles = tuple(map_streams(offer, body.metadata, rules))
     except ValueError as exc:

@@ -16,6 +16,7 @@ from sip.admission import Policy
 from sip.limits import PJSUA_MAX_CALLS
 from sip.pjlog import SipDropReason
 from sip.reclaim import ReclaimCause
+from sip.routing import DEFAULT_ROUTE, Route, RouteTable
 from sip.siprec import SiprecRules
 
 
@@ -42,6 +43,14 @@ class SipSettings:
     siprec_rules: SiprecRules  # the siprec: section's role-mapping rules
     accept_require_siprec: bool  # siprec.accept_require
     refuse_without_engine: bool  # engine.on_unreachable = reject
+    routes: RouteTable | None = None  # routes: (None: none, every call on the settings above)
+
+    def route_table(self) -> RouteTable:
+        """The routes the gate chooses from (`sip.routing`); without `routes:`, one catch-all of the
+        top-level settings."""
+        if self.routes is not None:
+            return self.routes
+        return RouteTable(fallback=Route(DEFAULT_ROUTE, headers=self.headers, siprec_rules=self.siprec_rules))
 
     @property
     def capacity(self) -> int:

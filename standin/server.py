@@ -17,6 +17,7 @@ In-process use:
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import logging
 import time
@@ -49,6 +50,7 @@ DEFAULT_CALLBACK_TIMEOUT = 10.0
 DEFAULT_CLOSE_TIMEOUT = 5.0
 DEFAULT_SHUTDOWN_GRACE = 5.0
 ENERGY_STREAMS_KEPT = 64  # --record-energy: the latest streams whose energy /status shows
+RECENT_STREAMS = 32  # streams whose tags GET /status lists (`recent`)
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,10 @@ class Status:
     lasterror: datetime | None = None
     lasterrormsg: str | None = None
     idle_since: float = field(default_factory=time.monotonic)
+    # Stand-in extension: the tags of the last RECENT_STREAMS streams accepted, oldest first.
+    recent: collections.deque[dict[str, object]] = field(
+        default_factory=lambda: collections.deque(maxlen=RECENT_STREAMS)
+    )
 
     def count(self, response: str) -> None:
         self.responses[response] = self.responses.get(response, 0) + 1
@@ -185,6 +191,7 @@ class StandinServer:
             "utt.audiosecs": round(st.utt_audiosecs, 3),
             "recognizer": self.recognizer.name,
             "stream.energy": self._energy() if self.options.record_energy else None,
+            "recent": list(st.recent),  # stand-in extension: the tags of recent streams
         }
         return web.json_response({"status": {k: v for k, v in body.items() if v is not None}})
 
@@ -223,7 +230,8 @@ class StandinServer:
 
     async def _transcribe(self, request: web.Request) -> web.StreamResponse:
         try:
-            tags = parse_tags(collect_tags(request.query.items(), request.headers.items()))
+            raw = collect_tags(request.query.items(), request.headers.items())
+            tags = parse_tags(raw)
         except TagError as exc:
             self.status.count("http-400")
             logger.info("refused stream: %s", exc)
@@ -246,6 +254,7 @@ class StandinServer:
         try:
             await ws.prepare(request)
             self.status.count("http-101")
+            self.status.recent.append({"requestid": tags.requestid, "tags": dict(raw)})
             await _Stream(self, tags, ws, request, self.faults).run()
         finally:
             self._streams.discard(task)

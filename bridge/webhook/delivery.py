@@ -57,9 +57,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -150,6 +150,20 @@ class NullObserver:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """How requests to one URL are signed and authorised (a route may name its own variables)."""
+
+    secret: bytes
+    bearer_token: str | None = None
+
+
+def credentials_from_config(config: WebhookConfig, environ: Mapping[str, str]) -> Credentials:
+    """The secret and bearer token `config` names, from `environ`; ConfigError naming the key if unset."""
+    settings = WebhookSettings.from_config(config, environ)
+    return Credentials(settings.secret, settings.bearer_token)
+
+
+@dataclass(frozen=True)
 class WebhookSettings:
     """Everything delivery needs, secrets resolved. Build it with `from_config` at startup."""
 
@@ -165,6 +179,8 @@ class WebhookSettings:
     basic_auth: tuple[str, str] | None = None
     claim_interval_seconds: float = DEFAULT_CLAIM_INTERVAL  # how often dead owners' events are adopted
     spool_op_timeout_seconds: float = DEFAULT_SPOOL_OP_TIMEOUT
+    # routes: URLs signed with another secret or bearer token than the above (a route's webhook section)
+    credentials: Mapping[str, Credentials] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: WebhookConfig, environ: Mapping[str, str]) -> WebhookSettings:
@@ -238,6 +254,8 @@ class WebhookSink:
         if not settings.urls:
             raise ConfigError("webhook.urls: empty")
         self._s = settings
+        self._urls = list(settings.urls)  # every URL a submit may name (routes: add_receivers)
+        self._credentials = dict(settings.credentials)
         self._observer: DeliveryObserver = observer if observer is not None else NullObserver()
         self._session = session
         self._own_session = session is None
@@ -369,10 +387,18 @@ class WebhookSink:
                 task.cancel()
             await asyncio.wait(pending, timeout=1.0)
 
+    # --- routes: receivers per route, one spool -------------------------------------------------------
+
+    def add_receivers(self, urls: Sequence[str], credentials: Mapping[str, Credentials]) -> None:
+        """Let `submit` name these URLs too (a reload's new routes); `credentials` as in the settings."""
+        self._urls += [url for url in urls if url not in self._urls]
+        self._credentials.update(credentials)
+
     # --- the EventSink side --------------------------------------------------------------------------
 
-    def submit(self, event: BridgeEvent) -> None:
-        """Queue `event` for every receiver and have it written to the spool. Never blocks.
+    def submit(self, event: BridgeEvent, urls: Sequence[str] | None = None) -> None:
+        """Queue `event` for every receiver (or those of `urls`, a route's) and have it written to the
+        spool. Never blocks.
 
         During `aclose` the event is still spooled (for the next start) but not sent.
         """
@@ -380,8 +406,8 @@ class WebhookSink:
             raise SinkStateError(f"submit() in state {self._state.name}")
         body = payload.encode(event)
         eid = payload.event_id(event.call_id, event.seq)
-        urls = []
-        for url in self._s.urls:
+        wanted, urls = (self._s.urls if urls is None else urls), []
+        for url in wanted:
             if not self._book.accepts(url, event.call_id, event.seq):
                 logger.error(
                     "event %s of call %s submitted twice; ignoring the second", event.seq, event.call_id
@@ -401,7 +427,7 @@ class WebhookSink:
             items.append((self._enqueue(url, event.call_id, item), item))
         future.add_done_callback(functools.partial(self._persisted, items))
 
-    def submit_lost(self, event: BridgeEvent) -> None:
+    def submit_lost(self, event: BridgeEvent, urls: Sequence[str] | None = None) -> None:
         """Spool and send the call.ended (worker_lost) of a call whose worker died (`bridge.ledger`).
 
         The spool numbers it after the call's last spooled event if that is past `event.seq`, and drops
@@ -410,7 +436,7 @@ class WebhookSink:
         """
         if self._state is not _State.RUNNING:
             raise SinkStateError(f"submit_lost() in state {self._state.name}")
-        urls = list(self._s.urls)
+        urls = list(self._s.urls if urls is None else urls)
 
         def encode(seq: int) -> tuple[str, bytes]:
             numbered = dataclasses.replace(event, seq=seq)
@@ -482,7 +508,7 @@ class WebhookSink:
         for row in spooled:
             if not self._book.accepts(row.url, row.call_id, row.seq):
                 continue
-            if row.url not in self._s.urls:
+            if row.url not in self._urls:
                 logger.warning(
                     "spooled event for %s, no longer configured: delivering it anyway", shown_url(row.url)
                 )
@@ -700,14 +726,15 @@ class WebhookSink:
         now = time.time()
         if item.attempts == 1 and item.kind == "utterance":
             self._observer.sent(now - item.event_time)
+        signer = self._credentials.get(lane.url, Credentials(self._s.secret, self._s.bearer_token))
         headers = payload.request_headers(
-            secret=self._s.secret,
+            secret=signer.secret,
             timestamp=int(now),
             body=body,
             event_id=item.event_id,
             event_type=item.kind,
             attempt=item.attempts,
-            bearer_token=self._s.bearer_token,
+            bearer_token=signer.bearer_token,
             basic_auth=self._s.basic_auth,
         )
         crashpoint.reached("delivery.before_post")

@@ -334,6 +334,7 @@ def test_schema_checks_the_siprec_fields(kind: str, data: dict[str, Any]) -> Non
             "headers": {},
             "started_at": "2026-01-01T00:00:00Z",
             "worker": 0,
+            "route": "default",
         },
         "call.ended": {
             "reason": "remote_bye",

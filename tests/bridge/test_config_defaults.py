@@ -35,6 +35,8 @@ def config_defaults() -> dict[str, list[tuple[str, Any]]]:
     """field name -> [(section, default)] over every section."""
     out: dict[str, list[tuple[str, Any]]] = {}
     for section, info in Config.model_fields.items():
+        if section == "routes":  # no defaults of its own: it overrides the sections' keys
+            continue
         cls = info.annotation
         assert cls is not None
         for name, field in cls.model_fields.items():

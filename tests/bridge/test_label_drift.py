@@ -15,6 +15,7 @@ from bridge import metrics
 from sip.admission import CallResult
 from sip.pjlog import DROPPED_MESSAGE_MARKERS, SipDropReason, dropped_reason
 from sip.reclaim import ReclaimCause, RtpWatch, unacked
+from sip.routing import REJECT_STATUSES
 
 ROOT = Path(__file__).parents[2]
 LABELS: list[tuple[type[StrEnum], tuple[str, ...]]] = [
@@ -104,6 +105,7 @@ def gate_statuses() -> set[int]:
 
 
 def test_invite_codes_are_the_codes_the_workers_count() -> None:
-    sent = gate_statuses() | {200}  # pjsua's 200 to an admitted INVITE, counted at call start
+    # pjsua's 200 to an admitted INVITE, counted at call start; a route's reject: status (sip.routing)
+    sent = gate_statuses() | set(REJECT_STATUSES) | {200}
     assert 400 in sent and "400" not in metrics.INVITE_CODES  # counted as "4xx", as it always was
     assert set(metrics.INVITE_CODES) == {str(code) for code in sent} - {"400"}

@@ -224,7 +224,7 @@ def test_worker_counts_lost_calls_the_supervisor_did_not_see(tmp_path: Path, sam
     worker = Worker.__new__(Worker)  # only what _end_lost_calls uses: no SIP endpoint
     worker.index, worker.ledger, worker.sink = 0, ledger, ListSink()
     worker.engine_metrics = metrics.EngineMetrics()
-    counter = metrics.CALLS.labels("worker_lost")
+    counter = metrics.CALLS.labels("worker_lost", "none")
     before = counter._value.get()
     worker._end_lost_calls()
     assert [e.call_id for e in worker.sink.events] == ["x0", "x1", "x2"]

@@ -104,9 +104,9 @@ def test_pool_scrape_sums_two_workers(pool: Path) -> None:
     assert s[("vblaze_bridge_calls_active", ())] == 1 + 2 - 2  # one call ended in each process
     assert s[("vblaze_bridge_capacity_calls", ())] == 8
     assert s[("vblaze_bridge_workers_up", ())] == 2
-    assert s[("vblaze_bridge_calls_total", (("result", "completed"),))] == 2
-    assert s[("vblaze_bridge_calls_total", (("result", "rejected_full"),))] == 2
-    assert s[("vblaze_bridge_calls_total", (("result", "worker_lost"),))] == 3
+    assert s[("vblaze_bridge_calls_total", (("result", "completed"), ("route", "default")))] == 2
+    assert s[("vblaze_bridge_calls_total", (("result", "rejected_full"), ("route", "none")))] == 2
+    assert s[("vblaze_bridge_calls_total", (("result", "worker_lost"), ("route", "none")))] == 3
     assert s[("vblaze_bridge_invite_responses_total", (("code", "200"),))] == 3
     assert s[("vblaze_bridge_invite_responses_total", (("code", "4xx"),))] == 2
     assert s[("vblaze_bridge_engine_connect_failures_total", (("cause", "other"),))] == 2
@@ -148,7 +148,7 @@ def test_mark_process_dead_drops_live_gauges_only(tmp_path: Path) -> None:
     assert metrics.read_pool_gauges(directory) == metrics.PoolGauges(0, 0, 0)
     assert metrics.retire_process(999_999_999, directory) == 0
     s = _samples(generate_latest(metrics.registry_for_scrape(directory)).decode())
-    assert s[("vblaze_bridge_calls_total", (("result", "completed"),))] == 1
+    assert s[("vblaze_bridge_calls_total", (("result", "completed"), ("route", "default")))] == 1
 
 
 def test_setup_empties_an_old_directory(tmp_path: Path) -> None:

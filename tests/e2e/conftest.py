@@ -188,15 +188,17 @@ def run_sipp(
     timeout: float = 120.0,
     before_audio: str = "",
     after_audio: str = "",
+    service: str = "svc",
 ) -> SippResult:
-    """Place `calls` calls (at most `concurrent` at once) that play `audio` as G.711 RTP."""
+    """Place `calls` calls (at most `concurrent` at once) that play `audio` as G.711 RTP, to the user
+    `service` (the Request-URI's and To's user part: a DID)."""
     scenario = sipp_scenario(audio, workdir, hold_ms, pt, before_audio, after_audio)
     local = free_port_block(1)
     media = free_port_block(2 * calls + 2, low=40000, high=60000)
     stats = workdir / f"sipp-{local}.csv"
     cmd = [
         "sipp", "-sf", str(scenario), "-m", str(calls), "-l", str(concurrent), "-r", str(rate),
-        "-i", "127.0.0.1", "-p", str(local), "-mp", str(media), "-s", "svc", "-nostdin",
+        "-i", "127.0.0.1", "-p", str(local), "-mp", str(media), "-s", service, "-nostdin",
         "-trace_stat", "-stf", str(stats), "-fd", "1", f"127.0.0.1:{port}",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout)

@@ -71,7 +71,7 @@ def test_invite_flood_from_one_source_gets_503(standin_vad: Standin, make_bridge
     assert answers[:2] == [200, 200]
     assert 503 in answers[2:]
     text = scrape(metrics_port)
-    assert metric(text, "vblaze_bridge_calls_total", 'result="rejected_rate"') >= 1
+    assert metric(text, "vblaze_bridge_calls_total", 'result="rejected_rate",route="default"') >= 1
 
 
 def test_call_that_never_sends_rtp_is_hung_up(standin_vad: Standin, make_bridge: Any) -> None:

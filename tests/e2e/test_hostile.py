@@ -230,7 +230,7 @@ def test_flood_from_one_source_gets_503_and_other_sources_are_served(hostile: Ho
             answers.append(reply.status if reply else 0)
     assert set(answers) <= {488, 503}, answers
     assert answers.count(503) >= 15, answers
-    assert hostile.metric("vblaze_bridge_calls_total", 'result="rejected_rate"') >= 15
+    assert hostile.metric("vblaze_bridge_calls_total", 'result="rejected_rate",route="default"') >= 15
     hostile.lived_on(pid, restarts)
     hostile.serves_four_calls()
 

@@ -77,7 +77,7 @@ def test_every_hop_histogram_moves_during_a_call_and_promtool_accepts_the_scrape
         time.sleep(0.2)
     time.sleep(1.0)
     after = scrape(port)
-    assert metric(after, "vblaze_bridge_calls_total", 'result="completed"') == 1
+    assert metric(after, "vblaze_bridge_calls_total", 'result="completed",route="default"') == 1
     assert metric(after, "vblaze_bridge_audio_frames_total") >= 80
     assert metric(after, "vblaze_bridge_invite_responses_total", 'code="200"') == 1
     assert metric(after, "vblaze_bridge_rtp_packets_total") >= 300  # 20 ms packets for about 9 s

@@ -37,6 +37,8 @@ class ThreadedReceiver:
         asyncio.run_coroutine_threadsafe(self.receiver.stop(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()  # not left to the garbage collector, which warns from another test
 
 
 def every_other_fails(request: Request) -> Answer:

@@ -455,3 +455,18 @@ async def test_a_zipped_result_goes_to_the_callback_as_application_zip(
     assert s.messages == [] and s.close_code == 1000 and s.close_reason == "result delivered to callback"
     ((path, content_type, body),) = receiver.posts
     assert (path, content_type) == ("/final", "application/zip") and sorted(unzip(body)) == ["stream.json"]
+
+
+async def test_status_lists_the_tags_of_recent_streams(srv: StandinServer) -> None:
+    """A stand-in extension: `recent` names each accepted stream's requestid and the tags it was given
+    (query string and X-Voci-* headers), oldest first, the last RECENT_STREAMS of them; a refused
+    stream is not listed."""
+    await refused(srv.url, "samprate=fast")
+    await transcribe(srv.url, [TWO_WAV], query="requestid=call-1&model=eng1:sales")
+    await transcribe(srv.url, [TWO_WAV], headers={"X-Voci-Model": "spa1:support", "X-Request-Id": "call-2"})
+    recent = (await http_get(srv.http_url + "/status"))[1]["status"]["recent"]
+    assert [(r["requestid"], r["tags"]["model"]) for r in recent] == [
+        ("call-1", "eng1:sales"),
+        ("call-2", "spa1:support"),
+    ]
+    assert recent[0]["tags"]["requestid"] == "call-1"

@@ -47,6 +47,7 @@ def call_events(
             "started_at": "2026-11-24T08:00:00.000Z",
             "worker": 0,
             "remote": "127.0.0.1:5060",
+            "route": "default",
         },
     )
     for i in range(utterances):
