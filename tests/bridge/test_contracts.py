@@ -46,6 +46,9 @@ SHAPES: dict[str, type] = {
     "call_ended/engine_finals/items": event_data.EngineFinalData,
     "stream_transcripts": event_data.StreamTranscriptsData,
     "stream_transcripts/streams/items": event_data.StreamTranscriptData,
+    "recording": event_data.RecordingData,
+    "recording_file": event_data.RecordingFileData,
+    "recording_gap": event_data.RecordingGapData,
 }
 
 
@@ -162,6 +165,14 @@ def built_events() -> Iterator[tuple[str, str, dict[str, Any]]]:
     )
     yield "streams", "call.ended", event_data.as_data(per_stream)
     yield "lost", "call.ended", event_data.as_data(event_data.lost_call_ended(100.0, 130.0, 2, 12.5))
+    file = event_data.recording_file("var/recordings/c.wav", 8.5, 136044, "ab" * 32, 1, [(3.0, 0.5)])
+    for what, rec in (
+        ("recorded", event_data.recording([file], None, False)),
+        ("rec failed", event_data.recording([], "engine refused scrubaudio", False)),
+        ("rec streams", event_data.recording([{**file, "stream": 0}, {**file, "stream": 1}], None, True)),
+    ):
+        ended = event_data.call_ended("remote_bye", 9.0, 8.5, 1, None, gaps, finals, recording=rec)
+        yield what, "call.ended", event_data.as_data(ended)
 
 
 @pytest.mark.parametrize(("what", "kind", "data"), list(built_events()), ids=lambda v: str(v)[:12])
