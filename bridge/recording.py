@@ -99,7 +99,8 @@ class Track:
 
     def place(self, position: int, data: bytes) -> list[bytes | int]:
         """What to append for ``data`` at call byte ``position``: bytes, or an int of silent bytes."""
-        position -= position % self.block
+        lead = -position % self.block  # never the case for whole frames; then drop to the next frame
+        position, data = position + lead, data[lead:]
         end = position + len(data) - len(data) % self.block
         out: list[bytes | int] = []
         if end <= self.written:
@@ -171,6 +172,7 @@ class RecordingFile:
                     crashpoint.reached("recording.write")
                     handle.write(part[half:])
                     self.data_bytes += len(part)
+            handle.flush()  # a process killed later loses none of it (one write per piece of audio)
         except OSError as exc:
             raise RecordingError(f"{self.partial}: cannot write: {exc.strerror or exc}") from exc
 
@@ -179,6 +181,7 @@ class RecordingFile:
         handle = open(self.partial, "wb")  # held open across appends; closed by close/discard
         self._file = handle
         handle.write(wav_header(None, self.sample_rate, self.channels))
+        handle.flush()
         return handle
 
     def close(self) -> Written:

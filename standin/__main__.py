@@ -36,7 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fault-delay-ms", type=int, default=0, metavar="M", help="delay every result by M ms")
     p.add_argument("--fault-refuse", action="store_true", help="answer 503 to every new stream")
     p.add_argument(
-        "--fault-refuse-scrubaudio", action="store_true", help="answer 400 naming scrubaudio to streams asking it"
+        "--fault-refuse-scrubaudio",
+        action="store_true",
+        help="answer 400 naming scrubaudio to streams asking it",
     )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)

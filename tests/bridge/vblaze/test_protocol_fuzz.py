@@ -9,6 +9,7 @@ refused message leaves the session as it was, and every event's JSON can be writ
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -19,7 +20,15 @@ from hypothesis import strategies as st
 
 from bridge.config import AudioConfig
 from bridge.errors import EngineProtocolError
-from bridge.vblaze.protocol import Final, ScrubbedAudio, Separator, Session, State, Utterance, wav_stream_header
+from bridge.vblaze.protocol import (
+    Final,
+    ScrubbedAudio,
+    Separator,
+    Session,
+    State,
+    Utterance,
+    wav_stream_header,
+)
 from tests.bridge.vblaze.vblaze_scripted import utt
 from tests.fixtures.fuzz import FUZZ, mutated, random_text
 
@@ -220,7 +229,9 @@ def scrubbing(state: str = "open") -> Session:
 
 @FUZZ
 @given(st.lists(st.one_of(st.binary(max_size=2048), st.sampled_from(SCRUBBED_SAMPLES)), max_size=8))
-def test_scrubbed_audio_of_any_bytes_gives_whole_frames_in_order_or_the_one_error(messages: list[bytes]) -> None:
+def test_scrubbed_audio_of_any_bytes_gives_whole_frames_in_order_or_the_one_error(
+    messages: list[bytes],
+) -> None:
     s = scrubbing()
     position = 0
     for message in messages:
@@ -244,7 +255,7 @@ def test_a_header_and_audio_split_anywhere_give_the_same_audio(pcm: bytes, cuts:
     bounds = sorted({min(c, len(whole)) for c in cuts} | {0, len(whole)})
     s = scrubbing()
     got = b""
-    for a, b in zip(bounds, bounds[1:], strict=False):
+    for a, b in itertools.pairwise(bounds):
         piece = s.receive_binary(whole[a:b])
         got += piece.data if piece is not None else b""
     assert got == pcm[: len(pcm) - len(pcm) % 4]
