@@ -341,6 +341,7 @@ def test_every_drop_cause_is_emitted_and_declared() -> None:
     [
         ("vblaze_bridge_worker_restarts_total", "reason", metrics.RESTART_REASONS),
         ("vblaze_bridge_audio_frames_dropped_total", "cause", metrics.DROP_CAUSES),
+        ("vblaze_bridge_recordings_total", "result", metrics.RECORDING_RESULTS),
     ],
 )
 def test_docs_operations_md_lists_the_label_values(metric: str, label: str, values: tuple[str, ...]) -> None:

@@ -172,3 +172,10 @@ def test_killed_mid_write_leaves_only_a_partial_file(tmp_path: Path, crash: str)
     with wave.open(str(tmp_path / "call.wav")) as w:
         assert w.getnframes() == 8000
     assert not (tmp_path / ("call.wav" + PARTIAL_SUFFIX)).exists()
+
+
+def test_the_metric_labels_are_the_results_and_other() -> None:
+    from bridge import metrics
+
+    assert metrics.RECORDING_RESULTS == (*(r.value for r in RecordingResult), metrics.OTHER)
+    assert metrics.bounded("disk on fire", metrics.RECORDING_RESULTS) == metrics.OTHER
