@@ -337,16 +337,20 @@ class CallPipeline:
         self._emit("call.started", started)
         self.log.info("call started from %s", self.info.from_uri)
         try:
+            await self._run_pipeline()
+            self._recording = await self._finish_recordings()  # what came back is good, whatever failed
+        finally:
+            self._end()
+
+    async def _run_pipeline(self) -> None:
+        """`_transcribe`, and if it fails on an error of ours: log it, gap what was not transcribed."""
+        try:
             await self._transcribe()
         except* Exception as group_error:
             for error in group_error.exceptions:
                 self.log.error("call pipeline failed", exc_info=error)
             self._abandon()
             self._result = self._outcome([stream.result() for stream in self.streams])
-        else:
-            self._recording = await self._finish_recordings()
-        finally:
-            self._end()
 
     async def _transcribe(self) -> None:
         """The call's engine streams in one TaskGroup, until the call ended and their finals are in (or
@@ -373,6 +377,8 @@ class CallPipeline:
 
     def _end(self) -> None:
         """Emit call.ended with what `_result` holds, whatever ended the call."""
+        if self.recordings and self._recording is None:
+            self._recording = self._cancel_recordings()
         transcript, gaps, finals = self._result
         duration = time.monotonic() - self._answered_mono
         ended = event_data.call_ended(
@@ -427,6 +433,14 @@ class CallPipeline:
         files = [file for _, file in ended if file is not None]
         failure = next((result.reason for result, _ in ended if result is not RecordingResult.WRITTEN), None)
         return event_data.recording(files, failure, self.delivery == "streams")
+
+    def _cancel_recordings(self) -> RecordingData:
+        """The call was torn down before its recordings were finished: remove the partial files."""
+        for recording in self.recordings:
+            recording.cancel()
+            self._recording_metrics.recorded(RecordingResult.CANCELLED, 0)
+        self.log.warning("call cancelled: its recording is not kept")
+        return event_data.recording([], RecordingResult.CANCELLED.reason, self.delivery == "streams")
 
     def _close_recordings(
         self, results: Sequence[StreamResult]

@@ -196,7 +196,7 @@ SPOOL_EVENTS = Gauge(
 
 RECORDINGS = Counter(
     f"{PREFIX}_recordings_total",
-    "Redacted call recordings (one per file), by how they ended: written, engine_refused, write_failed.",
+    "Redacted call recordings (one per file), by how they ended (bridge.recording.RecordingResult).",
     ["result"],
 )
 RECORDING_BYTES = Counter(f"{PREFIX}_recording_bytes_total", "Bytes of redacted recording files written.")

@@ -58,6 +58,7 @@ class RecordingResult(StrEnum):
     WRITTEN = "written"  # the file is complete and in place
     ENGINE_REFUSED = "engine_refused"  # the engine refused scrubaudio (400 naming it): nothing to record
     WRITE_FAILED = "write_failed"  # the file system failed (logged with the error)
+    CANCELLED = "cancelled"  # the call was torn down (forced stop) before its recording was finished
 
     @property
     def reason(self) -> str | None:
@@ -68,6 +69,7 @@ class RecordingResult(StrEnum):
 _REASONS = {
     RecordingResult.ENGINE_REFUSED: "engine refused scrubaudio",
     RecordingResult.WRITE_FAILED: "write failed",
+    RecordingResult.CANCELLED: "call cancelled",
 }
 
 
@@ -253,6 +255,11 @@ class CallRecording:
             self._fail(str(exc))
             self._discard()
             return RecordingResult.WRITE_FAILED, None
+
+    def cancel(self) -> None:
+        """The call was torn down: drop the partial file (quick; no fsync, no rename)."""
+        self.failed = RecordingResult.CANCELLED
+        self._discard()
 
     def _fail(self, error: str) -> None:
         self.failed = RecordingResult.WRITE_FAILED

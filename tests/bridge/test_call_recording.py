@@ -195,3 +195,42 @@ async def test_siprec_streams_delivery_records_each_stream(tmp_path: Path) -> No
         check_file(f)
         assert f["seconds"] == 1.0 and set(samples_of(f["path"]).tolist()) == {SCRUBBED}
     assert rec["streams"][0]["path"] != rec["streams"][1]["path"]
+
+
+async def test_a_failed_pipeline_still_finishes_the_recording(tmp_path: Path) -> None:
+    async with ScriptedEngine([scrubbing_script()]) as engine:
+        call, sink = pipeline(engine.url, tmp_path)
+        task = asyncio.create_task(call.run())
+        await play(call, 10)
+        await asyncio.sleep(0.2)
+
+        async def broken() -> Any:
+            raise RuntimeError("a defect at hangup")
+
+        call.stream.finish = broken  # type: ignore[method-assign]
+        call.ended("remote_bye")
+        await asyncio.wait_for(task, 10)
+    (end,) = sink.of("call.ended")
+    rec = end["recording"]
+    check_file(rec)
+    assert rec["seconds"] == end["audio_seconds"] == 1.0
+
+
+async def test_a_cancelled_call_keeps_no_partial_recording(tmp_path: Path) -> None:
+    before = counted("cancelled")
+    async with ScriptedEngine([scrubbing_script()]) as engine:
+        call, sink = pipeline(engine.url, tmp_path)
+        task = asyncio.create_task(call.run())
+        await play(call, 10)
+        await asyncio.sleep(0.2)
+        assert list((tmp_path / "rec").iterdir())  # the partial file, being written
+        task.cancel()
+        try:
+            await asyncio.wait_for(task, 10)
+        except asyncio.CancelledError:
+            pass
+    (end,) = sink.of("call.ended")
+    VALIDATOR.validate(json.loads(payload.encode(sink.events[-1])))
+    assert end["recording"] == {"status": "failed", "redacted": True, "reason": "call cancelled"}
+    assert list((tmp_path / "rec").iterdir()) == []
+    assert counted("cancelled") == before + 1
