@@ -204,6 +204,7 @@ class CallPipeline:
         self._pairer = StereoPairer([r.channel for r in self.roles]) if self.delivery == "stereo" else None
         self._recording_metrics = recording_metrics if recording_metrics is not None else RecordingMetrics()
         self._recording: RecordingData | None = None  # call.ended's, once the files are finished
+        self._closing = False  # a thread is finishing the recording files
         engines = len(self.roles) if self.delivery == "streams" else 1
         self.recordings = [self._new_recording(i, engines) for i in range(engines)] if self._recorded else []
         self._stream_seconds = [0.0] * max(len(self.roles), 1)
@@ -423,6 +424,7 @@ class CallPipeline:
         """Finish the recording files in a thread, bounded; `call.ended`'s recording (None: off)."""
         if not self.recordings:
             return None
+        self._closing = True  # the files belong to the thread now: a cancellation leaves them to it
         try:
             async with asyncio.timeout(RECORDING_CLOSE_SECONDS):
                 results = [stream.result() for stream in self.streams]
@@ -435,8 +437,9 @@ class CallPipeline:
         return event_data.recording(files, failure, self.delivery == "streams")
 
     def _cancel_recordings(self) -> RecordingData:
-        """The call was torn down before its recordings were finished: remove the partial files."""
-        for recording in self.recordings:
+        """The call was torn down before its recordings were finished: remove the partial files (unless
+        the thread finishing them has them: it counts them itself)."""
+        for recording in self.recordings if not self._closing else ():
             recording.cancel()
             self._recording_metrics.recorded(RecordingResult.CANCELLED, 0)
         self.log.warning("call cancelled: its recording is not kept")
@@ -452,9 +455,9 @@ class CallPipeline:
             status, written = recording.finish(round(result.audio_seconds * bps), result.scrub_audio_refused)
             self._recording_metrics.recorded(status, written.size if written else 0)
             if written is None:
-                self.log.warning(
-                    "no recording (%s)%s", status.reason, f": {recording.error}" * bool(recording.error)
-                )
+                refused = status is RecordingResult.ENGINE_REFUSED  # the session logged it already
+                level = logging.INFO if refused else logging.WARNING
+                self.log.log(level, "no recording (%s): %s", status.reason, recording.error or "nothing kept")
                 out.append((status, None))
                 continue
             gaps = [(a / bps, (b - a) / bps) for a, b in recording.track.gaps]
