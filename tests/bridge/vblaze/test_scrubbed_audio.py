@@ -5,24 +5,34 @@ from __future__ import annotations
 
 import random
 import struct
+import sys
+from array import array
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.config import AudioConfig, EngineConfig, RedactionConfig, ScrubRule
 from bridge.errors import ConfigError, EngineProtocolError, EngineRejected, EngineUnavailable
+from bridge.recording import Track
 from bridge.vblaze.protocol import ScrubbedAudio, Session, request_headers, wav_stream_header
 from bridge.vblaze.session import (
     CallSession,
     Connect,
     ConnectCause,
     ConnectFailed,
+    LostCause,
     RecordAudio,
     ScrubAudioRefused,
     SleepUntil,
     refuses_scrub_audio,
 )
+from bridge.vblaze.session import State as SessionState
 from tests.bridge.vblaze.test_session import BPS, Driver, lose, of
 from tests.bridge.vblaze.vblaze_scripted import utt
+from tests.fixtures.fuzz import FUZZ
+
+assert sys.byteorder == "little"  # the property test builds 16-bit little-endian PCM with array("H")
 
 AUDIO = AudioConfig()
 ENGINE = EngineConfig(url="ws://engine.invalid/transcribe")
@@ -150,3 +160,69 @@ def test_scrubbed_audio_lands_on_the_call_timeline_across_a_reconnect() -> None:
     again = of(RecordAudio, call.receive(bytes(BPS), d.now))
     assert again == [RecordAudio(3 * BPS, bytes(BPS))]  # the new stream's byte 0 is the call's 3.0 s
     assert not of(SleepUntil, again)
+
+
+# -- a property: the engine session and the recording's track together ---------------------------------
+
+COURSE = st.lists(
+    st.one_of(
+        st.tuples(st.just("audio"), st.integers(1, 15)),  # frames of 100 ms arriving
+        st.tuples(st.just("echo"), st.integers(0, 20000)),  # bytes of scrubbed audio coming back
+        st.tuples(st.just("echo"), st.integers(0, 4000)),  # (twice: the engine answers more than it fails)
+        st.tuples(st.just("utterance"), st.floats(0.0, 1.0)),  # an utterance ending that far into the stream
+        st.tuples(st.just("lose"), st.just(0)),
+    ),
+    max_size=30,
+)
+
+
+def sample_at(position: int) -> int:
+    """The call's audio: each sample says where it is (never 0, so silence stands out)."""
+    return (position // 2) % 65535 + 1
+
+
+@FUZZ
+@given(COURSE)
+def test_scrubbed_audio_lands_in_the_recording_where_it_was_said(course: list[tuple[str, float]]) -> None:
+    """Whatever the order of audio, losses, replays and scrubbed audio coming back, the recording is the
+    call's audio length, each sample the one said at that point of the call or silence (a gap)."""
+    engine = EngineConfig(url="ws://engine.invalid/transcribe", buffer_seconds=3.0, replay_seconds=1.0)
+    call = CallSession(engine, AUDIO, rng=random.Random(1), scrub_audio=True)
+    track, recording = Track(block=2), bytearray()
+    now, pushed, sent, returned = 100.0, 0, bytearray(), 0
+
+    def write(parts: list[bytes | int]) -> None:
+        for part in parts:
+            recording.extend(bytes(part) if isinstance(part, int) else part)
+
+    call.start()
+    for kind, value in course:
+        if call.state is SessionState.BACKING_OFF:
+            call.timer_fired(now)
+        if call.state is SessionState.CONNECTING:
+            call.connected(now)
+            sent, returned = bytearray(), 0
+        if kind == "audio":
+            frames = array("H", [sample_at(pushed + 2 * i) for i in range(800 * int(value))])
+            call.audio(frames.tobytes(), now)
+            pushed += len(frames) * 2
+        elif kind == "echo":
+            n = min(int(value), len(sent) - returned) // 2 * 2
+            for action in of(RecordAudio, call.receive(bytes(sent[returned : returned + n]), now)):
+                assert 0 <= action.position and action.position + len(action.data) <= pushed
+                write(track.place(action.position, action.data))
+            returned += n
+        elif kind == "utterance" and sent:
+            call.receive(utt(0.0, value * len(sent) / BPS), now)
+        elif kind == "lose":
+            call.stream_ended(LostCause.CLOSED, None, now)
+        while (send := call.next_send()) is not None:
+            sent += send.frame if send.chunk is not None else b""
+            call.frame_written(send, now)
+        now += 0.1
+    write(track.finish(pushed))
+    assert len(recording) == pushed
+    samples = array("H", bytes(recording))
+    silent = {i // 2 for start, end in track.gaps for i in range(start, end, 2)}
+    for index, value in enumerate(samples):
+        assert value == (0 if index in silent else sample_at(2 * index)), index
