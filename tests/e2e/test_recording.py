@@ -16,8 +16,12 @@ writes the scrubbed audio the engine sends back to a WAV file per call.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import signal
 import subprocess
+import threading
+import time
 import wave
 from pathlib import Path
 from typing import Any
@@ -25,11 +29,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from bridge.demo import wait_for_sip
 from tests.e2e.conftest import Standin, free_port_block, run_sipp, speech
 from tests.e2e.test_bad_input import metric, scrape
 from tests.e2e.test_faults import set_faults
 from tests.e2e.test_siprec import AGENT_TEXT, events_of, start_bridge, stop_bridge
-from tests.e2e.test_transcript_faults import FAST_RECONNECT, SENTENCES, TEXT, vad_engine
+from tests.e2e.test_transcript_faults import FAST_RECONNECT, SENTENCES, TEXT, vad_engine, wait_for_call
 from tests.fixtures.audio import speech_wav
 from tests.fixtures.siprec_caller import run_siprec_call
 
@@ -309,3 +314,43 @@ def test_a_span_never_replayed_is_silence_and_a_gap(
         assert not samples[int(gap["start"] * 8000) : int((gap["start"] + gap["duration"]) * 8000)].any()
     assert any(g["cause"] == "replay_exceeded" for g in ended["gaps"]), ended["gaps"]
     assert rms(samples[:, 0], 0.0, ended["audio_seconds"]) > SPEECH_RMS / 2  # the rest is the call's audio
+
+
+def test_a_worker_killed_mid_call_leaves_only_a_partial_recording(
+    make_bridge: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    """SIGKILL the worker while it writes a call's recording: no NAME.wav ever appears, only the
+    NAME.wav.partial (a streaming header: recognisably unfinished); the call ends worker_lost without
+    a recording, and the new worker records the next call whole."""
+    engine = vad_engine()
+    try:
+        bridge = make_bridge(engine.url, **recorded(tmp_path))
+        audio = speech(TEXT, speech_dir, "six-sentences")
+        caller = threading.Thread(
+            target=run_sipp, args=(bridge.sip_port, audio, tmp_path), kwargs={"hold_ms": 8000}
+        )
+        caller.start()
+        wait_for_call(bridge)
+        directory = tmp_path / "rec"
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (directory.exists() and list(directory.iterdir())):
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.kill(bridge.worker_pid(), signal.SIGKILL)
+        caller.join(60)
+        (events,) = bridge.wait_ended(1).values()
+        ended = events[-1]["data"]
+        assert ended["reason"] == "worker_lost" and "recording" not in ended
+        (partial,) = directory.iterdir()
+        assert partial.name.endswith(".wav.partial")
+        body = partial.read_bytes()
+        assert body[:4] == b"RIFF" and int.from_bytes(body[40:44], "little") == 0xFFFFFFFF
+        assert len(body) > 44  # what arrived before the kill is on disk
+        wait_for_sip(bridge.sip_port, timeout=10)
+        result = run_sipp(bridge.sip_port, audio, tmp_path, hold_ms=6000)
+        assert result.returncode == 0, result.stdout
+        calls = bridge.wait_ended(2)
+        (second,) = [c for call_id, c in calls.items() if call_id != events[0]["call_id"]]
+        check_file(second[-1]["data"]["recording"])
+    finally:
+        engine.stop()
