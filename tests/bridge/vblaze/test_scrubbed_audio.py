@@ -3,6 +3,7 @@ the engine that refuses scrubaudio (bridge/vblaze/protocol.py, session.py)."""
 
 from __future__ import annotations
 
+import json
 import random
 import struct
 import sys
@@ -15,7 +16,15 @@ from hypothesis import strategies as st
 from bridge.config import AudioConfig, EngineConfig, RedactionConfig, ScrubRule
 from bridge.errors import ConfigError, EngineProtocolError, EngineRejected, EngineUnavailable
 from bridge.recording import Track
-from bridge.vblaze.protocol import ScrubbedAudio, Session, request_headers, wav_stream_header
+from bridge.vblaze.protocol import (
+    Final,
+    ScrubbedAudio,
+    Separator,
+    Session,
+    Utterance,
+    request_headers,
+    wav_stream_header,
+)
 from bridge.vblaze.session import (
     CallSession,
     Connect,
@@ -226,3 +235,17 @@ def test_scrubbed_audio_lands_in_the_recording_where_it_was_said(course: list[tu
     silent = {i // 2 for start, end in track.gaps for i in range(start, end, 2)}
     for index, value in enumerate(samples):
         assert value == (0 if index in silent else sample_at(2 * index)), index
+
+
+@pytest.mark.parametrize("separator", [True, False], ids=["separator", "no separator"])
+def test_scrubbed_audio_around_the_separator_and_a_final_without_one(separator: bool) -> None:
+    s = stereo_scrubbing()
+    s.send_end()
+    assert s.receive_binary(bytes(400)) == ScrubbedAudio(bytes(400), 0)
+    assert isinstance(s.receive_text(utt(0.0, 0.5), 1.0), Utterance)
+    if separator:
+        assert isinstance(s.receive_text("", 1.0), Separator)
+    assert s.receive_binary(bytes(400)) == ScrubbedAudio(bytes(400), 400)  # after the separator too
+    assert isinstance(s.receive_text(json.dumps({"utterances": []}), 1.0), Final)
+    with pytest.raises(EngineProtocolError):
+        s.receive_binary(bytes(4))
