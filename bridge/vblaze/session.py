@@ -374,6 +374,7 @@ class CallSession:
         self._complete = False  # the final arrived after the end of the audio
         self._reason: str | None = None
         self._overflow_logged = False
+        self._binary_warned = 0  # the stream (count) whose refused binary message was last logged
 
     # -- what the driver asks ----------------------------------------------------------------------
     @property
@@ -536,7 +537,12 @@ class CallSession:
                 return self._scrubbed(stream, stream.receive_binary(message))
         except EngineProtocolError as exc:
             self.stats.protocol_errors += 1
-            self.log.warning("skipping a message from the engine: %s", exc)
+            # Binary messages come several a second: one warning per stream, the rest at DEBUG.
+            repeated = isinstance(message, bytes) and self._binary_warned == self._streams
+            if isinstance(message, bytes):
+                self._binary_warned = self._streams
+            level = logging.DEBUG if repeated else logging.WARNING
+            self.log.log(level, "skipping a message from the engine: %s", exc)
             return []
         self._attempt = 0  # the engine answers: the next failure starts the backoff afresh
         record = self._records[-1]

@@ -249,3 +249,16 @@ def test_scrubbed_audio_around_the_separator_and_a_final_without_one(separator: 
     assert isinstance(s.receive_text(json.dumps({"utterances": []}), 1.0), Final)
     with pytest.raises(EngineProtocolError):
         s.receive_binary(bytes(4))
+
+
+def test_refused_binary_messages_are_logged_once_per_stream(caplog: pytest.LogCaptureFixture) -> None:
+    call = CallSession(ENGINE, AUDIO, rng=random.Random(3))  # no scrubaudio asked
+    d = Driver(call)
+    call.start()
+    d.up()
+    d.audio(0.5)
+    with caplog.at_level("DEBUG", logger="bridge.vblaze.session"):
+        for _ in range(5):
+            assert call.receive(bytes(1600), d.now) == []
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and call.stats.protocol_errors == 5
