@@ -36,6 +36,11 @@ once, before they return: from then on every frame of every audio stream of the 
 stream as silence of the same length, flagged `paused` so its buffer keeps nothing of it and records
 the span as a `paused` gap. Each change is announced as `call.paused` / `call.resumed` in the call's
 order. The settings come from this pipeline's own `config.pause`, never the worker's.
+Redaction and recording are read from the pipeline's own `config` (`redaction`, `recording`): the
+engine streams get the redaction tags; with `recording.enabled` each engine stream's scrubbed audio goes
+to its own `recording.CallRecording` (one WAV file per call, or per audio stream with
+`siprec.delivery = streams`), written as it arrives (small appends, on the loop) and finished in a
+thread after the finals (bounded by `RECORDING_CLOSE_SECONDS`); `call.ended` then says what was written.
 """
 
 from __future__ import annotations
@@ -52,12 +57,13 @@ from typing import Any, Literal
 
 from bridge import event_data
 from bridge.config import Config
-from bridge.event_data import EngineFinalData, EventData, GapData
+from bridge.event_data import EngineFinalData, EventData, GapData, RecordingData, RecordingFileData
 from bridge.events import BridgeEvent, EventKind, EventSink
 from bridge.ledger import CallLedger, LedgerEntry
 from bridge.logs import call_logger
-from bridge.metrics import CallMetrics, EngineMetrics
+from bridge.metrics import CallMetrics, EngineMetrics, RecordingMetrics
 from bridge.pause import DtmfSequencer, PauseAction, PauseState
+from bridge.recording import CallRecording, RecordingError, RecordingFile, RecordingResult, file_name
 from bridge.vblaze import transcript as merged_transcript
 from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.client import EngineStream, StreamResult
@@ -72,6 +78,7 @@ METRICS_BATCH_MS = 1000  # audio counted per metrics update (10 frames of audio.
 Delivery = Literal["mono", "stereo", "streams"]  # a call's audio mode (see the module docstring)
 Outcome = tuple[Any, list[GapData], list[EngineFinalData]]  # transcript, gaps, engine finals
 MAX_LAG_FRAMES = 1  # a stereo side further behind than this is padded with silence
+RECORDING_CLOSE_SECONDS = 30.0  # bound on finishing a call's recording files (fsync, rename, sha256)
 
 
 class StereoPairer:
@@ -173,6 +180,7 @@ class CallPipeline:
         call_metrics: CallMetrics,
         engine_metrics: EngineMetrics,
         ledger: CallLedger,
+        recording_metrics: RecordingMetrics | None = None,
     ) -> None:
         self.info = started
         self.call_id = started.call_id or f"key-{started.key}"
@@ -202,6 +210,11 @@ class CallPipeline:
         self._remaps = 0
         self._result: Outcome = (None, [], [])  # call.ended's transcript, gaps and engine finals
         self._pairer = StereoPairer([r.channel for r in self.roles]) if self.delivery == "stereo" else None
+        self._recording_metrics = recording_metrics if recording_metrics is not None else RecordingMetrics()
+        self._recording: RecordingData | None = None  # call.ended's, once the files are finished
+        self._closing = False  # a thread is finishing the recording files
+        engines = len(self.roles) if self.delivery == "streams" else 1
+        self.recordings = [self._new_recording(i, engines) for i in range(engines)] if self._recorded else []
         self._stream_seconds = [0.0] * max(len(self.roles), 1)
         self._stream_first: list[float | None] = [None] * max(len(self.roles), 1)
         if self.delivery == "streams":
@@ -211,11 +224,32 @@ class CallPipeline:
         self.stream = self.streams[0]
         self._init_pause(config)
 
+    @property
+    def _recorded(self) -> bool:
+        return self._cfg.recording.enabled and self._cfg.redaction.audio
+
+    def _new_recording(self, index: int, engines: int) -> CallRecording:
+        channels = 2 if self.delivery == "stereo" else 1
+        name = file_name(self.call_id, index if engines > 1 else None)
+        cfg = self._cfg.recording
+        rate = self._cfg.audio.sample_rate
+        return CallRecording(RecordingFile(cfg.directory, name, rate, channels, cfg.format))
+
     def _engine_stream(self, index: int | None) -> EngineStream:
         """The call's engine stream, or (index given) the one of audio stream `index`."""
 
         def on_utterance(utt: Utterance) -> None:
             self._on_utterance(utt, index)
+
+        recording = self.recordings[index or 0] if self.recordings else None
+
+        def on_scrubbed_audio(position: int, data: bytes) -> None:
+            if recording is None:
+                return  # redaction.audio without recording.enabled: the scrubbed audio is not kept
+            try:
+                recording.audio(position, data)
+            except RecordingError:
+                self.log.exception("recording failed; the call goes on without it")
 
         return EngineStream(
             self._cfg.engine,
@@ -226,6 +260,8 @@ class CallPipeline:
             logger=self.log,
             channels=2 if self.delivery == "stereo" else 1,
             request_id=None if index is None else f"{self.call_id};stream={index}",
+            redaction=self._cfg.redaction,
+            on_scrubbed_audio=on_scrubbed_audio,
         )
 
     # --- fed by the worker, on the loop -------------------------------------------------------------
@@ -323,14 +359,20 @@ class CallPipeline:
         self._emit("call.started", started)
         self.log.info("call started from %s", self.info.from_uri)
         try:
+            await self._run_pipeline()
+            self._recording = await self._finish_recordings()  # what came back is good, whatever failed
+        finally:
+            self._end()
+
+    async def _run_pipeline(self) -> None:
+        """`_transcribe`, and if it fails on an error of ours: log it, gap what was not transcribed."""
+        try:
             await self._transcribe()
         except* Exception as group_error:
             for error in group_error.exceptions:
                 self.log.error("call pipeline failed", exc_info=error)
             self._abandon()
             self._result = self._outcome([stream.result() for stream in self.streams])
-        finally:
-            self._end()
 
     async def _transcribe(self) -> None:
         """The call's engine streams in one TaskGroup, until the call ended and their finals are in (or
@@ -357,6 +399,8 @@ class CallPipeline:
 
     def _end(self) -> None:
         """Emit call.ended with what `_result` holds, whatever ended the call."""
+        if self.recordings and self._recording is None:
+            self._recording = self._cancel_recordings()
         transcript, gaps, finals = self._result
         duration = time.monotonic() - self._answered_mono
         ended = event_data.call_ended(
@@ -369,6 +413,7 @@ class CallPipeline:
             finals,
             streams=self.roles if self.info.siprec is not None else None,
             remaps=self._remaps,
+            recording=self._recording,
         )
         if self._pairer is not None and self._pairer.padded:
             self.log.info("stereo: %d frames went out with one side silent", self._pairer.padded)
@@ -486,6 +531,61 @@ class CallPipeline:
         if self._first_frame_mono is None:
             return 0.0
         return time.monotonic() - self._first_frame_mono
+
+    async def _finish_recordings(self) -> RecordingData | None:
+        """Finish the recording files in a thread, bounded; `call.ended`'s recording (None: off)."""
+        if not self.recordings:
+            return None
+        self._closing = True  # the files belong to the thread now: a cancellation leaves them to it
+        try:
+            async with asyncio.timeout(RECORDING_CLOSE_SECONDS):
+                results = [stream.result() for stream in self.streams]
+                ended = await asyncio.to_thread(self._close_recordings, results)
+        except TimeoutError:
+            self.log.error("recording files not finished within %.0f s", RECORDING_CLOSE_SECONDS)
+            ended = [(RecordingResult.WRITE_FAILED, None)]
+        files = [file for _, file in ended if file is not None]
+        failure = next((result.reason for result, _ in ended if result is not RecordingResult.WRITTEN), None)
+        return event_data.recording(files, failure, self.delivery == "streams")
+
+    def _cancel_recordings(self) -> RecordingData:
+        """The call was torn down before its recordings were finished: remove the partial files (unless
+        the thread finishing them has them: it counts them itself)."""
+        for recording in self.recordings if not self._closing else ():
+            recording.cancel()
+            self._recording_metrics.recorded(RecordingResult.CANCELLED, 0)
+        self.log.warning("call cancelled: its recording is not kept")
+        return event_data.recording([], RecordingResult.CANCELLED.reason, self.delivery == "streams")
+
+    def _close_recordings(
+        self, results: Sequence[StreamResult]
+    ) -> list[tuple[RecordingResult, RecordingFileData | None]]:
+        """Blocking: end each recording at its stream's audio length; log and count each."""
+        out: list[tuple[RecordingResult, RecordingFileData | None]] = []
+        for index, (recording, result) in enumerate(zip(self.recordings, results, strict=True)):
+            bps = recording.bytes_per_second
+            status, written = recording.finish(round(result.audio_seconds * bps), result.scrub_audio_refused)
+            self._recording_metrics.recorded(status, written.size if written else 0)
+            if written is None:
+                refused = status is RecordingResult.ENGINE_REFUSED  # the session logged it already
+                level = logging.INFO if refused else logging.WARNING
+                self.log.log(level, "no recording (%s): %s", status.reason, recording.error or "nothing kept")
+                out.append((status, None))
+                continue
+            gaps = [(a / bps, (b - a) / bps) for a, b in recording.track.gaps]
+            file = event_data.recording_file(
+                str(written.path),
+                written.data_bytes / bps,
+                written.size,
+                written.sha256,
+                recording.file.channels,
+                gaps,
+            )
+            if self.delivery == "streams":
+                file["stream"] = index
+            self.log.info("recording written: %s (%.1f s, %d gaps)", written.path, file["seconds"], len(gaps))
+            out.append((status, file))
+        return out
 
     def _abandon(self) -> None:
         """The pipeline failed: what no utterance confirmed and no gap covers yet is a `pipeline_error` gap

@@ -9,6 +9,7 @@ is bound. Secrets never live in the file: the file names an environment variable
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -79,6 +80,14 @@ MAX_REASON_LENGTH = 1000  # no config may allow longer: the reason travels on th
 DEFAULT_CONTROL_HOST = "127.0.0.1"
 DEFAULT_CONTROL_PORT = 9401
 DEFAULT_CONTROL_TIMEOUT = 2.0
+DEFAULT_REDACTION_TEXT = False
+DEFAULT_REDACTION_AUDIO = False
+DEFAULT_SCRUB_REPL = "#"  # V-Blaze's default replacement of a scrubconf rule
+MAX_SCRUB_RULES = 32
+MAX_SCRUB_RULE_CHARS = 512
+DEFAULT_RECORDING_ENABLED = False
+DEFAULT_RECORDING_DIRECTORY = "var/recordings"
+DEFAULT_RECORDING_FORMAT: Literal["wav"] = "wav"
 
 MAX_CALLS_PER_WORKER = PJSUA_MAX_CALLS
 # Tags the bridge sets on every request itself; engine.tags may not override them.
@@ -93,7 +102,15 @@ BRIDGE_TAGS = (
     "sampwidth",
     "endian",
     "requestid",
+    *("scrubtext", "scrubaudio", "scrubconf", "scruboutfmt"),  # from redaction.* (see REDACTION_TAGS)
 )
+# The redaction tags the bridge sets, and where each comes from (named in the error for engine.tags).
+REDACTION_TAGS = {
+    "scrubtext": "use redaction.text",
+    "scrubaudio": "use redaction.audio",
+    "scrubconf": "use redaction.rules",
+    "scruboutfmt": "always wav: the bridge reads the scrubbed audio as PCM",
+}
 
 
 class _Section(BaseModel):
@@ -186,7 +203,9 @@ class EngineConfig(_Section):
     def _reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
         clash = sorted(set(BRIDGE_TAGS) & {k.lower() for k in value})
         if clash:
-            raise ValueError(f"{', '.join(clash)} set by the bridge itself and cannot be overridden")
+            raise ValueError(
+                f"{', '.join(clash)} set by the bridge itself and cannot be overridden{_use(clash)}"
+            )
         return value
 
     @model_validator(mode="after")
@@ -194,6 +213,58 @@ class EngineConfig(_Section):
         if self.reconnect_max_seconds < self.reconnect_initial_seconds:
             raise ValueError("engine.reconnect_max_seconds must be >= engine.reconnect_initial_seconds")
         return self
+
+
+def _use(tags: list[str]) -> str:
+    """Where to set what a clashing redaction tag would have said."""
+    keys = [f"{tag}: {REDACTION_TAGS[tag]}" for tag in tags if tag in REDACTION_TAGS]
+    return f" ({'; '.join(keys)})" if keys else ""
+
+
+class ScrubRule(_Section):
+    """One scrubconf rule: each word the engine recognises that matches `regex` becomes `repl`."""
+
+    regex: str = Field(min_length=1, max_length=MAX_SCRUB_RULE_CHARS)
+    repl: str = Field(DEFAULT_SCRUB_REPL, max_length=MAX_SCRUB_RULE_CHARS)
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        return value
+
+
+class RedactionConfig(_Section):
+    """What the engine redacts (V-Blaze's scrub tags). Self-contained: a route may carry its own."""
+
+    text: bool = DEFAULT_REDACTION_TEXT  # scrubtext=true: numbers in utterances and transcripts become #
+    audio: bool = DEFAULT_REDACTION_AUDIO  # scrubaudio=true: the engine streams the audio back, scrubbed
+    rules: tuple[ScrubRule, ...] | None = Field(
+        None, max_length=MAX_SCRUB_RULES
+    )  # scrubconf: replaces the engine's default rules; None = the engine's own
+
+    def tags(self, scrub_audio: bool = True) -> list[tuple[str, str | bool]]:
+        """The engine tags this asks for (`scrub_audio` False: the engine refused scrubaudio)."""
+        tags: list[tuple[str, str | bool]] = []
+        if self.text:
+            tags.append(("scrubtext", True))
+        if self.audio and scrub_audio:
+            tags += [("scrubaudio", True), ("scruboutfmt", "wav")]
+        if self.rules is not None:
+            rules = [{"regex": rule.regex, "repl": rule.repl} for rule in self.rules]
+            tags.append(("scrubconf", json.dumps(rules, separators=(",", ":"))))
+        return tags
+
+
+class RecordingConfig(_Section):
+    """Redacted call recordings (bridge/recording.py). Self-contained: a route may carry its own."""
+
+    enabled: bool = DEFAULT_RECORDING_ENABLED  # write each call's scrubbed audio (needs redaction.audio)
+    directory: str = DEFAULT_RECORDING_DIRECTORY  # where the WAV files go (one per call, or per stream)
+    format: Literal["wav"] = DEFAULT_RECORDING_FORMAT  # 16-bit PCM WAV at audio.sample_rate
 
 
 class SinkConfig(_Section):
@@ -356,6 +427,8 @@ ROUTE_OVERRIDES: dict[str, tuple[str, ...] | None] = {
     "webhook": ("urls", "secret_env", "bearer_env"),
     "sip": ("headers",),
     "pause": None,  # a line's own PCI pause digits and auto-resume
+    "redaction": None,  # what the engine redacts on this line
+    "recording": None,  # whether this line's calls are recorded (redacted), and where
 }
 ROUTE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")  # route names are metric label values: short
 
@@ -482,6 +555,8 @@ class Config(_Section):
     logging: LoggingConfig = LoggingConfig()
     drain: DrainConfig = DrainConfig()
     siprec: SiprecConfig = SiprecConfig()
+    redaction: RedactionConfig = RedactionConfig()
+    recording: RecordingConfig = RecordingConfig()
     pause: PauseConfig = PauseConfig()
     control: ControlConfig = ControlConfig()
     routes: tuple[RouteConfig, ...] = ()  # per-line routes, first match wins (see the example below)
@@ -489,6 +564,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
+        check_recording(self.redaction, self.recording)
         if self.sink.kind == "webhook" and not self.webhook.urls:
             raise ValueError("sink.kind is 'webhook' but webhook.urls is empty")
         if self.audio.chunk_ms % self.audio.port_frame_ms and self.audio.port_frame_ms % self.audio.chunk_ms:
@@ -562,6 +638,15 @@ class Config(_Section):
             loc = ".".join(str(part) for part in err["loc"])
             msg = str(inner) if inner is not None else err["msg"]
             raise KeyedError(".".join(filter(None, (f"routes.{index}", loc))), msg) from None
+
+
+def check_recording(redaction: RedactionConfig, recording: RecordingConfig) -> None:
+    """The bridge never writes unredacted audio: a recording needs the engine's scrubbed audio."""
+    if recording.enabled and not redaction.audio:
+        raise ValueError(
+            "recording.enabled is true but redaction.audio is false: the bridge records only the "
+            "engine's scrubbed audio (set redaction.audio: true)"
+        )
 
 
 def parse_config(raw: Any, source: str = "<config>") -> Config:

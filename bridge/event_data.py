@@ -113,6 +113,76 @@ class CallEndedData(TypedDict):
     gaps: list[GapData]
     streams: NotRequired[list[dict[str, Any]]]  # SIPREC calls only, as remaps
     remaps: NotRequired[int]
+    recording: NotRequired[RecordingData]  # recording.enabled only
+
+
+# --- recordings (bridge/recording.py) ---------------------------------------------------------------
+
+
+class RecordingGapData(TypedDict):
+    start: float
+    duration: float
+
+
+class RecordingFileData(TypedDict):
+    path: str
+    seconds: float
+    bytes: int
+    sha256: str
+    channels: int
+    gaps: list[RecordingGapData]
+    stream: NotRequired[int]  # siprec.delivery streams: the audio stream
+
+
+class RecordingData(TypedDict):
+    """`call.ended`'s recording: one file's facts at the top, or (siprec.delivery streams) `streams`."""
+
+    status: str
+    redacted: bool
+    reason: NotRequired[str]  # status failed only
+    path: NotRequired[str]
+    seconds: NotRequired[float]
+    bytes: NotRequired[int]
+    sha256: NotRequired[str]
+    channels: NotRequired[int]
+    gaps: NotRequired[list[RecordingGapData]]
+    streams: NotRequired[list[RecordingFileData]]
+
+
+RECORDING_WRITTEN = "written"  # call.ended recording status values
+RECORDING_FAILED = "failed"
+
+
+def recording_file(
+    path: str, seconds: float, size: int, sha256: str, channels: int, gaps: Sequence[tuple[float, float]]
+) -> RecordingFileData:
+    """One finished recording file; `gaps` (start, duration) in call seconds, written as silence."""
+    return {
+        "path": path,
+        "seconds": round(seconds, 3),
+        "bytes": size,
+        "sha256": sha256,
+        "channels": channels,
+        "gaps": [{"start": round(start, 3), "duration": round(length, 3)} for start, length in gaps],
+    }
+
+
+def recording(files: Sequence[RecordingFileData], failure: str | None, per_stream: bool) -> RecordingData:
+    """`call.ended`'s recording: `failure` the reason if any file failed (status failed); `per_stream`:
+    one file per audio stream (siprec.delivery streams), listed under `streams` with their stream."""
+    data: RecordingData = {"status": RECORDING_FAILED if failure else RECORDING_WRITTEN, "redacted": True}
+    if failure:
+        data["reason"] = failure
+    if per_stream:
+        data["streams"] = list(files)
+    elif files and not failure:
+        one = files[0]
+        data["path"], data["seconds"], data["bytes"] = one["path"], one["seconds"], one["bytes"]
+        data["sha256"], data["channels"], data["gaps"] = one["sha256"], one["channels"], one["gaps"]
+    return data
+
+
+# ---------------------------------------------------------------------------------------------------
 
 
 def call_started(info: CallStarted, answered_at: float, worker: int, delivery: str) -> CallStartedData:
@@ -206,8 +276,10 @@ def call_ended(
     engine_finals: list[EngineFinalData] | None = None,
     streams: Sequence[StreamRole] | None = None,
     remaps: int = 0,
+    recording: RecordingData | None = None,
 ) -> CallEndedData:
-    """`engine_finals` None: a lost call's (no finals known); `streams` None: a plain call."""
+    """`engine_finals` None: a lost call's (no finals known); `streams` None: a plain call; `recording`
+    None: recording is off (no key)."""
     seconds = round(duration, 3)
     audio = None if audio_seconds is None else round(audio_seconds, 3)
     data: CallEndedData
@@ -233,6 +305,8 @@ def call_ended(
     if streams is not None:
         data["streams"] = [role.as_dict() for role in streams]
         data["remaps"] = remaps
+    if recording is not None:
+        data["recording"] = recording
     return data
 
 

@@ -43,6 +43,7 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.recording import RecordingResult
 from bridge.supervision import RestartReason
 from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.session import ConnectCause, LostCause
@@ -93,6 +94,8 @@ WEBHOOK_OUTCOMES = tuple(o.value for o in Outcome)  # Outcome.OTHER ("other") is
 WEBHOOK_DROP_REASONS = (*(r.value for r in DropReason), OTHER)
 # Why a worker was restarted: the supervisor's `RestartReason` (bridge/supervision.py) is the one list.
 RESTART_REASONS = tuple(reason.value for reason in RestartReason)
+# How a call's recording ended: bridge/recording.py's RecordingResult documents each.
+RECORDING_RESULTS = (*(result.value for result in RecordingResult), OTHER)
 
 
 def bounded(value: str, allowed: Iterable[str]) -> str:
@@ -223,6 +226,15 @@ def live_event_dropped() -> None:
     LIVE_EVENTS_DROPPED.inc()
 
 
+# --- recordings (bridge/recording.py) ---------------------------------------------------------------
+
+RECORDINGS = Counter(
+    f"{PREFIX}_recordings_total",
+    "Redacted call recordings (one per file), by how they ended (bridge.recording.RecordingResult).",
+    ["result"],
+)
+RECORDING_BYTES = Counter(f"{PREFIX}_recording_bytes_total", "Bytes of redacted recording files written.")
+
 # --- latency histograms, one per hop ----------------------------------------------------------------
 
 # Frame arrival in pjsua2's media thread -> its bytes written to the engine socket. The normal path is
@@ -297,6 +309,8 @@ def _preinit() -> None:
         WEBHOOK_ATTEMPTS.labels(outcome)
     for reason in WEBHOOK_DROP_REASONS:
         WEBHOOK_DROPPED.labels(reason)
+    for result in RECORDING_RESULTS:
+        RECORDINGS.labels(result)
 
 
 _preinit()
@@ -393,6 +407,19 @@ class EngineMetrics:
         label = bounded(cause, GAP_CAUSES)
         AUDIO_GAPS.labels(label).inc()
         AUDIO_GAP_SECONDS.labels(label).inc(max(0.0, seconds))
+
+
+# --- recordings --------------------------------------------------------------------------------------
+
+
+class RecordingMetrics:
+    """Observer for the call pipeline's recordings."""
+
+    def recorded(self, result: str, nbytes: int) -> None:
+        """One recording ended with `result` (a `RecordingResult`); `nbytes` the file's size, if written."""
+        RECORDINGS.labels(bounded(result, RECORDING_RESULTS)).inc()
+        if nbytes:
+            RECORDING_BYTES.inc(nbytes)
 
 
 class WebhookMetrics:

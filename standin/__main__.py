@@ -38,6 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--record-energy", action="store_true", help="/status shows each stream's peak per second (tests)"
     )
+    p.add_argument(
+        "--fault-refuse-scrubaudio",
+        action="store_true",
+        help="answer 400 naming scrubaudio to streams asking it",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -53,7 +58,10 @@ def options_from(args: argparse.Namespace) -> srv.ServerOptions:
         callback_timeout=args.callback_timeout,
         shutdown_grace=args.shutdown_grace,
         faults=Faults(
-            close_after=args.fault_close_after, delay_ms=args.fault_delay_ms, refuse=args.fault_refuse
+            close_after=args.fault_close_after,
+            delay_ms=args.fault_delay_ms,
+            refuse=args.fault_refuse,
+            refuse_scrubaudio=args.fault_refuse_scrubaudio,
         ),
         record_energy=args.record_energy,
     )

@@ -101,6 +101,10 @@ class Status:
         self.lasterror, self.lasterrormsg = now(), message
 
 
+# What the refuse_scrubaudio fault switch answers (after "invalid tag value: "), like a V-Blaze without it.
+SCRUBAUDIO_REFUSAL = "scrubaudio: scrubbed audio is not supported by this engine (fault switch)"
+
+
 class StandinServer:
     """Serves ws://HOST:PORT/transcribe and the status endpoints until `stop()`."""
 
@@ -236,6 +240,10 @@ class StandinServer:
             self.status.count("http-400")
             logger.info("refused stream: %s", exc)
             return web.Response(status=400, text=f"invalid tag value: {exc}\n")
+        if self.faults.refuse_scrubaudio and tags.redaction.scrubaudio:
+            self.status.count("http-400")
+            logger.info("refused stream: scrubaudio (fault switch)")
+            return web.Response(status=400, text=f"invalid tag value: {SCRUBAUDIO_REFUSAL}\n")
         if self.faults.refuse or len(self._streams) >= self.options.max_streams:
             self.status.count("http-503")
             reason = "refusing new streams (fault switch)" if self.faults.refuse else "all streams are busy"

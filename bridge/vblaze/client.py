@@ -15,6 +15,9 @@ the `EngineObserver`, and arms the deadline only when told. One instance per cal
 - `push_audio(pcm, arrival)` never blocks: 16-bit little-endian PCM at ``audio.sample_rate`` (mono, or
   interleaved stereo when ``channels=2``; see `protocol`) goes into the buffer; ``arrival`` is the
   `time.monotonic()` at which the frame reached the bridge. Pushing after `finish()` raises `InvalidState`.
+- Redaction (``redaction``, a `RedactionConfig`): its tags go with every stream; with ``redaction.audio``
+  each piece of scrubbed audio goes to ``on_scrubbed_audio(position, data)`` (call-timeline bytes), on
+  the loop, as it arrives. An engine refusing scrubaudio is asked again without it (the session decides).
 - `finish()` (at hangup) flushes the audio, sends the empty frame, collects the remaining utterances, the
   separator and the final transcript, lets the engine close the socket, and returns a `StreamResult`.
   Everything it does, reconnects included, is bounded by ``engine.final_timeout_seconds``.
@@ -55,7 +58,7 @@ from typing import Any, Protocol
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from bridge.config import AudioConfig, EngineConfig
+from bridge.config import AudioConfig, EngineConfig, RedactionConfig
 from bridge.errors import EngineClosed, EngineError, EngineRejected, EngineUnavailable
 from bridge.vblaze.buffer import GapCause
 from bridge.vblaze.protocol import Gap, InvalidState, Utterance, request_headers
@@ -75,7 +78,9 @@ from bridge.vblaze.session import (
     GiveUp,
     LostCause,
     Reconnected,
+    RecordAudio,
     Report,
+    ScrubAudioRefused,
     SleepUntil,
     Step,
     StreamResult,
@@ -198,16 +203,25 @@ class EngineStream:
         rng: random.Random | None = None,
         channels: int = 1,
         request_id: str | None = None,
+        redaction: RedactionConfig | None = None,
+        on_scrubbed_audio: Callable[[int, bytes], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._audio = audio
+        self._redaction = redaction
+        self._request_id = request_id or call_id
+        self._on_scrubbed_audio = on_scrubbed_audio
         self.call_id = call_id
         self._on_utterance = on_utterance
         self._observer: EngineObserver = observer if observer is not None else _NullObserver()
         extra = dict(logger.extra) if logger is not None and logger.extra else {"call_id": call_id}
         self.log = logging.LoggerAdapter(_logger, extra)
         self.channels = channels
-        self._headers = request_headers(engine, audio, request_id or call_id, channels)
-        self._call = CallSession(engine, audio, rng=rng or random.Random(), channels=channels, log=self.log)
+        self._headers = request_headers(engine, audio, self._request_id, channels, redaction)
+        scrub = redaction is not None and redaction.audio
+        self._call = CallSession(
+            engine, audio, rng=rng or random.Random(), channels=channels, log=self.log, scrub_audio=scrub
+        )
         self._wake = asyncio.Event()  # audio pushed, or finish() called
         self._finish_requested = asyncio.Event()
         self._done = asyncio.Event()
@@ -317,6 +331,12 @@ class EngineStream:
         for action in actions:
             if isinstance(action, Deliver):
                 self._deliver(action)
+            elif isinstance(action, RecordAudio):
+                self._record(action)
+            elif isinstance(action, ScrubAudioRefused):
+                self._headers = request_headers(
+                    self._engine, self._audio, self._request_id, self.channels, self._redaction, False
+                )
             elif isinstance(action, ArmDeadline):
                 self._arm(action.at)
             elif isinstance(action, Connect | SleepUntil | GiveUp):
@@ -417,6 +437,14 @@ class EngineStream:
             )
             return
         self._effects(self._call.delivered(deliver))
+
+    def _record(self, record: RecordAudio) -> None:
+        if self._on_scrubbed_audio is None:
+            return
+        try:
+            self._on_scrubbed_audio(record.position, record.data)
+        except Exception:
+            self.log.exception("on_scrubbed_audio callback failed at byte %d", record.position)
 
     async def _close(self, ws: ClientConnection, close: Close) -> None:
         """After the final the engine closes; close ourselves only if it has not within send_timeout."""

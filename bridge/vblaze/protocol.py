@@ -9,7 +9,8 @@ Contract:
 
 - `request_headers(engine, audio, request_id, channels)` gives the upgrade request's ``X-Voci-*`` headers:
   the tags the bridge sets itself (``realtime=true``, ``outstream=true``, ``output=json``,
-  ``utterance_fmt=json``, the audio format, ``requestid``) followed by ``engine.tags``. A tag in
+  ``utterance_fmt=json``, the audio format, the redaction tags of `RedactionConfig.tags`, ``requestid``)
+  and ``engine.tags``. A tag in
   ``engine.tags`` that the bridge sets itself raises `ConfigError` (call it once at startup to fail early).
 - Stereo (``channels=2``, a SIPREC call: channel 0 the caller, 1 the agent) is 16-bit PCM interleaved
   sample by sample. V-Blaze documents no tag that gives the channel count of raw PCM, so a stereo
@@ -27,6 +28,16 @@ Contract:
   call's timeline), `Separator` (the empty message after the last utterance) or `Final` (the complete
   transcript, the message after the separator; moves the session to ``DONE``). A JSON object carrying an
   ``utterances`` list is taken as the final transcript even without a separator.
+- Scrubbed audio (a stream opened with ``scrub_audio``: ``scrubaudio=true``, ``scruboutfmt=wav``): the
+  engine interleaves binary messages with the utterances, the stream's audio with the redacted words
+  silenced, in the encoding we sent (16-bit PCM at our rate and channel count). `receive_binary` turns
+  each into `ScrubbedAudio(data, position)`, ``position`` the stream byte offset of ``data``'s first byte
+  (0 = the first audio byte sent on this stream; `call_segments` maps it onto the call's timeline). The
+  first message may start with a RIFF/WAVE header (the stand-in's choice, docs/standin.md; its sizes are
+  ignored, its format must be ours) or carry bare PCM; a header split over messages is put together, and
+  a message that ends mid-sample keeps the odd bytes for the next, so ``data`` is always whole frames. An
+  empty binary message gives None. Without ``scrub_audio`` a binary message is an `EngineProtocolError`,
+  as is a header in another format (then every later binary message too: the audio is unusable).
 - Sending in the wrong state raises `InvalidState`. A message the engine should not have sent (binary,
   anything after the final, unparseable JSON in place of an utterance) raises `EngineProtocolError` and
   leaves the session as it was, so a caller may log it and go on. `receive_text` and `receive_binary`
@@ -48,9 +59,9 @@ import struct
 from bisect import bisect_right
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, NoReturn
 
-from bridge.config import BRIDGE_TAGS, AudioConfig, EngineConfig
+from bridge.config import BRIDGE_TAGS, REDACTION_TAGS, AudioConfig, EngineConfig, RedactionConfig
 from bridge.errors import BridgeError, ConfigError, EngineProtocolError
 
 logger = logging.getLogger(__name__)
@@ -60,6 +71,9 @@ CHANNELS = 1  # mono unless a stream asks for stereo
 ENCODING = "SPCM"  # V-Blaze's name for signed linear PCM (datahdr=NONE)
 STREAMING_SIZE = 0xFFFFFFFF  # RIFF and data sizes of a WAV header whose length is not known yet
 HEADER_PREFIX = "X-Voci-"
+MAX_WAV_HEADER_BYTES = 4096  # a scrubbed-audio RIFF header longer than this is refused
+WAVE_FORMAT_PCM = 1
+WAVE_FORMAT_EXTENSIBLE = 0xFFFE
 
 
 class InvalidState(BridgeError):
@@ -130,6 +144,14 @@ class Gap:
         return {"start": self.start, "duration": self.duration, "cause": self.cause}
 
 
+@dataclass(frozen=True)
+class ScrubbedAudio:
+    """A piece of the stream's scrubbed audio: whole frames of our PCM from stream byte ``position``."""
+
+    data: bytes
+    position: int
+
+
 Event = Utterance | Separator | Final
 
 
@@ -152,12 +174,20 @@ def stream_datahdr(datahdr: str, channels: int) -> str:
 
 
 def request_headers(
-    engine: EngineConfig, audio: AudioConfig, request_id: str, channels: int = CHANNELS
+    engine: EngineConfig,
+    audio: AudioConfig,
+    request_id: str,
+    channels: int = CHANNELS,
+    redaction: RedactionConfig | None = None,
+    scrub_audio: bool = True,
 ) -> list[tuple[str, str]]:
-    """The ``X-Voci-*`` headers of the upgrade request for one stream of one call."""
+    """The ``X-Voci-*`` headers of the upgrade request for one stream of one call (``scrub_audio``
+    False: leave out scrubaudio even if ``redaction`` asks for it, the engine refused it)."""
     clash = sorted({k.lower() for k in engine.tags} & set(BRIDGE_TAGS))
     if clash:
-        keys = ", ".join(f"engine.tags.{k}" for k in clash)
+        keys = ", ".join(
+            f"engine.tags.{k}" + (f" ({REDACTION_TAGS[k]})" if k in REDACTION_TAGS else "") for k in clash
+        )
         raise ConfigError(f"{keys}: set by the bridge itself and cannot be overridden")
     tags: list[tuple[str, str | int | float | bool]] = [
         ("realtime", True),
@@ -173,6 +203,8 @@ def request_headers(
             ("sampwidth", SAMPLE_WIDTH),
             ("endian", "LITTLE"),
         ]
+    if redaction is not None:
+        tags += redaction.tags(scrub_audio)
     tags += list(engine.tags.items())
     tags.append(("requestid", request_id))
     return [(header_name(name), tag_value(value)) for name, value in tags]
@@ -236,8 +268,11 @@ def _loads(text: str) -> Any:
 class Session:
     """One stream (one WebSocket) of one call. See the module docstring for the contract."""
 
-    def __init__(self, audio: AudioConfig, datahdr: str, channels: int = CHANNELS) -> None:
+    def __init__(
+        self, audio: AudioConfig, datahdr: str, channels: int = CHANNELS, scrub_audio: bool = False
+    ) -> None:
         self.channels = channels
+        self.scrubbed = ScrubbedReader(audio.sample_rate, channels) if scrub_audio else None
         self.bytes_per_second = audio.sample_rate * SAMPLE_WIDTH * channels
         wave = stream_datahdr(datahdr, channels) == "WAVE"
         self._header = wav_stream_header(audio.sample_rate, channels) if wave else b""
@@ -296,9 +331,30 @@ class Session:
         i = max(bisect_right(self._anchor_stream, stream_seconds * bps) - 1, 0)
         return stream_seconds + (self._anchor_call[i] - self._anchor_stream[i]) / bps
 
-    def receive_binary(self, data: bytes) -> None:
-        """Binary messages only carry scrubbed audio or zips, neither of which the bridge asks for."""
-        raise EngineProtocolError(f"unexpected binary message of {len(data)} bytes")
+    def call_segments(self, position: int, length: int) -> list[tuple[int, int, int]]:
+        """Where stream bytes ``[position, position + length)`` lie on the call's timeline: (call byte,
+        offset in the span, length) per piece between jumps; clipped to the audio this stream sent."""
+        first = position
+        end = min(position + length, self.stream_bytes)
+        out = []
+        i = max(bisect_right(self._anchor_stream, position) - 1, 0)
+        while position < end and i < len(self._anchor_stream):
+            stop = self._anchor_stream[i + 1] if i + 1 < len(self._anchor_stream) else end
+            piece = min(stop, end) - position
+            if piece > 0:
+                call = self._anchor_call[i] + position - self._anchor_stream[i]
+                out.append((call, position - first, piece))
+                position += piece
+            i += 1
+        return out
+
+    def receive_binary(self, data: bytes) -> ScrubbedAudio | None:
+        """A binary message: scrubbed audio if this stream asked for it (see the module docstring)."""
+        if self.state is State.DONE:
+            raise EngineProtocolError("binary message after the final transcript")
+        if self.scrubbed is None:
+            raise EngineProtocolError(f"unexpected binary message of {len(data)} bytes")
+        return self.scrubbed.feed(data)
 
     def receive_text(self, text: str, received_at: float) -> Event:
         """Turn one text message into an event (see the module docstring)."""
@@ -371,3 +427,76 @@ class Session:
             raw=doc,
             received_at=received_at,
         )
+
+
+class ScrubbedReader:
+    """Scrubbed audio messages in, `ScrubbedAudio` of whole frames out (see the module docstring)."""
+
+    def __init__(self, sample_rate: int, channels: int) -> None:
+        self.sample_rate = sample_rate
+        self.channels = channels
+        self.block = SAMPLE_WIDTH * channels
+        self.position = 0  # stream bytes handed out so far
+        self.header_done = False
+        self.failed: str | None = None
+        self._held = b""  # a header not yet complete, or the odd bytes of a frame
+
+    def feed(self, data: bytes) -> ScrubbedAudio | None:
+        if self.failed is not None:
+            raise EngineProtocolError(self.failed)
+        held = self._held + data
+        if not self.header_done:
+            start = self._header(held)
+            if start is None:
+                self._held = held
+                return None
+            self.header_done = True
+            held = held[start:]
+        whole = len(held) - len(held) % self.block
+        self._held = held[whole:]
+        if not whole:
+            return None
+        piece = ScrubbedAudio(held[:whole], self.position)
+        self.position += whole
+        return piece
+
+    def _header(self, data: bytes) -> int | None:
+        """Where the PCM starts (0: no header), or None while a header is incomplete."""
+        if len(data) < 4:
+            return None if data and b"RIFF".startswith(data) else 0
+        if data[:4] != b"RIFF":
+            return 0
+        if len(data) < 12:
+            return None
+        if data[8:12] != b"WAVE":
+            self._fail("scrubbed audio: a RIFF header that is not WAVE")
+        offset = 12
+        while len(data) >= offset + 8:
+            chunk, size = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
+            if chunk == b"data":
+                return offset + 8
+            if offset + 8 + size > MAX_WAV_HEADER_BYTES:
+                self._fail(f"scrubbed audio: a WAV header beyond {MAX_WAV_HEADER_BYTES} bytes")
+            if len(data) < offset + 8 + size:
+                return None
+            if chunk == b"fmt ":
+                self._check_format(data[offset + 8 : offset + 8 + size])
+            offset += 8 + size + (size & 1)
+        if offset > MAX_WAV_HEADER_BYTES:
+            self._fail(f"scrubbed audio: a WAV header beyond {MAX_WAV_HEADER_BYTES} bytes")
+        return None
+
+    def _check_format(self, fmt: bytes) -> None:
+        if len(fmt) < 16:
+            self._fail("scrubbed audio: a WAV fmt chunk shorter than 16 bytes")
+        tag, channels, rate, _, _, bits = struct.unpack_from("<HHIIHH", fmt)
+        ours = (channels, rate, bits) == (self.channels, self.sample_rate, 8 * SAMPLE_WIDTH)
+        if tag not in (WAVE_FORMAT_PCM, WAVE_FORMAT_EXTENSIBLE) or not ours:
+            self._fail(
+                f"scrubbed audio in format {tag}, {channels} channels, {rate} Hz, {bits} bits: not the "
+                f"{self.channels}-channel 16-bit PCM at {self.sample_rate} Hz that was sent"
+            )
+
+    def _fail(self, message: str) -> NoReturn:
+        self.failed = message
+        raise EngineProtocolError(message)

@@ -36,6 +36,13 @@ Events (methods) and the actions they return:
   sent its separator. `cancelled()`, `failed()` and `abandon(cause)` end the call's engine side early.
 - `result()` is the outcome so far (a `StreamResult`).
 
+Scrubbed audio (``scrub_audio``: the call asks for ``scrubaudio``): each binary message of a stream is
+its scrubbed audio (`protocol.ScrubbedAudio`); `receive` returns one `RecordAudio(position, data)` per
+piece of it, ``position`` a byte offset on the call's timeline (a replayed stream repeats audio the call
+already had: `bridge.recording` skips it). An engine that answers the upgrade with 400 naming
+``scrubaudio`` (a V-Blaze without that support, `refuses_scrub_audio`) is asked again at once without it
+(`ScrubAudioRefused`, then `Connect`; logged once per call); ``scrub_audio_refused`` says so in the result.
+
 States (`State`): ``CONNECTING`` → ``STREAMING`` → (hang-up) ``FINISHING`` → ``DONE``; a failed attempt
 or a lost stream goes to ``BACKING_OFF``, whose timer goes back to ``CONNECTING``; a 4xx at the upgrade
 goes to ``REJECTED``. A hang-up while connecting or backing off keeps the state (`hung_up` says it); the
@@ -54,9 +61,18 @@ from enum import IntEnum, StrEnum
 from typing import Any
 
 from bridge.config import AudioConfig, EngineConfig
-from bridge.errors import EngineError, EngineProtocolError
+from bridge.errors import EngineError, EngineProtocolError, EngineRejected
 from bridge.vblaze.buffer import AudioBuffer, Chunk, GapCause
-from bridge.vblaze.protocol import SAMPLE_WIDTH, Final, Gap, InvalidState, Separator, Session, Utterance
+from bridge.vblaze.protocol import (
+    SAMPLE_WIDTH,
+    Final,
+    Gap,
+    InvalidState,
+    ScrubbedAudio,
+    Separator,
+    Session,
+    Utterance,
+)
 from bridge.vblaze.protocol import State as StreamState
 from bridge.vblaze.transcript import DUPLICATE_TOLERANCE_SECONDS, Segment, StreamRecord
 
@@ -141,6 +157,19 @@ class Deliver:
 
 
 @dataclass(frozen=True)
+class RecordAudio:
+    """Hand scrubbed audio to the call's recording: ``data`` lies at byte ``position`` of the call."""
+
+    position: int
+    data: bytes
+
+
+@dataclass(frozen=True)
+class ScrubAudioRefused:
+    """Report: the engine refused scrubaudio; the next attempt goes without it."""
+
+
+@dataclass(frozen=True)
 class Close:
     """End the current stream: ``abort`` at once (lost), or wait for the engine to close (after the final)."""
 
@@ -197,7 +226,7 @@ Report = (
     Connected | Reconnected | ConnectFailed | ConnectionLost | FrameSent | UtteranceDelivered | GapRecorded
 )
 Step = Connect | SleepUntil | GiveUp  # what the driver waits on before it feeds the session again
-Action = Step | Close | ArmDeadline | Deliver | Report
+Action = Step | Close | ArmDeadline | Deliver | RecordAudio | ScrubAudioRefused | Report
 
 
 @dataclass
@@ -238,6 +267,7 @@ class StreamResult:
     stats: StreamStats
     audio_seconds: float
     streams: tuple[StreamRecord, ...] = ()
+    scrub_audio_refused: bool = False  # the engine refused scrubaudio: no scrubbed audio came
 
 
 @dataclass
@@ -285,6 +315,11 @@ def backoff_ceiling(engine: EngineConfig, attempt: int) -> float:
     return min(engine.reconnect_max_seconds, doubled)
 
 
+def refuses_scrub_audio(error: EngineError) -> bool:
+    """A 400 at the upgrade that names scrubaudio: the engine does not support scrubbed audio."""
+    return isinstance(error, EngineRejected) and error.status == 400 and "scrubaudio" in error.body.lower()
+
+
 def lost_cause(received: LostCause | None, sent: LostCause | None, end_sent: bool) -> LostCause | None:
     """Why a stream ended early, from what the reader and the writer saw (None: it did not)."""
     lost = received
@@ -306,8 +341,11 @@ class CallSession:
         rng: random.Random,
         channels: int = 1,
         log: logging.LoggerAdapter[Any] | None = None,
+        scrub_audio: bool = False,
     ) -> None:
         self._engine = engine
+        self.scrub_audio = scrub_audio  # the next stream asks for scrubbed audio
+        self.scrub_audio_refused = False
         self._audio = audio
         self._rng = rng
         self.channels = channels
@@ -337,6 +375,7 @@ class CallSession:
         self._complete = False  # the final arrived after the end of the audio
         self._reason: str | None = None
         self._overflow_logged = False
+        self._binary_warned = 0  # the stream (count) whose refused binary message was last logged
 
     # -- what the driver asks ----------------------------------------------------------------------
     @property
@@ -370,6 +409,7 @@ class CallSession:
             stats=dataclasses.replace(self.stats),
             audio_seconds=self.buffer.seconds(self.buffer.pushed),
             streams=tuple(r.frozen(bps, self.buffer.acked, self._reason) for r in self._records),
+            scrub_audio_refused=self.scrub_audio_refused,
         )
 
     # -- connecting --------------------------------------------------------------------------------
@@ -382,6 +422,11 @@ class CallSession:
         self._expect(State.CONNECTING)
         self.stats.failures += 1
         actions: list[Action] = [ConnectFailed(cause)]
+        if cause is ConnectCause.REJECTED and self.scrub_audio and refuses_scrub_audio(error):
+            self.scrub_audio = False
+            self.scrub_audio_refused = True
+            self.log.warning("%s; going on without scrubbed audio (no recording for this call)", error)
+            return [*actions, ScrubAudioRefused(), Connect()]
         if cause is ConnectCause.REJECTED:
             self.state = State.REJECTED
             self._reason = GapCause.ENGINE_REJECTED
@@ -421,7 +466,7 @@ class CallSession:
         self._streams += 1
         self._overflow_logged = False
         self._connected_at = now
-        self.stream = Session(self._audio, self._engine.datahdr, self.channels)
+        self.stream = Session(self._audio, self._engine.datahdr, self.channels, self.scrub_audio)
         self._end_frames.clear()
         self._records.append(_Record(len(self._records)))
         waiting = self.buffer.seconds(self.buffer.pending_bytes)
@@ -491,11 +536,15 @@ class CallSession:
             if isinstance(message, str):
                 event = stream.receive_text(message, now)
             else:
-                stream.receive_binary(message)
-                return []
+                return self._scrubbed(stream, stream.receive_binary(message))
         except EngineProtocolError as exc:
             self.stats.protocol_errors += 1
-            self.log.warning("skipping a message from the engine: %s", exc)
+            # Binary messages come several a second: one warning per stream, the rest at DEBUG.
+            repeated = isinstance(message, bytes) and self._binary_warned == self._streams
+            if isinstance(message, bytes):
+                self._binary_warned = self._streams
+            level = logging.DEBUG if repeated else logging.WARNING
+            self.log.log(level, "skipping a message from the engine: %s", exc)
             return []
         self._attempt = 0  # the engine answers: the next failure starts the backoff afresh
         record = self._records[-1]
@@ -518,6 +567,15 @@ class CallSession:
             record.confirmed = stream.sent_until or 0
             self.log.debug("final transcript received")
         return []
+
+    def _scrubbed(self, stream: Session, piece: ScrubbedAudio | None) -> list[Action]:
+        """Scrubbed audio of the stream, placed on the call's timeline."""
+        if piece is None:
+            return []
+        return [
+            RecordAudio(call, piece.data[offset : offset + length])
+            for call, offset, length in stream.call_segments(piece.position, len(piece.data))
+        ]
 
     def _utterance(self, utt: Utterance, stream: Session) -> list[Action]:
         if self._streams > 1 and utt.end <= self._delivered_end + DUPLICATE_TOLERANCE_SECONDS:

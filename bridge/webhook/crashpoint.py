@@ -8,7 +8,9 @@ process SIGKILL itself the N-th time (default 1st) it reaches `reached(NAME)`. T
 - ``delivery.after_2xx``: the receiver answered 2xx, the spool row is not yet deleted;
 - ``spool.claim``: inside the transaction that takes over a dead owner's rows, before it commits;
 - ``ledger.write``: in the middle of a ledger journal line (half of it written);
-- ``ledger.compact``: the ledger's compacted file is written, not yet renamed into place.
+- ``ledger.compact``: the ledger's compacted file is written, not yet renamed into place;
+- ``recording.write``: in the middle of appending scrubbed audio to a recording's partial file;
+- ``recording.before_rename``: a recording's file is complete and fsynced, not yet renamed into place.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ SHAPES: dict[str, type] = {
     "stream_transcripts/streams/items": event_data.StreamTranscriptData,
     "call_paused": event_data.PausedData,
     "call_resumed": event_data.ResumedData,
+    "recording": event_data.RecordingData,
+    "recording_file": event_data.RecordingFileData,
+    "recording_gap": event_data.RecordingGapData,
 }
 
 
@@ -167,6 +170,14 @@ def built_events() -> Iterator[tuple[str, str, dict[str, Any]]]:
     )
     yield "streams", "call.ended", event_data.as_data(per_stream)
     yield "lost", "call.ended", event_data.as_data(event_data.lost_call_ended(100.0, 130.0, 2, 12.5))
+    file = event_data.recording_file("var/recordings/c.wav", 8.5, 136044, "ab" * 32, 1, [(3.0, 0.5)])
+    for what, rec in (
+        ("recorded", event_data.recording([file], None, False)),
+        ("rec failed", event_data.recording([], "engine refused scrubaudio", False)),
+        ("rec streams", event_data.recording([{**file, "stream": 0}, {**file, "stream": 1}], None, True)),
+    ):
+        ended = event_data.call_ended("remote_bye", 9.0, 8.5, 1, None, gaps, finals, recording=rec)
+        yield what, "call.ended", event_data.as_data(ended)
 
 
 @pytest.mark.parametrize(("what", "kind", "data"), list(built_events()), ids=lambda v: str(v)[:12])
@@ -335,6 +346,7 @@ def test_every_drop_cause_is_emitted_and_declared() -> None:
     [
         ("vblaze_bridge_worker_restarts_total", "reason", metrics.RESTART_REASONS),
         ("vblaze_bridge_audio_frames_dropped_total", "cause", metrics.DROP_CAUSES),
+        ("vblaze_bridge_recordings_total", "result", metrics.RECORDING_RESULTS),
     ],
 )
 def test_docs_operations_md_lists_the_label_values(metric: str, label: str, values: tuple[str, ...]) -> None:

@@ -328,7 +328,12 @@ async def test_fault_refuse_and_runtime_switches(srv: StandinServer) -> None:
     async with aiohttp.ClientSession() as http:
         async with asyncio.timeout(TIMEOUT):
             r = await http.post(srv.http_url + "/_faults", json={"refuse": True, "delay_ms": 5})
-            assert r.status == 200 and await r.json() == {"close_after": None, "delay_ms": 5, "refuse": True}
+            assert r.status == 200 and await r.json() == {
+                "close_after": None,
+                "delay_ms": 5,
+                "refuse": True,
+                "refuse_scrubaudio": False,
+            }
             assert (await refused(srv.url))[0] == 503
             r = await http.post(srv.http_url + "/_faults", json={"refuse": False, "close_after": 0.5})
             assert r.status == 200
@@ -470,3 +475,20 @@ async def test_status_lists_the_tags_of_recent_streams(srv: StandinServer) -> No
         ("call-2", "spa1:support"),
     ]
     assert recent[0]["tags"]["requestid"] == "call-1"
+
+
+async def test_fault_refuse_scrubaudio_is_a_400_naming_it_and_other_streams_go_on(srv: StandinServer) -> None:
+    srv.faults = Faults(refuse_scrubaudio=True)
+    status, body = await refused(srv.url, "realtime=true&scrubaudio=true&scruboutfmt=wav")
+    assert status == 400 and body.startswith("invalid tag value: scrubaudio:"), body
+    async with asyncio.timeout(TIMEOUT):
+        ws = await connect(srv.url, "realtime=true&scrubtext=true")
+        await ws.send(wav_bytes(TWO))
+        await ws.send(b"")
+    s = await collect(ws)
+    assert s.close_code == 1000 and isinstance(s.messages[-1], str)
+    async with aiohttp.ClientSession() as http, asyncio.timeout(TIMEOUT):
+        r = await http.post(srv.http_url + "/_faults", json={"refuse_scrubaudio": "yes"})
+        assert r.status == 400 and "refuse_scrubaudio" in await r.text()
+        r = await http.post(srv.http_url + "/_faults", json={"refuse_scrubaudio": False})
+        assert r.status == 200 and (await r.json())["refuse_scrubaudio"] is False

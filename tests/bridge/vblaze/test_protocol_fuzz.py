@@ -1,13 +1,15 @@
 """The V-Blaze session fed what a broken or hostile engine might send: only EngineProtocolError escapes.
 
 Whatever arrives (random text, mutated utterances, JSON of the right shape with values of any type,
-binary frames), `receive_text`/`receive_binary` return an event or raise `EngineProtocolError`, a
+binary frames, scrubbed audio split anywhere or made hostile), `receive_text`/`receive_binary` return
+an event or raise `EngineProtocolError`, a
 refused message leaves the session as it was, and every event's JSON can be written as strict JSON
 (no NaN or Infinity reaches a webhook).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -18,7 +20,15 @@ from hypothesis import strategies as st
 
 from bridge.config import AudioConfig
 from bridge.errors import EngineProtocolError
-from bridge.vblaze.protocol import Final, Separator, Session, State, Utterance
+from bridge.vblaze.protocol import (
+    Final,
+    ScrubbedAudio,
+    Separator,
+    Session,
+    State,
+    Utterance,
+    wav_stream_header,
+)
 from tests.bridge.vblaze.vblaze_scripted import utt
 from tests.fixtures.fuzz import FUZZ, mutated, random_text
 
@@ -201,3 +211,66 @@ def test_the_samples_are_valid() -> None:
     assert all(isinstance(event, Utterance) and event.words for event in events)
     assert isinstance(s.receive_text(MESSAGES[3], 0.0), Final)
     assert isinstance(session("draining").receive_text("", 0.0), Separator)
+
+
+# -- scrubbed audio: the binary messages of a stream that asked for scrubaudio -------------------------
+
+WAV_HEADER = wav_stream_header(AUDIO.sample_rate, 2)
+SCRUBBED_SAMPLES = [WAV_HEADER + bytes(range(256)) * 4, WAV_HEADER, bytes(1000), b"RIFF", b"RI"]
+
+
+def scrubbing(state: str = "open") -> Session:
+    s = Session(AUDIO, "NONE", channels=2, scrub_audio=True)
+    s.send_audio(b"\x00" * 64000, 0)
+    if state == "done":
+        s.receive_text(json.dumps({"utterances": []}), 0.0)
+    return s
+
+
+@FUZZ
+@given(st.lists(st.one_of(st.binary(max_size=2048), st.sampled_from(SCRUBBED_SAMPLES)), max_size=8))
+def test_scrubbed_audio_of_any_bytes_gives_whole_frames_in_order_or_the_one_error(
+    messages: list[bytes],
+) -> None:
+    s = scrubbing()
+    position = 0
+    for message in messages:
+        try:
+            piece = s.receive_binary(message)
+        except EngineProtocolError:
+            continue
+        if piece is None:
+            continue
+        assert isinstance(piece, ScrubbedAudio) and piece.data
+        assert piece.position == position and len(piece.data) % 4 == 0  # whole 16-bit stereo frames
+        position += len(piece.data)
+        for call, offset, length in s.call_segments(piece.position, len(piece.data)):
+            assert 0 <= offset and length > 0 and offset + length <= len(piece.data) and call >= 0
+
+
+@FUZZ
+@given(st.binary(min_size=1, max_size=2048), st.lists(st.integers(0, 3000), max_size=6))
+def test_a_header_and_audio_split_anywhere_give_the_same_audio(pcm: bytes, cuts: list[int]) -> None:
+    whole = WAV_HEADER + pcm
+    bounds = sorted({min(c, len(whole)) for c in cuts} | {0, len(whole)})
+    s = scrubbing()
+    got = b""
+    for a, b in itertools.pairwise(bounds):
+        piece = s.receive_binary(whole[a:b])
+        got += piece.data if piece is not None else b""
+    assert got == pcm[: len(pcm) - len(pcm) % 4]
+
+
+@FUZZ
+@given(mutated([WAV_HEADER.decode("latin-1") + "abcd" * 8]))
+def test_mutated_headers_give_audio_or_the_one_error(text: str) -> None:
+    s = scrubbing()
+    try:
+        s.receive_binary(text.encode("latin-1", "replace"))
+    except EngineProtocolError:
+        pass
+
+
+def test_binary_after_the_final_is_refused() -> None:
+    with pytest.raises(EngineProtocolError):
+        scrubbing("done").receive_binary(bytes(4))
