@@ -193,12 +193,15 @@ def sipp_command(
     rate: float,
     local_port: int,
     media_port: int,
+    local_ip: str = "127.0.0.1",
+    target_host: str = "127.0.0.1",
 ) -> list[str]:
+    """sipp placing `calls` calls from `local_ip` to `target_host`:`target_port`."""
     return [
         "sipp", "-sf", str(scenario), "-m", str(calls), "-l", str(concurrent), "-r", str(rate),
-        "-i", "127.0.0.1", "-p", str(local_port), "-mp", str(media_port), "-s", "svc", "-nostdin",
+        "-i", local_ip, "-p", str(local_port), "-mp", str(media_port), "-s", "svc", "-nostdin",
         "-trace_stat", "-stf", str(stats), "-fd", "1", "-timeout_error", "-max_socket", "4096",
-        f"127.0.0.1:{target_port}",
+        f"{target_host}:{target_port}",
     ]  # fmt: skip
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -97,11 +97,17 @@ def sipp_scenario(
 
 
 def start_standin(
-    args: list[str], env: dict[str, str] | None = None, stderr: IO[bytes] | None = None
+    args: list[str],
+    env: dict[str, str] | None = None,
+    stderr: IO[bytes] | None = None,
+    wrap: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
-    """Start the stand-in engine and wait for its `standin ready URL` line (its logs to `stderr`)."""
+    """Start the stand-in engine and wait for its `standin ready URL` line (its logs to `stderr`).
+
+    `wrap` goes before the command, e.g. ``("ip", "netns", "exec", NAME)``; `args` may give `--host`.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-m", "standin", "--host", "127.0.0.1", "--port", "0", *args],
+        [*wrap, sys.executable, "-m", "standin", "--host", "127.0.0.1", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
@@ -227,31 +233,31 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float) -> int:
     return proc.returncode
 
 
-def wait_for_sip(port: int, timeout: float = READY_TIMEOUT) -> None:
-    """Wait until something answers SIP OPTIONS on 127.0.0.1:port (UDP)."""
+def wait_for_sip(port: int, timeout: float = READY_TIMEOUT, host: str = "127.0.0.1") -> None:
+    """Wait until something answers SIP OPTIONS on host:port (UDP; `host` an IPv4 address)."""
     deadline = time.monotonic() + timeout
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.settimeout(0.5)
         local = sock.getsockname()[1]
         n = 0
         while time.monotonic() < deadline:
             n += 1
             msg = (
-                f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-probe{n}\r\n"
-                f"From: <sip:probe@127.0.0.1:{local}>;tag=p{n}\r\nTo: <sip:probe@127.0.0.1:{port}>\r\n"
-                f"Call-ID: probe-{n}@127.0.0.1\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
+                f"OPTIONS sip:probe@{host}:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {host}:{local};branch=z9hG4bK-probe{n}\r\n"
+                f"From: <sip:probe@{host}:{local}>;tag=p{n}\r\nTo: <sip:probe@{host}:{port}>\r\n"
+                f"Call-ID: probe-{n}@{host}\r\nCSeq: {n} OPTIONS\r\nMax-Forwards: 70\r\n"
                 "Content-Length: 0\r\n\r\n"
             )
-            sock.sendto(msg.encode(), ("127.0.0.1", port))
+            sock.sendto(msg.encode(), (host, port))
             try:
                 data = sock.recv(4096)
                 if data.startswith(b"SIP/2.0 "):
                     return
             except TimeoutError:
                 continue
-    raise RuntimeError(f"nothing answered SIP on port {port} within {timeout:.0f} s")
+    raise RuntimeError(f"nothing answered SIP on {host}:{port} within {timeout:.0f} s")
 
 
 def follow_events(path: Path, timeout: float) -> bool:

@@ -50,6 +50,7 @@ class Receiver:
     answer: Answerer = field(default=lambda r: Answer())
     secret: bytes = SECRET
     port: int = 0
+    host: str = "127.0.0.1"
     requests: list[Request] = field(default_factory=list)
     processed: list[dict[str, Any]] = field(default_factory=list)  # events the receiver acted on, in order
     _runner: web.AppRunner | None = None
@@ -57,14 +58,14 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
+        return f"http://{self.host}:{self.port}/hook"
 
     async def start(self) -> Receiver:
         app = web.Application()
         app.router.add_post("/hook", self._handle)
         self._runner = web.AppRunner(app, handler_cancellation=True)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
         await site.start()
         if self.port == 0:
             server = site._server
