@@ -103,13 +103,48 @@ def test_kamailio_args_are_defines_the_cfg_reads() -> None:
 def test_cli_prints_the_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("sip:\n  first_port: 7000\n  workers: 2\n")
-    assert main(["dispatcher-list", "--config", str(path), "--host-extra", "10.1.1.1:7000:1"]) == 0
+    assert main(["dispatcher-list", "--config", str(path), "--host-extra", "10.1.1.1:7000:1"]) == 2
+    assert "127.0.0.1 is a loopback address" in capsys.readouterr().err  # the sample's sip.host
+    cmd = [
+        "dispatcher-list",
+        "--config",
+        str(path),
+        "--address",
+        "10.1.1.2",
+        "--host-extra",
+        "10.1.1.1:7000:1",
+    ]
+    assert main(cmd) == 0
     assert lines(capsys.readouterr().out) == [
-        "1 sip:127.0.0.1:7000 0 0 duid=127.0.0.1:7000;maxload=4",
-        "1 sip:127.0.0.1:7001 0 0 duid=127.0.0.1:7001;maxload=4",
+        "1 sip:10.1.1.2:7000 0 0 duid=10.1.1.2:7000;maxload=4",
+        "1 sip:10.1.1.2:7001 0 0 duid=10.1.1.2:7001;maxload=4",
         "1 sip:10.1.1.1:7000 0 0 duid=10.1.1.1:7000;maxload=4",
     ]
     assert main(["dispatcher-list", "--config", str(path), "--host-extra", "nope:x"]) == 2
+
+
+def test_the_header_names_every_host_and_its_ports() -> None:
+    cfg = config(host="10.231.0.11", workers=4)
+    text = dispatcher_list(cfg, [parse_host("10.231.0.12", cfg), parse_host("[2001:db8::5]:6000:1", cfg)])
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert header[1:5] == [
+        "# 9 workers, 36 calls at most, on 3 hosts:",
+        "#   10.231.0.11: 4 workers, SIP ports 5080-5083 (this config)",
+        "#   10.231.0.12: 4 workers, SIP ports 5080-5083",
+        "#   [2001:db8::5]: 1 worker, SIP port 6000",
+    ]
+    assert len(lines(text)) == 9
+    assert "on 1 host:" in dispatcher_list(config())  # one host on 127.0.0.1 is fine
+
+
+@pytest.mark.parametrize(
+    "local, extra",
+    [("127.0.0.1", "10.0.0.2"), ("10.0.0.1", "127.0.0.5"), ("10.0.0.1", "localhost"), ("10.0.0.1", "[::1]")],
+)
+def test_several_hosts_may_not_list_a_loopback_address(local: str, extra: str) -> None:
+    cfg = config(host=local)
+    with pytest.raises(ConfigError, match="loopback address"):
+        dispatcher_list(cfg, [parse_host(extra, cfg)])
 
 
 @pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
