@@ -17,14 +17,15 @@ from tests.e2e.conftest import Standin, free_port_block, run_standin
 from tests.fixtures import rawsip, sipua
 
 
-def options(port: int, transport: str = "udp") -> rawsip.Reply:
+def options(port: int, transport: str = "udp", host: str = "127.0.0.1") -> rawsip.Reply:
+    """OPTIONS to host:port, sent from `host` (so, on another host, call it in that host's namespace)."""
     message = (
-        f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
+        f"OPTIONS sip:probe@{host}:{port} SIP/2.0\r\n"
         "Via: SIP/2.0/@TRANSPORT@ @HOST@:@LOCAL@;branch=@BRANCH@;rport\r\n"
-        f"From: <sip:probe@@HOST@:@LOCAL@>;tag={uuid.uuid4().hex[:8]}\r\nTo: <sip:probe@127.0.0.1:{port}>\r\n"
+        f"From: <sip:probe@@HOST@:@LOCAL@>;tag={uuid.uuid4().hex[:8]}\r\nTo: <sip:probe@{host}:{port}>\r\n"
         f"Call-ID: {uuid.uuid4()}@probe\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
     ).encode()
-    reply = rawsip.send(port, message, transport)
+    reply = rawsip.send(port, message, transport, source=host, target=host)
     assert reply is not None, f"no answer to OPTIONS over {transport}"
     return reply
 
