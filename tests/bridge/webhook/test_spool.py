@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -253,3 +254,14 @@ def test_lost_call_end_is_not_written_if_the_real_one_is_spooled(path: Path) -> 
         assert dup.inserted == (False,)
     finally:
         spool.close()
+
+
+def test_owners_differ_between_hosts_with_one_name_and_one_pid(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hosts in network namespaces, or cloned machines, share a host name, and two hosts may give their
+    workers the same pid: an owner id also carries 48 random bits, so no two hosts' owners collide."""
+    monkeypatch.setattr(socket, "gethostname", lambda: "bridge")
+    monkeypatch.setattr(os, "getpid", lambda: 4242)
+    owners = {Spool(path, 10**8).owner for _ in range(2000)}
+    assert len(owners) == 2000 and all(owner.startswith("bridge-4242-") for owner in owners)
