@@ -8,9 +8,11 @@ delivers the events it had spooled, in order. SIGTERM on a host drains it withou
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +58,12 @@ def fleet(tmp_path: Path, speech_dir: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert not (Path("/run/netns") / bed.switch).exists()
 
 
+def spooled_calls(path: Path) -> set[str]:
+    """The calls with events in a (dead) host's spool, read without taking part in it."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return {row[0] for row in db.execute("SELECT DISTINCT call_id FROM events")}
+
+
 def seqs_in_order(events: list[dict[str, Any]]) -> bool:
     return [e["seq"] for e in events] == list(range(len(events)))
 
@@ -96,7 +104,7 @@ def test_calls_spread_a_lost_host_costs_only_its_calls_and_reports_them_when_bac
     assert len(landed["a"]) == 4 and not landed["b"], landed
     # The last new call (placed up to 1.5 s after the death) was answered on a within one failover.
     answered_after = max(fleet.hooks["a"].started_at(landed["a"]).values()) - died_at
-    assert answered_after <= 1.5 + FR_TIMER + 1.5, answered_after
+    assert answered_after <= 1.5 + FR_TIMER + 2, answered_after  # placed within 1.5 s, one failover
     print(f"fleet: the last new call answered on a {answered_after:.2f} s after b died")
     # Only b's calls fail (their BYE gets no answer), a's all complete.
     assert finish(first, first_stats, 60) == {"ok": len(held["a"]), "failed": len(held["b"])}
@@ -106,6 +114,8 @@ def test_calls_spread_a_lost_host_costs_only_its_calls_and_reports_them_when_bac
 
     # 3. b comes back with the same config, spool and state: its lost calls end as worker_lost and
     #    the events it had spooled are delivered, each call's seq in order.
+    spooled = spooled_calls(b.config_path.parent / "spool.sqlite3")
+    assert held["b"] <= spooled, (held["b"], spooled)  # refused by the receiver, kept on b's disk
     b.host.link(True)
     restarted = time.time()
     b.start()
@@ -120,7 +130,7 @@ def test_calls_spread_a_lost_host_costs_only_its_calls_and_reports_them_when_bac
         r for r in fleet.hooks["b"].requests() if r["status"] == 200 and r["envelope"]["call_id"] in held["b"]
     ]
     assert all(r["at"] >= restarted for r in accepted)  # delivered only by the new life, from the spool
-    assert all(r["signature_ok"] for r in fleet.hooks["b"].requests())
+    assert all(r["signature_ok"] for hook in fleet.hooks.values() for r in hook.requests())
     assert b.counted("vblaze_bridge_calls_total", result="worker_lost") == len(held["b"])
     kam.wait_destinations(WORKERS * 2, timeout=15)  # back in the rotation
 

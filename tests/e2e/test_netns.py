@@ -12,7 +12,8 @@ import pytest
 
 from tests.fixtures import netns
 
-pytestmark = pytest.mark.skipif(netns.usable() is not None, reason=f"no network namespaces: {netns.usable()}")
+UNUSABLE = netns.usable()
+pytestmark = pytest.mark.skipif(UNUSABLE is not None, reason=f"no network namespaces: {UNUSABLE}")
 
 ECHO = """
 import socket, sys
