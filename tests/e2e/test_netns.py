@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures import netns
+from tests.fixtures.harness import wait_until
 
 UNUSABLE = netns.usable()
 pytestmark = pytest.mark.skipif(UNUSABLE is not None, reason=f"no network namespaces: {UNUSABLE}")
@@ -52,7 +53,7 @@ def test_hosts_meet_on_the_switch_only_and_close_removes_everything(tmp_path: Pa
         a.link(True)
         assert a.call(echo, b.address, 7777) == b"ping"
         stubborn = a.popen(["sh", "-c", "trap '' TERM; sleep 600"], tmp_path / "sleep.log")
-        assert stubborn.pid in a.pids()
+        wait_until(lambda: stubborn.pid in a.pids(), 5, "the process in the namespace")
     finally:
         bed.close()
     assert stubborn.poll() is not None
