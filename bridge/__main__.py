@@ -30,7 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path, default=Path("config.yaml"))
     dlist = sub.add_parser("dispatcher-list", help="print Kamailio's dispatcher.list for the worker pool")
     dlist.add_argument("--config", type=Path, default=Path("config.yaml"))
-    dlist.add_argument("--host-extra", action="append", default=[], metavar="HOST[:FIRST_PORT[:WORKERS]]")
+    dlist.add_argument(
+        "--host-extra",
+        action="append",
+        default=[],
+        metavar="HOST[:FIRST_PORT[:WORKERS]]",
+        help="another bridge host's workers, this config's layout unless given; repeat for each host",
+    )
     dlist.add_argument("--address", default=None, help="this host's workers' address if sip.host is 0.0.0.0")
     demo = sub.add_parser("demo", help="stand-in engine + bridge + one sample call")
     demo.add_argument("--text", default=None, help="the sentence the sample call speaks")
