@@ -3,14 +3,14 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := sip-tester espeak-ng sox kamailio prometheus systemd procps
+DEBS := sip-tester espeak-ng sox kamailio prometheus systemd procps chromium
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: setup debs venv demo test lint check unit bench clean
 
 setup: debs venv
 
-# Debian tools the tests and the demo use: sipp, espeak-ng, sox, kamailio, promtool.
+# Debian tools the tests and the demo use: sipp, espeak-ng, sox, kamailio, prometheus (and promtool), chromium.
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

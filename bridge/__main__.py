@@ -59,6 +59,13 @@ def _control_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         client.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, help="variable holding the API token")
         if name == "pause":
             client.add_argument("--reason", default=None, help="why (shown in call.paused)")
+        if name == "calls":
+            client.add_argument(
+                "--follow", action="store_true", help="show the calls' events live, until Ctrl-C"
+            )
+            client.add_argument(
+                "--call", default=None, metavar="CALL_ID", help="with --follow: this call only"
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    if args.command == "calls" and args.follow:
+        from bridge.control.cli import follow
+
+        return follow(config, args.call, args.token_env, os.environ, sys.stdout)
     if args.command in ("calls", "pause", "resume", "hangup"):
         from bridge.control.cli import run as control_client
 
