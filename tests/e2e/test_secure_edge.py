@@ -26,7 +26,10 @@ from bridge.config import load_config
 from bridge.dispatcher import dispatcher_list
 from tests.e2e.conftest import Bridge, Standin
 from tests.fixtures import edge, rawsip
+from tests.fixtures.audio import speech_wav as espeak_wav
 from tests.fixtures.harness import free_port_block, wait_until
+from tests.fixtures.sbc import TlsSbc
+from tests.fixtures.siprec_caller import run_siprec_call
 
 TOOLS = ("kamailio", "kamcmd", "rtpengine", "baresip", "tshark", "openssl", "espeak-ng", "sox")
 MISSING = [tool for tool in TOOLS if shutil.which(tool) is None]
@@ -77,9 +80,10 @@ def secure_edge(tmp_path: Path, make_bridge: Any, request: pytest.FixtureRequest
         advertise: str | None = None,
         trunks: tuple[tuple[str, int], ...] = (),
         more_defines: tuple[str, ...] = (),
+        **bridge_sections: dict[str, Any],
     ) -> Edge:
         metrics_port = free_port_block(1)
-        bridge = make_bridge(engine_url, metrics={"port": metrics_port})
+        bridge = make_bridge(engine_url, metrics={"port": metrics_port}, **bridge_sections)
         pki = edge.make_pki(tmp_path / "pki")
         auth_db = edge.write_auth_db(tmp_path / "auth", {"alice": "correct-horse-42"}, trunks)
         rtpengine = edge.start_rtpengine(tmp_path / "rtpengine", advertise=advertise)
@@ -296,3 +300,66 @@ def test_pike_drops_a_flooding_source(secure_edge: Any, standin_vad: Standin) ->
     assert 5 <= answered <= 40, answered
     assert "pike: 127.0.0.1 over" in e.kam.log()
     assert e.kam.proc.poll() is None
+
+
+CALLER_TEXT = "I would like to cancel my subscription today."
+AGENT_TEXT = "Certainly, may I have your account number please."
+
+
+def test_siprec_over_tls_with_both_streams_in_srtp(
+    standin_whisper: Standin, secure_edge: Any, tmp_path: Path
+) -> None:
+    """An SBC (tests/fixtures/sbc.py: TLS and its own rtpengine making SRTP) records a call to the
+    bridge through the edge: both streams cross the outside hop as SRTP, both voices come back."""
+    e = secure_edge(
+        standin_whisper.url,
+        trunks=(("127.0.0.1", 0),),  # the SBC: by address, no digest
+        siprec={"agent_patterns": [r"@pbx\.callcentre\.example$"]},
+    )
+    sbc_media = edge.start_rtpengine(tmp_path / "sbc-rtpengine")
+    sbc = TlsSbc(e.tls_port, e.pki.ca, sbc_media)
+    outside = f"udp portrange {sbc_media.ports[0]}-{sbc_media.ports[1]}"
+    capture = edge.start_capture(tmp_path, f"tcp port {e.tls_port} or {outside}")
+    try:
+        sbc.start()
+        caller = espeak_wav(CALLER_TEXT, voice="en-us", encoding="u-law")
+        agent = espeak_wav(AGENT_TEXT, voice="en-gb+f3", encoding="u-law")
+        result = run_siprec_call(sbc.port, caller, agent, metadata_style="rfc")
+    finally:
+        capture.stop()
+        sbc.stop()
+        sbc_media.stop()
+    assert result.status == 200 and result.bye_status == 200, (result.invite_response, sbc.relayed)
+    calls = e.bridge.wait_ended(1, timeout=60)
+    events = calls[result.call_id]
+    siprec = events[0]["data"]["siprec"]
+    assert [r["role"] for r in siprec["roles"]] == ["caller", "agent"], siprec
+    said = {
+        role: " ".join(
+            u["data"]["text"].lower()
+            for u in events
+            if u["kind"] == "utterance" and u["data"]["role"] == role
+        )
+        for role in ("caller", "agent")
+    }
+    assert "subscription" in said["caller"] and "account" in said["agent"], said
+    assert "allowed by address" in e.kam.log() and f"rtpengine: {result.call_id} anchored" in e.kam.log()
+
+    as_tls = [f"tcp.port=={e.tls_port},tls"]
+    assert capture.fields(
+        f"tcp.port == {e.tls_port} && tls.handshake.type == 1", "frame.number", decode_as=as_tls
+    )
+    assert capture.fields(f'tcp.port == {e.tls_port} && frame contains "SIP/2.0"', "frame.number") == []
+    # The outside hop: the SBC's rtpengine <-> the edge's rtpengine, two SRTP streams and nothing plain.
+    low, high = e.rtpengine.ports
+    out = flows(capture, f"udp.srcport >= {sbc_media.ports[0]} && udp.srcport <= {sbc_media.ports[1]} "
+                         f"&& udp.dstport >= {low} && udp.dstport <= {high}")  # fmt: skip
+    rtp = {key: [p for p in flow if not edge.is_rtcp(p)] for key, flow in out.items()}
+    streams = [packets for packets in rtp.values() if len(packets) > 100]
+    assert len(streams) == 2, {k: len(v) for k, v in rtp.items()}
+    for packets in streams:  # the suite the two rtpengines agree: AES-CM/HMAC-SHA1-80 or AES-GCM (16)
+        (size,) = {len(p) for p in packets}
+        tag = size - edge.RTP_HEADER - 160
+        assert tag in (edge.SRTP_TAG, 16), size
+        assert edge.byte_entropy(b"".join(p[edge.RTP_HEADER : -tag] for p in packets)) > 7.8
+    assert all(edge.plain_rtcp_types(p) is None for flow in out.values() for p in flow if edge.is_rtcp(p))
