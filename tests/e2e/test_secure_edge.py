@@ -9,10 +9,13 @@ bridge with its stand-in engine, tshark on `lo`.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,8 +26,9 @@ import pytest
 
 from bench.load import Kamailio, scrape, start_kamailio, total
 from bridge.config import load_config
+from bridge.demo import wait_for_sip
 from bridge.dispatcher import dispatcher_list
-from tests.e2e.conftest import Bridge, Standin
+from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge
 from tests.fixtures import edge, rawsip
 from tests.fixtures.audio import speech_wav as espeak_wav
 from tests.fixtures.harness import free_port_block, wait_until
@@ -363,3 +367,55 @@ def test_siprec_over_tls_with_both_streams_in_srtp(
         assert tag in (edge.SRTP_TAG, 16), size
         assert edge.byte_entropy(b"".join(p[edge.RTP_HEADER : -tag] for p in packets)) > 7.8
     assert all(edge.plain_rtcp_types(p) is None for flow in out.values() for p in flow if edge.is_rtcp(p))
+
+
+def test_make_kamailio_secure_starts_bridge_kamailio_and_rtpengine(tmp_path: Path) -> None:
+    """`make kamailio SECURE=1` (setup taken as done): a self-signed certificate and empty tables are
+    made, `make kamailio-user` stores only an HA1, the three processes answer, SIGTERM stops them all."""
+    repo = Path(__file__).resolve().parents[2]
+    bridge = new_bridge(tmp_path, 0, "ws://127.0.0.1:9/unused", start=False)
+    sip, tls = free_port_block(1), free_port_block(1)
+    ng, cli = free_port_block(1), free_port_block(1)
+    media = free_port_block(20, low=40000, high=60000)
+    kdir = tmp_path / "kam"
+    args = [
+        "make", "-s", "-o", "setup", f"BIN={Path(sys.executable).parent}", f"CONFIG={bridge.config_path}",
+        f"KAMAILIO_DIR={kdir}", f"KAMAILIO_LISTEN=udp:127.0.0.1:{sip}",
+        f"KAMAILIO_TLS_LISTEN=tls:127.0.0.1:{tls}", f"RTPENGINE_NG=127.0.0.1:{ng}",
+        f"RTPENGINE_CLI=127.0.0.1:{cli}", f"RTPENGINE_PORT_MIN={media}", f"RTPENGINE_PORT_MAX={media + 19}",
+    ]  # fmt: skip
+    added = subprocess.run(
+        [*args, "kamailio-user", "DEVICE=alice"], cwd=repo, input="s3cret-pw\n", text=True,
+        capture_output=True, timeout=60,
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    rows = (kdir / "auth" / "subscriber").read_text().splitlines()
+    assert rows[1] == f"1:alice:vblaze-bridge:{edge.ha1('alice', 's3cret-pw')}" and "s3cret-pw" not in rows[1]
+    assert (kdir / "tls" / "key.pem").stat().st_mode & 0o077 == 0
+    log = (tmp_path / "make.log").open("wb")
+    proc = subprocess.Popen(
+        [*args, "SECURE=1", "kamailio"], cwd=repo, stdout=log, stderr=log, start_new_session=True
+    )
+    try:
+        wait_for_sip(bridge.sip_port, timeout=30)
+        wait_for_sip(sip, timeout=30)
+        context = ssl.create_default_context(cafile=str(kdir / "tls" / "cert.pem"))
+        with socket.create_connection(("127.0.0.1", tls), timeout=5) as raw:
+            with context.wrap_socket(raw, server_hostname="127.0.0.1") as conn:
+                assert conn.version() in ("TLSv1.2", "TLSv1.3")
+        engine = edge.Rtpengine(proc, ng, (media, media + 19), tmp_path / "make.log")  # type: ignore[arg-type]
+        assert engine.ng({"command": "ping"})["result"] == "pong"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        end_bridge(bridge)
+    for pattern in (f"{kdir}/kamailio_ctl", f"--listen-ng=127.0.0.1:{ng}", f"--config {bridge.config_path}"):
+        wait_until(lambda p=pattern: not running(p), 15, f"no process left matching {pattern}")
+
+
+def running(pattern: str) -> bool:
+    return subprocess.run(["pgrep", "-f", "--", pattern], capture_output=True, check=False).returncode == 0
