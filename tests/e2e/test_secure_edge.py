@@ -182,6 +182,34 @@ def flows(capture: edge.Capture, display_filter: str) -> dict[tuple[str, str], l
     return out
 
 
+def test_the_worker_hangs_up_a_tls_caller_over_its_own_connection(
+    secure_edge: Any, standin_vad: Standin, speech_wav: Path, tmp_path: Path
+) -> None:
+    """A draining bridge ends the call itself: its BYE reaches the TLS caller through Kamailio over the
+    caller's connection (the Contact's ;alias=), not by a new connection to the caller's address."""
+    e = secure_edge(standin_vad.url, more_defines=("WITH_DEBUG",), drain={"timeout_seconds": 1})
+    long_wav = tmp_path / "long.wav"
+    subprocess.run(["sox", str(speech_wav), str(long_wav), "pad", "0", "30"], check=True, timeout=30)
+    phone = edge.start_baresip(
+        tmp_path / "baresip", e.uri(), ca=e.pki.ca, wav=long_wav, seconds=40, password="correct-horse-42"
+    )
+    try:
+        wait_until(lambda: "Call established" in phone.log(), 15, "the call is up")
+        assert e.bridge.proc is not None
+        e.bridge.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "terminated" in phone.log(), 15, "baresip's call ended by the bridge")
+    finally:
+        phone.stop()
+    # baresip reports a BYE from the far end as ECONNRESET ("Connection reset by peer").
+    assert "session closed: Connection reset by peer" in phone.log(), phone.log()[-1500:]
+    bye = [line for line in e.kam.log().splitlines() if " BYE " in line]
+    assert any("ki_handle_ruri_alias_mode(): setting dst_uri to <sip:127.0.0.1:" in line for line in bye)
+    assert any("found connection by peer address" in line for line in bye), bye[-20:]
+    calls = e.bridge.wait_ended(1, timeout=15)
+    ended = next(iter(calls.values()))[-1]
+    assert ended["kind"] == "call.ended" and ended["data"]["reason"] != "remote_bye", ended
+
+
 def test_the_wrong_ca_or_plain_text_on_the_tls_port_gets_no_sip(
     secure_edge: Any, standin_vad: Standin
 ) -> None:
