@@ -370,12 +370,15 @@ def test_siprec_over_tls_with_both_streams_in_srtp(
         sbc.start()
         caller = espeak_wav(CALLER_TEXT, voice="en-us", encoding="u-law")
         agent = espeak_wav(AGENT_TEXT, voice="en-gb+f3", encoding="u-law")
-        result = run_siprec_call(sbc.port, caller, agent, metadata_style="rfc")
+        result = run_siprec_call(
+            sbc.port, caller, agent, metadata_style="rfc", actions=[(1.5, "metadata:rfc")]
+        )
     finally:
         capture.stop()
         sbc.stop()
         sbc_media.stop()
     assert result.status == 200 and result.bye_status == 200, (result.invite_response, sbc.relayed)
+    assert result.actions == [("metadata:rfc", 200)], sbc.relayed  # a re-INVITE, through both rtpengines
     calls = e.bridge.wait_ended(1, timeout=60)
     events = calls[result.call_id]
     siprec = events[0]["data"]["siprec"]
@@ -390,6 +393,7 @@ def test_siprec_over_tls_with_both_streams_in_srtp(
     }
     assert "subscription" in said["caller"] and "account" in said["agent"], said
     assert "allowed by address" in e.kam.log() and f"rtpengine: {result.call_id} anchored" in e.kam.log()
+    assert f"rtpengine: {result.call_id} re-offered as RTP/AVP" in e.kam.log()
 
     as_tls = [f"tcp.port=={e.tls_port},tls"]
     assert capture.fields(
