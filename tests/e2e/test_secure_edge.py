@@ -77,7 +77,7 @@ def speech_wav(speech_dir: Path) -> Path:
 
 
 @pytest.fixture
-def secure_edge(tmp_path: Path, make_bridge: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+def secure_edge(tmp_path: Path, make_bridge: Any) -> Iterator[Any]:
     """factory(engine_url, advertise=None, trunks=(), more_defines=()) -> Edge; everything stopped after."""
     stops: list[Any] = []
 
@@ -122,14 +122,27 @@ def test_a_tls_srtp_call_brings_the_words_back_and_nothing_leaves_the_caller_in_
 ) -> None:
     e = secure_edge(standin_whisper.url)
     phone_dir = tmp_path / "baresip"
-    # The capture must know the caller's ports before the call: baresip's are chosen when it starts, so
-    # capture the TLS port and every UDP port the caller or rtpengine could use.
+    # Every port of the caller (its SIP port, its RTP ports, its TLS connection) and rtpengine's.
     low, high = e.rtpengine.ports
-    capture = edge.start_capture(tmp_path, f"tcp port {e.tls_port} or udp portrange 40000-60000")
+    sip_port, rtp_first = edge.baresip_ports()
+    capture = edge.start_capture(
+        tmp_path,
+        f"port {sip_port} or tcp port {e.tls_port} or udp portrange {rtp_first}-{rtp_first + 9} "
+        f"or udp portrange {low}-{high}",
+    )
     try:
-        phone = call(phone_dir, e.uri(), e, speech_wav, seconds=10, password="correct-horse-42")
+        phone = call(
+            phone_dir,
+            e.uri(),
+            e,
+            speech_wav,
+            seconds=10,
+            password="correct-horse-42",
+            ports=(sip_port, rtp_first),
+        )
     finally:
         capture.stop()
+    assert capture.fields(f"udp.port == {sip_port} || tcp.port == {sip_port}", "frame.number") == []
     calls = e.bridge.wait_ended(1, timeout=60)
     ((call_id, events),) = calls.items()
     ended = events[-1]
