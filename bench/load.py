@@ -123,9 +123,15 @@ class Kamailio:
 
 
 def start_kamailio(
-    list_text: str, workdir: Path, port: int | None = None, ping_interval: int = 1
+    list_text: str,
+    workdir: Path,
+    port: int | None = None,
+    ping_interval: int = 1,
+    defines: Sequence[str] = (),
 ) -> Kamailio:
-    """Write the dispatcher list, start Kamailio in the foreground and wait until it answers SIP."""
+    """Write the dispatcher list, start Kamailio in the foreground and wait until it answers SIP.
+
+    `defines` are more `-A` defines for the cfg (e.g. WITH_SECURE and its paths, docs/security.md)."""
     workdir.mkdir(parents=True, exist_ok=True)
     list_path = workdir / "dispatcher.list"
     list_path.write_text(list_text)
@@ -138,6 +144,7 @@ def start_kamailio(
         runtime_dir=str(workdir),
         ctl_socket=str(ctl),
         ping_interval=ping_interval,
+        extra_defines=defines,
     )
     log_path = workdir / "kamailio.log"
     with log_path.open("ab") as log:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from bridge.assets import ASSETS, CONFIG, print_asset
-from bridge.config import METRICS_DIR_ENV, load_config
+from bridge.config import METRICS_DIR_ENV, Config, load_config
 from bridge.control.cli import DEFAULT_TOKEN_ENV
 from bridge.errors import ConfigError, MetricsDirInUse
 
@@ -65,6 +65,23 @@ def _control_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
         client.add_argument("--token-env", default=DEFAULT_TOKEN_ENV, help="variable holding the API token")
         if name == "pause":
             client.add_argument("--reason", default=None, help="why (shown in call.paused)")
+        if name == "calls":
+            client.add_argument(
+                "--follow", action="store_true", help="show the calls' events live, until Ctrl-C"
+            )
+            client.add_argument(
+                "--call", default=None, metavar="CALL_ID", help="with --follow: this call only"
+            )
+
+
+def _control_client(args: argparse.Namespace, config: Config) -> int:
+    """`calls [--follow]`, `pause`, `resume`, `hangup`: the control API's clients (bridge/control/cli.py)."""
+    from bridge.control.cli import follow, run
+
+    if args.command == "calls" and args.follow:
+        return follow(config, args.call, args.token_env, os.environ, sys.stdout)
+    call_id, reason = getattr(args, "call_id", None), getattr(args, "reason", None)
+    return run(config, args.command, call_id, reason, args.token_env, os.environ)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,10 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
     if args.command in ("calls", "pause", "resume", "hangup"):
-        from bridge.control.cli import run as control_client
-
-        call_id, reason = getattr(args, "call_id", None), getattr(args, "reason", None)
-        return control_client(config, args.command, call_id, reason, args.token_env, os.environ)
+        return _control_client(args, config)
     if args.command == "dispatcher-list":
         from bridge.dispatcher import dispatcher_list, parse_host
 

@@ -508,7 +508,7 @@ class CallPipeline:
             "call_id": self.call_id,
             "from": self.info.from_uri,
             "to": self.info.to_uri,
-            "route": getattr(self.info, "route", None),  # set once per-line routes exist
+            "route": self.info.route,
             "worker": self._worker,
             "started_at": datetime.fromtimestamp(self._answered_wall, UTC).isoformat(),
             "paused": self._pause.paused,

@@ -64,11 +64,11 @@ OTHER = "other"  # every label's catch-all: a value outside its list is counted 
 # How a call ended or was refused; each value is documented at its member of sip.admission.CallResult.
 CALL_RESULTS = tuple(result.value for result in CallResult)
 # SIP status codes the workers count as sent to an initial INVITE: 200 (pjsua's answer to an admitted
-# call), and the refusals of the gate (sip.screening, sip.admission: 403, 488, 503; 500 when screening
-# fails). 400 is counted as "4xx", as it always was. Other codes are reported by class ("4xx"); answers
-# pjsua gives itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
+# call), and the refusals of the gate (sip.screening, sip.admission: 400 for what cannot be read, 403,
+# 488, 503; 500 when screening fails). Other codes are reported by class ("4xx"); answers pjsua gives
+# itself (100 Trying, 486 with every slot taken, 420 for an unknown Require) are never seen.
 INVITE_CODES = tuple(
-    sorted({"200", "403", "488", "500", "503"} | {str(code) for code in REJECT_STATUSES})
+    sorted({"200", "400", "403", "488", "500", "503"} | {str(code) for code in REJECT_STATUSES})
 )  # and the statuses a route may reject with (sip.routing.REJECT_STATUSES)
 # --- routes: the `route` label of calls_total -------------------------------------------------------
 # Route names come from the config (`routes:`, at most 32 characters each), so the label is bounded by

@@ -19,6 +19,7 @@ ASSETS = {
     "vblaze-bridge.sysusers.conf": "systemd-sysusers file for the vblaze-bridge system user",
     "kamailio.cfg": "Kamailio dispatcher in front of the worker pool (docs/kamailio.md)",
     "vblaze-kamailio.service": "systemd unit running Kamailio next to the bridge",
+    "vblaze-rtpengine.service": "systemd unit of rtpengine for the secure edge (SRTP, docs/security.md)",
     "uac_speech.xml": "sipp caller scenario of `vblaze-bridge demo` (a template, @NAME@ placeholders)",
 }
 CONFIG = "config.yaml"

@@ -132,7 +132,7 @@ def test_the_api_controls_a_call_and_every_error_leaves_the_pool_alive(pool: tup
         (listed,) = [
             c for c in call_api(port, "GET", "/v1/calls", TOKEN).body["calls"] if c["call_id"] == call.call_id
         ]
-        assert listed["worker"] == 0 and listed["route"] is None and listed["paused"] is False
+        assert listed["worker"] == 0 and listed["route"] == "default" and listed["paused"] is False
         assert listed["from"].startswith("<sip:tester@") and listed["engine"] == ["streaming"]
         first = call_api(port, "POST", f"{path}/pause", TOKEN, {"reason": "card number"})
         assert (first.status, first.body["changed"], first.body["call"]["paused_by"]) == (

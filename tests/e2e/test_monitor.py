@@ -14,6 +14,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -92,6 +95,13 @@ def test_the_feed_carries_every_event_the_receiver_gets_in_order(
     bridge, port = monitored_bridge(make_bridge, standin_vad, receiver)
     feed = FeedReader(port)
     feed.start()
+    follower = subprocess.Popen(  # the terminal view of the same feed
+        [sys.executable, "-m", "bridge", "calls", "--follow", "--config", str(bridge.config_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "VBLAZE_CONTROL_TOKEN": TOKEN},
+    )
     audio = speech("one two three four five | six seven eight nine ten", speech_dir, "feed-count")
     assert run_sipp(bridge.sip_port, audio, tmp_path, hold_ms=8000).returncode == 0
     wait_until(lambda: any(e["type"] == "call.ended" for e in receiver.processed), 30, "call.ended delivered")
@@ -106,6 +116,30 @@ def test_the_feed_carries_every_event_the_receiver_gets_in_order(
     ended = feed.messages[-1]["data"]["data"]
     assert ended["live_omitted"] == ["transcript", "engine_finals"] and "gaps" in ended
     feed.response.close()
+    lines = _lines_until(follower, "call.ended")
+    kinds = [line.split()[2] for line in lines]
+    assert kinds == [kind for _, _, kind in delivered]  # one line per event, in order
+    utterances = [e["data"]["text"] for e in receiver.processed if e["type"] == "utterance"]
+    assert all(" ".join(text.split()) in line for text, line in zip(utterances, lines[1:], strict=False))
+    assert lines[-1].split()[3] == "remote_bye,"
+
+
+def _lines_until(follower: subprocess.Popen[str], last_kind: str) -> list[str]:
+    """The follower's lines up to the first of `last_kind`; then it is stopped as Ctrl-C stops it."""
+    assert follower.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 20
+    try:
+        while time.monotonic() < deadline:
+            line = follower.stdout.readline().rstrip("\n")
+            assert line, follower.stderr.read() if follower.stderr else "the follower ended"
+            lines.append(line)
+            if line.split()[2] == last_kind:
+                return lines
+        raise AssertionError(lines)
+    finally:
+        follower.send_signal(signal.SIGINT)
+        assert follower.wait(10) == 0
 
 
 @pytest.mark.slow
@@ -142,6 +176,12 @@ def test_the_page_shows_a_live_call_pauses_it_and_hangs_it_up(
             assert paused["data"]["by"] == "api:desk" and paused["data"]["reason"] == "card number"
             page.wait_for_selector("#calls tr.paused", timeout=5000)
             page.wait_for_selector("#timeline li.paused", timeout=5000)
+            # The pool's figures at the top: ready, and the first hop's p50 of the last minute.
+            assert page.text_content("#ready") == "ready"
+            first_hop = "#hops tbody tr:first-child td:nth-child(2)"
+            page.wait_for_function(
+                f"(document.querySelector('{first_hop}') || {{}}).textContent?.endsWith(' ms')", timeout=12000
+            )
             screenshot = tmp_path / "monitor.png"
             page.screenshot(path=str(screenshot), full_page=True)
             assert screenshot.stat().st_size > 10_000

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin
+from tests.e2e.test_siprec import events_of
 from tests.fixtures import sipua
 from tests.fixtures.audio import speech_wav
 from tests.fixtures.control import call_api
@@ -112,16 +113,6 @@ def bridge(engine: Standin, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 # --- what every test checks ------------------------------------------------------------------------------
-
-
-def events_of(bridge: Bridge, call_id: str, timeout: float = 90.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        events = bridge.calls().get(call_id, [])
-        if any(e["kind"] == "call.ended" for e in events):
-            return events
-        time.sleep(0.2)
-    raise AssertionError(f"call {call_id} did not end:\n{bridge.log()[-3000:]}")
 
 
 def texts(value: Any) -> Iterator[str]:
@@ -231,7 +222,7 @@ def test_api_pause_keeps_a_card_number_from_the_engine(
         assert call_api(port, "POST", f"/v1/calls/{call_id}/resume", TOKEN).status == 200
     finally:
         caller.join(timeout=120)
-    events = events_of(sip, call_id)
+    events = events_of(sip, call_id, timeout=90.0)
     check_call(events, engine, script, "api:desk", [call_id])
     assert next(e["data"]["reason"] for e in events if e["kind"] == "call.paused") == "card number"
     with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics") as r:
@@ -258,7 +249,7 @@ def test_dtmf_sequences_pause_and_resume(
     dialog.send_dtmf("*2")
     dialog.send_audio(script.audio[resume_at:])
     dialog.bye()
-    events = events_of(sip, call_id)
+    events = events_of(sip, call_id, timeout=90.0)
     check_call(events, engine, script, "dtmf", [call_id])
     assert [e["data"]["digit"] for e in events if e["kind"] == "dtmf"] == ["5"]
 
@@ -289,7 +280,7 @@ def test_a_siprec_call_in_two_streams_is_silenced_on_both(
     finally:
         caller.join(timeout=120)
     assert result and result[0].status == 200 and result[0].bye_status == 200
-    events = events_of(sip, call_id)
+    events = events_of(sip, call_id, timeout=90.0)
     check_call(events, engine, script, "api:desk", [f"{call_id};stream=0", f"{call_id};stream=1"])
     agent_words = set().union(
         *(

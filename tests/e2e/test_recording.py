@@ -282,7 +282,10 @@ def test_a_reconnect_writes_the_replay_once(make_bridge: Any, speech_dir: Path, 
             matched += 1
         else:
             missed.append((round((lag + at) / 8000, 2), round(float(max(near)), 3)))
-    assert windows >= 6 and matched == windows, (missed, windows, lag, rec["gaps"], ended["gaps"])
+    # A replay written twice (or a hole) moves every later window by seconds, so each of them would
+    # miss; one window may miss alone when pjmedia's jitter buffer drops or conceals a frame of the
+    # caller's RTP under load (seen once in a full run on the shared 2-core machine: 12 of 13 matched).
+    assert windows >= 6 and len(missed) <= 1, (missed, windows, lag, rec["gaps"], ended["gaps"])
     unheard = [g for g in rec["gaps"] if g["duration"] > 0]
     for gap in unheard:  # a span no stream sent back is silence
         assert rms(samples[:, 0], gap["start"], gap["start"] + gap["duration"]) == 0.0
@@ -354,3 +357,46 @@ def test_a_worker_killed_mid_call_leaves_only_a_partial_recording(
         check_file(second[-1]["data"]["recording"])
     finally:
         engine.stop()
+
+
+def test_no_card_digit_reaches_the_spool(
+    standin_whisper: Standin,
+    make_bridge: Any,
+    speech_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiver answers 503, so every event of the card call stays in the webhook spool: no row holds
+    a run of 4 digits in anything the caller said (utterances, words, the engine's own JSON, the
+    transcript), the bridge adds no unredacted copy, and the number is there, as #."""
+    import json
+    import sqlite3
+
+    from tests.bridge.webhook.receiver import SECRET, Answer
+    from tests.e2e.test_webhook_call import ThreadedReceiver
+
+    monkeypatch.setenv("VBLAZE_BRIDGE_WEBHOOK_SECRET", SECRET.decode())
+    spool = tmp_path / "spool.sqlite3"
+    with ThreadedReceiver(lambda request: Answer(status=503)) as receiver:
+        bridge = make_bridge(
+            standin_whisper.url,
+            sink={"kind": "webhook"},
+            webhook={"urls": [receiver.url], "spool_path": str(spool)},
+            **REDACTED,
+        )
+        result = run_sipp(bridge.sip_port, speech(CARD, speech_dir, "card"), tmp_path, hold_ms=13000)
+        assert result.returncode == 0, result.stdout
+
+        def bodies() -> list[dict[str, Any]]:
+            with sqlite3.connect(spool) as db:
+                rows = db.execute("SELECT body FROM events ORDER BY seq").fetchall()
+            return [json.loads(body) for (body,) in rows]
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(b["type"] == "call.ended" for b in bodies()):
+            time.sleep(0.5)
+        spooled = bodies()
+        assert [b["type"] for b in spooled][-1] == "call.ended" and receiver.requests  # held, not lost
+    said = [s for body in spooled for s in spoken_strings(body["data"])]
+    assert said and not [s for s in said if DIGITS.search(s)], said
+    assert any(re.search(r"#{4,}", s) for s in said), said

@@ -221,8 +221,8 @@ function render() {
   const rows = [];
   for (const [id, entry] of state.calls) {
     const info = entry.info;
-    const utterances = info.utterances !== undefined && !entry.ended ? info.utterances
-      : entry.events.filter((e) => e.type === "utterance").length;
+    const seen = entry.events.filter((e) => e.type === "utterance").length; // live, before the list catches up
+    const utterances = Math.max(seen, entry.ended ? 0 : Number(info.utterances) || 0);
     const status = entry.ended ? `ended (${entry.ended.reason})` : entry.paused ? "paused" : "up";
     const seconds = duration(entry);
     const classes = [entry.paused ? "paused" : "", entry.ended ? "ended" : "", id === state.selected ? "selected" : ""];
