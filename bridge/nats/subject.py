@@ -44,6 +44,8 @@ def decode_call_id(token: str) -> str:
     """The Call-ID whose token is `token`; ValueError if `token` is not one `encode_call_id` makes."""
     if token == EMPTY:
         return ""
+    if not token:
+        raise ValueError("an empty token (the empty Call-ID is %)")
     raw = bytearray()
     i = 0
     while i < len(token):
