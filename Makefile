@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DEBS := sip-tester espeak-ng sox kamailio prometheus systemd procps
+DEBS := sip-tester espeak-ng sox kamailio prometheus systemd procps nats-server
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: setup debs venv demo test lint check unit bench clean

@@ -239,6 +239,13 @@ class NatsTransport:
         self.observer.attempt(outcome, time.monotonic() - started)
         if outcome is Outcome.DUPLICATE:
             self.duplicates += 1
+            logger.info(
+                "event %s (%s) of call %s was in the stream already: a duplicate publish, stored once",
+                event_id,
+                kind,
+                call_id,
+                extra={"call_id": call_id},
+            )
         status = policy.STATUS_TOO_LARGE if outcome is Outcome.TOO_LARGE else 0
         return TransportResult(policy.verdict(outcome), reason, status)
 

@@ -61,7 +61,7 @@ def test_a_route_may_publish_to_its_own_stream_next_to_its_webhook() -> None:
         ],
     )
     assert RouteSinks.destinations(c.for_route("sales"), "sales") == ["http://crm/", "nats:SALES:sales:sales"]
-    with pytest.raises(ConfigError, match="routes.0.nats.replicas"):
+    with pytest.raises(ConfigError, match=r"routes\.0\.nats\.replicas"):
         config(nats=SERVERS, routes=[{"name": "a", "match": {"to": "1"}, "nats": {"replicas": 3}}])
 
 
@@ -74,7 +74,9 @@ def test_streams_may_not_share_subjects() -> None:
 def test_the_sample_config_loads_with_nats(tmp_path: Path) -> None:
     sample = (Path(__file__).parents[3] / "bridge" / "assets" / "config.yaml").read_text()
     path = tmp_path / "c.yaml"
-    path.write_text(sample.replace("kind: jsonl", "kind: nats").replace("servers: []", 'servers: ["nats://h:4222"]'))
+    path.write_text(
+        sample.replace("kind: jsonl", "kind: nats").replace("servers: []", 'servers: ["nats://h:4222"]')
+    )
     from bridge.config import load_config
 
     assert load_config(path).sink.kind == "nats"

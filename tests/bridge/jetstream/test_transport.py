@@ -55,13 +55,15 @@ def server(tmp_path: Path) -> Iterator[NatsCluster]:
 async def connected(transport: NatsTransport, seen: Seen) -> None:
     transport.begin()
     async with asyncio.timeout(10):
-        while not seen.up:
+        while not seen.up:  # noqa: ASYNC110 (the observer is a plain recorder)
             await asyncio.sleep(0.02)
 
 
 async def test_publish_is_acked_stored_once_and_a_republish_is_a_duplicate(server: NatsCluster) -> None:
     seen = Seen()
-    transport = NatsTransport(NatsSettings.from_config(NatsConfig(servers=tuple(server.urls), stream="T1")), seen)
+    transport = NatsTransport(
+        NatsSettings.from_config(NatsConfig(servers=tuple(server.urls), stream="T1")), seen
+    )
     await connected(transport, seen)
     dest = destination("T1", "vblaze", "sales")
     try:
@@ -107,9 +109,9 @@ async def test_no_server_is_not_connected_and_retried(tmp_path: Path) -> None:
 
 def test_unreadable_credentials_are_a_config_error_naming_the_key(tmp_path: Path) -> None:
     missing = str(tmp_path / "absent.creds")
-    with pytest.raises(ConfigError, match="nats.creds_file"):
+    with pytest.raises(ConfigError, match=r"nats\.creds_file"):
         NatsSettings.from_config(NatsConfig(servers=("nats://127.0.0.1:4222",), creds_file=missing))
     bad = tmp_path / "userpass"
     bad.write_text("no-colon\n")
-    with pytest.raises(ConfigError, match="nats.user_password_file"):
+    with pytest.raises(ConfigError, match=r"nats\.user_password_file"):
         NatsSettings.from_config(NatsConfig(servers=("nats://127.0.0.1:4222",), user_password_file=str(bad)))
