@@ -25,6 +25,7 @@ acked, the row deleted only then.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -160,6 +161,8 @@ class NatsTransport:
         self._nc: Client | None = None
         self._connector: asyncio.Task[None] | None = None
         self._streams: set[str] = set()  # streams known to exist
+        self._up = asyncio.Event()  # connected now
+        self._closing = False
         self._throttle = _Throttle()
         self.duplicates = 0  # publishes JetStream acked as duplicates
 
@@ -207,16 +210,19 @@ class NatsTransport:
             logger.warning("nats connection: %s: %s", type(exc).__name__, exc)
 
     async def _on_disconnected(self) -> None:
+        self._up.clear()
         self.observer.connected(False)
-        if self._throttle("disconnected"):
+        if not self._closing and self._throttle("disconnected"):
             logger.warning("disconnected from NATS; reconnecting (events stay spooled)")
 
     async def _on_reconnected(self) -> None:
+        self._up.set()
         self.observer.connected(True)
         url = self._nc.connected_url if self._nc is not None else None
         logger.info("reconnected to NATS at %s", url.netloc if url else "?")
 
     async def aclose(self, timeout: float) -> None:  # noqa: ASYNC109 (a bound for the close)
+        self._closing = True
         if self._connector is not None:
             self._connector.cancel()
             await asyncio.wait({self._connector}, timeout=1.0)
@@ -256,6 +262,10 @@ class NatsTransport:
         if parsed is None:
             return Outcome.OTHER, f"not a NATS destination: {destination!r}"
         stream, prefix, route = parsed
+        if not self._up.is_set():  # connecting or reconnecting: wait for it, bounded
+            with contextlib.suppress(TimeoutError):  # still down: not_connected, below
+                async with asyncio.timeout(self._s.nats.connect_timeout_seconds):
+                    await self._up.wait()
         nc = self._nc
         if nc is None or not nc.is_connected:
             return Outcome.NOT_CONNECTED, "not connected to any of nats.servers"

@@ -91,7 +91,9 @@ CLOSE_TIMEOUT = 5.0  # the HTTP session, each transport's connection
 
 
 def shown_url(url: str) -> str:
-    """`url` without user and password, for logs."""
+    """`url` without user and password, for logs (a transport's destination as it is: no secrets)."""
+    if not url.startswith(("http://", "https://")):
+        return url
     try:
         return str(yarl.URL(url).with_user(None))
     except (ValueError, TypeError):
