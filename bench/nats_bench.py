@@ -96,7 +96,7 @@ def event(call: str, seq: int, kind: str = "utterance") -> BridgeEvent:
 
 async def throughput(urls: list[str], spool: Path, replicas: int, calls: int, events: int, tag: str) -> float:
     """Events/s: `events` over `calls` calls, submitted at once, until the last ack."""
-    sink, _ = await open_sink(urls, spool, replicas)
+    sink, recorder = await open_sink(urls, spool, replicas)
     per_call = max(1, events // calls)
     started = time.monotonic()
     for seq in range(per_call):
@@ -105,6 +105,7 @@ async def throughput(urls: list[str], spool: Path, replicas: int, calls: int, ev
     await drained(sink)
     elapsed = time.monotonic() - started
     await sink.aclose(10)
+    print(f"  {tag}: publish outcomes {recorder.outcomes}", flush=True)
     return per_call * calls / elapsed
 
 
@@ -152,6 +153,7 @@ async def latency(
         await asyncio.gather(*(talk(call) for call in range(calls)))
     await drained(sink)
     await sink.aclose(10)
+    print(f"  latency run: publish outcomes {recorder.outcomes}", flush=True)
     return recorder.latencies
 
 

@@ -162,6 +162,7 @@ class NatsTransport:
         self._connector: asyncio.Task[None] | None = None
         self._streams: set[str] = set()  # streams known to exist
         self._up = asyncio.Event()  # connected now
+        self._ensuring = asyncio.Lock()  # one stream check at a time: lanes start together
         self._closing = False
         self._throttle = _Throttle()
         self.duplicates = 0  # publishes JetStream acked as duplicates
@@ -203,6 +204,7 @@ class NatsTransport:
         logger.info(
             "connected to NATS at %s", self._nc.connected_url.netloc if self._nc.connected_url else "?"
         )
+        self._up.set()
         self.observer.connected(True)
 
     async def _on_error(self, exc: Exception) -> None:
@@ -274,7 +276,10 @@ class NatsTransport:
         try:
             async with asyncio.timeout(timeout * 3):  # stream check, create, publish: each bounded by nats-py
                 if stream not in self._streams:
-                    failure = await self._ensure_stream(js, stream, prefix)
+                    async with self._ensuring:
+                        failure = (
+                            None if stream in self._streams else await self._ensure_stream(js, stream, prefix)
+                        )
                     if failure is not None:
                         return Outcome.STREAM_ERROR, failure
                 ack = await js.publish(
