@@ -6,6 +6,11 @@ verdict on one attempt (delivered, retry, reject) and the backoff, `queue.py` ho
 belongs to a dead owner), `spool.py` is the disk; all four but the spool do no I/O. Here are the asyncio
 tasks, the HTTP session and the spool thread, doing what `queue.py` decides.
 
+A destination is a receiver URL, or ``<scheme>:...`` delivered by the `Transport` of that scheme
+(``nats:<stream>:<prefix>:<route>``, `bridge/nats/transport.py`): the lanes, the spool, the order, the
+claims and the retries below are the same for both; only the attempt differs (a POST answered 2xx, a
+publish acked by JetStream), and a transport's events are counted by its own observer.
+
 For every (url, call) there is one lane, ordered by `seq`, and while it has events one asyncio task
 sending its head. The head is retried until the receiver answers 2xx (delivered) or a final 4xx
 (rejected, recorded); only then does the next event of that call go out to that URL. Other calls and
