@@ -11,8 +11,8 @@ acked, the row deleted only then.
   once within the stream's duplicate window; `observer.duplicate` counts those.
 - Connection: one per worker, to `nats.servers`, kept by nats-py (reconnects for ever, every
   `reconnect_wait_seconds`). The first connection is made in the background: a worker starts and takes
-  calls with every server down; its events wait in the spool. A publish while disconnected fails at
-  once as ``not_connected`` and is retried.
+  calls with every server down; its events wait in the spool. A publish while disconnected waits for
+  the connection at most `connect_timeout_seconds`, then fails as ``not_connected`` and is retried.
 - Stream: before the first publish to a stream, its info is read; a missing stream is created
   (subjects ``<prefix>.>``, `replicas`, `retention`, `max_age_seconds`, `duplicate_window_seconds`). A
   stream that cannot be created (too few servers for the replicas, a subject overlap) is logged as an
@@ -181,7 +181,6 @@ class NatsTransport:
     async def _connect_loop(self) -> None:
         c = self._s.nats
         bound = c.connect_timeout_seconds * (len(c.servers) + 1) + 1.0
-        wait = c.reconnect_wait_seconds
         while self._nc is None:
             try:
                 async with asyncio.timeout(bound):
@@ -199,8 +198,7 @@ class NatsTransport:
                         type(exc).__name__,
                         exc,
                     )
-                await asyncio.sleep(wait)
-                wait = min(wait * 2, 30.0)
+                await asyncio.sleep(c.reconnect_wait_seconds)  # as nats-py between reconnect rounds
         logger.info(
             "connected to NATS at %s", self._nc.connected_url.netloc if self._nc.connected_url else "?"
         )

@@ -229,3 +229,28 @@ def test_bridge_killed_after_an_ack_republishes_and_jetstream_stores_once(
     assert "duplicate" in bridge.log()
     caller.join(240)
     wait_until(lambda: spooled_nats_rows(bridge) == 0, 30, "the spool emptied")
+
+
+def test_a_bridge_started_with_every_server_down_takes_calls_and_publishes_later(
+    standin_vad: Standin, make_bridge: Any, speech_dir: Path, tmp_path: Path
+) -> None:
+    """No server reachable is not a startup failure: the call is answered, its events are spooled, the
+    error names nats.servers, and they are published, in order, once a server is up."""
+    node = NatsCluster(tmp_path, size=1)
+    try:
+        bridge: Bridge = make_bridge(
+            standin_vad.url,
+            sink={"kind": "nats"},
+            nats={"servers": node.urls, "stream": "LATE", "reconnect_wait_seconds": 0.2},
+            webhook=RETRY,
+        )
+        caller = place_calls(bridge, speech(PHRASE, speech_dir, "six"), tmp_path, 1, 1)
+        caller.join(120)
+        wait_until(lambda: "nats.servers: cannot connect" in bridge.log(), 30, "the error naming the key")
+        assert spooled_nats_rows(bridge) >= 3  # call.started, utterances, call.ended
+        node.start()
+        calls = wait_all_ended(node, "LATE", 1, timeout=60)
+        assert_exactly_once_in_order(calls)
+        assert bridge.proc is not None and bridge.proc.poll() is None
+    finally:
+        node.stop_all()
