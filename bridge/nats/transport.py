@@ -8,7 +8,7 @@ acked, the row deleted only then.
 
 - Subject: `subject.subject` (``<prefix>.<route>.<encoded call id>.<type>``); header ``Nats-Msg-Id``
   is the event's `event_id`, so a republished event (a lost ack, a restart after kill -9) is stored
-  once within the stream's duplicate window; `observer.duplicate` counts those.
+  once within the stream's duplicate window (outcome ``duplicate``: vblaze_bridge_nats_duplicates_total).
 - Connection: one per worker, to `nats.servers`, kept by nats-py (reconnects for ever, every
   `reconnect_wait_seconds`). The first connection is made in the background: a worker starts and takes
   calls with every server down; its events wait in the spool. A publish while disconnected waits for

@@ -80,3 +80,10 @@ def test_the_sample_config_loads_with_nats(tmp_path: Path) -> None:
     from bridge.config import load_config
 
     assert load_config(path).sink.kind == "nats"
+
+
+def test_check_config_warns_of_an_unreadable_credentials_file(tmp_path: Path) -> None:
+    from bridge.cli_check import secret_warnings
+
+    c = config(sink={"kind": "nats"}, nats={**SERVERS, "creds_file": str(tmp_path / "absent.creds")})
+    assert any(w.startswith("nats.creds_file: cannot read") for w in secret_warnings(c, {}))
