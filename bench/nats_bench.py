@@ -13,11 +13,18 @@ engine, so that the figures are the sink's own:
    worker; p50/p99 of utterance produced -> JetStream ack (the figure of
    ``vblaze_bridge_utterance_to_nats_ack_seconds``).
 
+4. with ``--bridge-calls K``, **a real bridge**: bench/load.py's pool (K/4 workers, the stand-in with
+   ``--recognizer vad-only``, Kamailio in front, sipp placing K calls of real speech for
+   ``--bridge-seconds``) with ``sink.kind: nats``; p50/p99 of the bridge's own
+   ``vblaze_bridge_utterance_to_nats_ack_seconds`` (scraped, interpolated within buckets), and every
+   call's events checked in the stream (seq 0..n, in order, each event_id once).
+
 The load average is printed next to the figures: the machine is shared. Every process it starts is
 killed at the end.
 
     .venv/bin/python bench/nats_bench.py                       # about a minute
     .venv/bin/python bench/nats_bench.py --cluster --load-calls 200 --seconds 30
+    .venv/bin/python bench/nats_bench.py --cluster --bridge-calls 40 --bridge-seconds 20
 """
 
 from __future__ import annotations
@@ -157,6 +164,69 @@ async def latency(
     return recorder.latencies
 
 
+def real_bridge(nodes: NatsCluster, replicas: int, calls: int, seconds: int, workdir: Path) -> str:
+    """K sipp calls through Kamailio into a bridge publishing to `nodes`; its ack latency, checked."""
+    import yaml
+
+    from bench import load
+
+    audio = load.speech_file(load.SPEECH, workdir)
+    standin, url = load.start_standin(["--recognizer", "vad-only", "--max-streams", str(calls + 16)])
+    metrics_port = load.free_port()
+    procs: list[object] = []
+    kam = None
+    try:
+        config_path, config = load.pool_config(workdir, "bridge", calls, url, metrics_port, 100)
+        config["sink"] = {"kind": "nats"}
+        config["nats"] = {
+            "servers": nodes.urls,
+            "stream": "REAL",
+            "subject_prefix": "real",
+            "replicas": replicas,
+        }
+        config["webhook"] = {"spool_path": str(workdir / "real-spool.sqlite3")}
+        config_path.write_text(yaml.safe_dump(config))
+        procs = load.start_pool("bridge", config_path, config, workdir)
+        kam = load.start_kamailio(load.dispatcher_list(load.parse_config(config, "bridge")), workdir / "kam")
+        kam.wait_destinations(config["sip"]["workers"])
+        scenario = load.proxied_scenario_file(audio, workdir, seconds * 1000, loop=True)
+        stats = workdir / "real-sipp.csv"
+        cmd = load.sipp_command(
+            scenario, kam.port, stats, calls=calls, concurrent=calls, rate=20.0,
+            local_port=load.free_port(load.socket.SOCK_DGRAM), media_port=load.free_port_block_media(calls),
+        )  # fmt: skip
+        load.subprocess.run(cmd, cwd=workdir, capture_output=True, timeout=seconds + calls / 20 + 120)
+        ok = int(load.sipp_stats(stats).get("SuccessfulCall(C)", 0))
+        deadline = time.monotonic() + 120
+        while True:
+            messages = nodes.read_stream("REAL")
+            ended = {m.data["call_id"] for m in messages if m.data["type"] == "call.ended"}
+            if len(ended) >= ok or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        by_call: dict[str, list[int]] = {}
+        for m in messages:
+            by_call.setdefault(m.data["call_id"], []).append(m.data["seq"])
+        in_order = all(seqs == list(range(len(seqs))) for seqs in by_call.values())
+        if not messages:
+            print((workdir / "bridge.log").read_text(errors="replace")[-3000:], file=sys.stderr)
+        samples = load.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        (p50, p99), count = load.histogram_quantiles(
+            samples, "vblaze_bridge_utterance_to_nats_ack_seconds", (0.5, 0.99)
+        )
+    finally:
+        if kam is not None:
+            kam.stop()
+        load.stop_pool(procs)  # type: ignore[arg-type]
+        load.stop_process(standin, 15)
+    shown = "/".join("-" if v is None else f"{1000 * v:.1f}" for v in (p50, p99))
+    return (
+        f"real bridge         {ok} of {calls} calls ok x {seconds} s, {len(ended)} ended in the stream, "
+        f"{len(messages)} events, each call in seq order: {in_order}\n"
+        f"  utterance -> ack  p50/p99 {shown} ms ({count} utterances; the bridge's histogram)"
+    )
+
+
 def percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
@@ -175,6 +245,10 @@ def main() -> None:
     parser.add_argument(
         "--utterance-interval", type=float, default=2.0, help="seconds between a call's utterances"
     )
+    parser.add_argument(
+        "--bridge-calls", type=int, default=0, help="also K real calls into a bridge (0: not)"
+    )
+    parser.add_argument("--bridge-seconds", type=int, default=20, help="length of each real call")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="nats-bench-") as tmp:
         nodes = NatsCluster(Path(tmp), size=3 if args.cluster else 1)
@@ -198,6 +272,9 @@ def main() -> None:
                     args.utterance_interval,
                 )
             )
+            real = ""
+            if args.bridge_calls:
+                real = real_bridge(nodes, replicas, args.bridge_calls, args.bridge_seconds, Path(tmp))
         finally:
             nodes.stop_all()
     load = os.getloadavg()
@@ -210,6 +287,8 @@ def main() -> None:
         f"utterance -> ack     p50 {p50:.1f} ms  p99 {p99:.1f} ms"
         f"  ({args.load_calls} calls, {rate:.0f} utterances/s, {len(lat)} acks)"
     )
+    if real:
+        print(real)
     print(f"load average        {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
 
 
