@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEBS := sip-tester espeak-ng sox kamailio kamailio-tls-modules rtpengine-daemon baresip tshark openssl \
-  prometheus systemd procps chromium
+  prometheus systemd procps chromium nats-server
 APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: setup debs venv demo test lint check unit bench clean
@@ -12,7 +12,8 @@ APT := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 setup: debs venv
 
 # Debian tools the tests and the demo use: sipp, espeak-ng, sox, kamailio (with its TLS module),
-# rtpengine, baresip and tshark (the secure edge), openssl, prometheus (and promtool), chromium.
+# rtpengine, baresip and tshark (the secure edge), openssl, prometheus (and promtool), chromium,
+# nats-server (the JetStream sink's tests).
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -401,8 +401,9 @@ class Supervisor:
         """Start every slot; return once each first start is over: True if every worker is ready."""
         metrics_dir = metrics.setup_multiprocess_dir(self._metrics_dir or _metrics_dir())
         self._child_env = sdnotify.clean_child_env(os.environ)
-        if self.cfg.sink.kind == "webhook":
-            from bridge.webhook import spool  # here: only a webhook sink has a spool
+        effective = [self.cfg, *(self.cfg.for_route(route.name) for route in self.cfg.routes)]
+        if any(config.sink.destinations for config in effective):  # webhooks or NATS, on any route
+            from bridge.webhook import spool  # here: only spooled sinks need it
 
             spool.prepare(self.cfg.webhook.spool_path)  # WAL and schema once, before any worker opens it
         if self.cfg.metrics.port:

@@ -33,6 +33,20 @@ def secret_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
             )
         if cfg.webhook.bearer_env and not env.get(cfg.webhook.bearer_env):
             warnings.append(f"webhook.bearer_env: environment variable {cfg.webhook.bearer_env} is not set")
+    # NATS credentials and TLS files: unreadable, a worker refuses to start (bridge.nats.transport).
+    if "nats" in cfg.sink.destinations:
+        nats = cfg.nats
+        files = {
+            "creds_file": nats.creds_file,
+            "nkey_seed_file": nats.nkey_seed_file,
+            "user_password_file": nats.user_password_file,
+            "tls_ca_file": nats.tls_ca_file,
+            "tls_cert_file": nats.tls_cert_file,
+            "tls_key_file": nats.tls_key_file,
+        }
+        for key, path in files.items():
+            if path and not os.access(path, os.R_OK):
+                warnings.append(f"nats.{key}: cannot read {path} (the workers would refuse to start)")
     # The control API's tokens: unset, `run` refuses to start (bridge.control.api.load_tokens).
     for index, token in enumerate(cfg.control.tokens if cfg.control.port else ()):
         if not env.get(token.env, "").strip():

@@ -88,6 +88,16 @@ MAX_SCRUB_RULE_CHARS = 512
 DEFAULT_RECORDING_ENABLED = False
 DEFAULT_RECORDING_DIRECTORY = "var/recordings"
 DEFAULT_RECORDING_FORMAT: Literal["wav"] = "wav"
+# --- NATS JetStream (bridge/nats/, docs/nats.md) ---
+DEFAULT_NATS_STREAM = "VBLAZE"
+DEFAULT_NATS_SUBJECT_PREFIX = "vblaze"
+DEFAULT_NATS_REPLICAS = 1
+DEFAULT_NATS_RETENTION: Literal["limits", "interest", "workqueue"] = "limits"
+DEFAULT_NATS_MAX_AGE = 7 * 24 * 3600.0  # seconds a message is kept; 0 = for ever
+DEFAULT_NATS_DUPLICATE_WINDOW = 3600.0  # JetStream dedupes a Nats-Msg-Id seen within this window
+DEFAULT_NATS_CONNECT_TIMEOUT = 5.0
+DEFAULT_NATS_PUBLISH_TIMEOUT = 5.0
+DEFAULT_NATS_RECONNECT_WAIT = 1.0
 
 MAX_CALLS_PER_WORKER = PJSUA_MAX_CALLS
 # Tags the bridge sets on every request itself; engine.tags may not override them.
@@ -268,8 +278,16 @@ class RecordingConfig(_Section):
 
 
 class SinkConfig(_Section):
-    kind: Literal["jsonl", "webhook"] = "jsonl"  # where events go
+    kind: Literal["jsonl", "webhook", "nats"] = "jsonl"  # where events go
     jsonl_path: str = "-"  # "-" = stdout
+    also_nats: bool = False  # with kind webhook: every event is also published to nats.stream
+
+    @property
+    def destinations(self) -> tuple[Literal["webhook", "nats"], ...]:
+        """The spooled destinations of this sink: webhook URLs, the NATS stream, both, or none (jsonl)."""
+        if self.kind == "webhook":
+            return ("webhook", "nats") if self.also_nats else ("webhook",)
+        return ("nats",) if self.kind == "nats" else ()
 
 
 class WebhookConfig(_Section):
@@ -293,6 +311,49 @@ class WebhookConfig(_Section):
     def _backoff(self) -> WebhookConfig:
         if self.backoff_max_seconds < self.backoff_initial_seconds:
             raise ValueError("webhook.backoff_max_seconds must be >= webhook.backoff_initial_seconds")
+        return self
+
+
+NATS_TOKEN = r"^[A-Za-z0-9_-]{1,64}$"  # one subject token / a stream name: no '.', '*', '>', spaces
+
+
+class NatsConfig(_Section):
+    """JetStream publishing of events (bridge/nats/, docs/nats.md); the spool and the backoff are the
+    webhook section's (one spool for every destination). Secrets only in files named here."""
+
+    servers: tuple[str, ...] = ()  # nats://HOST:PORT (or tls://) of the cluster's servers
+    stream: str = Field(DEFAULT_NATS_STREAM, pattern=NATS_TOKEN)  # created if missing
+    subject_prefix: str = Field(
+        DEFAULT_NATS_SUBJECT_PREFIX, pattern=NATS_TOKEN
+    )  # subjects are PREFIX.<route>.<call id>.<type>; the stream takes PREFIX.>
+    replicas: int = Field(DEFAULT_NATS_REPLICAS, ge=1, le=5)  # of a stream the bridge creates
+    retention: Literal["limits", "interest", "workqueue"] = DEFAULT_NATS_RETENTION  # of a created stream
+    max_age_seconds: float = Field(DEFAULT_NATS_MAX_AGE, ge=0)  # of a created stream; 0 = kept for ever
+    duplicate_window_seconds: float = Field(
+        DEFAULT_NATS_DUPLICATE_WINDOW, gt=0
+    )  # of a created stream: a republished event_id within it is stored once
+    connect_timeout_seconds: float = Field(DEFAULT_NATS_CONNECT_TIMEOUT, gt=0)  # per server tried
+    publish_timeout_seconds: float = Field(DEFAULT_NATS_PUBLISH_TIMEOUT, gt=0)  # publish to JetStream ack
+    reconnect_wait_seconds: float = Field(DEFAULT_NATS_RECONNECT_WAIT, gt=0)  # between reconnect rounds
+    creds_file: str | None = None  # a .creds file (JWT and nkey seed)
+    nkey_seed_file: str | None = None  # a file holding an nkey seed (SU...)
+    user_password_file: str | None = None  # a file holding user:password
+    tls_ca_file: str | None = None  # CA bundle to verify the servers (tls:// or a server requiring TLS)
+    tls_cert_file: str | None = None  # client certificate, for servers that verify clients
+    tls_key_file: str | None = None  # the client certificate's key
+
+    @model_validator(mode="after")
+    def _auth(self) -> NatsConfig:
+        given = [k for k in ("creds_file", "nkey_seed_file", "user_password_file") if getattr(self, k)]
+        if len(given) > 1:
+            raise ValueError(
+                f"nats: set at most one of creds_file, nkey_seed_file, user_password_file ({given})"
+            )
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("nats.tls_cert_file and nats.tls_key_file go together")
+        for url in self.servers:
+            if not url.startswith(("nats://", "tls://")):
+                raise ValueError(f"nats.servers: {url!r} must start with nats:// or tls://")
         return self
 
 
@@ -425,6 +486,10 @@ ROUTE_OVERRIDES: dict[str, tuple[str, ...] | None] = {
     ),
     "sink": None,
     "webhook": ("urls", "secret_env", "bearer_env"),
+    "nats": (
+        "stream",
+        "subject_prefix",
+    ),  # a line's own stream (the connection and stream settings are shared)
     "sip": ("headers",),
     "pause": None,  # a line's own PCI pause digits and auto-resume
     "redaction": None,  # what the engine redacts on this line
@@ -550,6 +615,7 @@ class Config(_Section):
     engine: EngineConfig = EngineConfig()
     sink: SinkConfig = SinkConfig()
     webhook: WebhookConfig = WebhookConfig()
+    nats: NatsConfig = NatsConfig()
     state: StateConfig = StateConfig()
     metrics: MetricsConfig = MetricsConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -567,6 +633,12 @@ class Config(_Section):
         check_recording(self.redaction, self.recording)
         if self.sink.kind == "webhook" and not self.webhook.urls:
             raise ValueError("sink.kind is 'webhook' but webhook.urls is empty")
+        if "nats" in self.sink.destinations and not self.nats.servers:
+            raise ValueError(
+                "sink sends to NATS (sink.kind nats or sink.also_nats) but nats.servers is empty"
+            )
+        if self.sink.also_nats and self.sink.kind != "webhook":
+            raise ValueError("sink.also_nats is for sink.kind webhook (sink.kind nats publishes already)")
         if self.audio.chunk_ms % self.audio.port_frame_ms and self.audio.port_frame_ms % self.audio.chunk_ms:
             raise ValueError("audio.chunk_ms and audio.port_frame_ms must divide one another")
         self._routed.update(self._effective_configs())
@@ -594,6 +666,7 @@ class Config(_Section):
         base = self.model_dump(mode="python", exclude={"routes"}, by_alias=True)
         routed = {route.name: self._apply(index, route, base) for index, route in enumerate(self.routes)}
         self._check_signers(routed)
+        self._check_streams(routed)
         return routed
 
     def _check_order(self) -> None:
@@ -623,6 +696,25 @@ class Config(_Section):
                     raise KeyedError(
                         f"routes.{index}.webhook.urls",
                         f"{url} is signed otherwise in {key} (one spool, one signer a URL)",
+                    )
+
+    def _check_streams(self, routed: dict[str, Config]) -> None:
+        """Streams may not share subjects: one subject prefix a stream, one stream a prefix."""
+        seen: dict[str, tuple[str, str]] = {}  # stream -> (prefix, key), and prefix -> (stream, key)
+        pairs = [("nats", self.nats)] if "nats" in self.sink.destinations else []
+        for index, route in enumerate(self.routes):
+            effective = routed[route.name]
+            if "nats" in effective.sink.destinations:
+                pairs.append((f"routes.{index}.nats", effective.nats))
+        for key, nats in pairs:
+            for a, b in (
+                (f"stream {nats.stream}", nats.subject_prefix),
+                (f"prefix {nats.subject_prefix}", nats.stream),
+            ):
+                other, where = seen.setdefault(a, (b, key))
+                if other != b:
+                    raise KeyedError(
+                        key, f"{a} is used with {other} in {where} (streams may not share subjects)"
                     )
 
     @staticmethod

@@ -43,6 +43,7 @@ from prometheus_client.samples import Sample
 
 from bridge.config import METRICS_DIR_ENV
 from bridge.errors import MetricsDirInUse
+from bridge.nats.policy import Outcome as NatsOutcome
 from bridge.recording import RecordingResult
 from bridge.supervision import RestartReason
 from bridge.vblaze.buffer import GapCause
@@ -92,6 +93,9 @@ RECLAIM_CAUSES = tuple(cause.value for cause in ReclaimCause)
 # Defined, with a comment per value, where they are produced: bridge/webhook/policy.py, queue.py.
 WEBHOOK_OUTCOMES = tuple(o.value for o in Outcome)  # Outcome.OTHER ("other") is one of them
 WEBHOOK_DROP_REASONS = (*(r.value for r in DropReason), OTHER)
+# NATS publishes: bridge/nats/policy.py's Outcome documents each (its OTHER is "other"); drops as webhooks'.
+NATS_OUTCOMES = tuple(o.value for o in NatsOutcome)
+NATS_DROP_REASONS = WEBHOOK_DROP_REASONS
 # Why a worker was restarted: the supervisor's `RestartReason` (bridge/supervision.py) is the one list.
 RESTART_REASONS = tuple(reason.value for reason in RestartReason)
 # How a call's recording ended: bridge/recording.py's RecordingResult documents each.
@@ -214,6 +218,29 @@ SPOOL_LIMIT_BYTES = Gauge(
     multiprocess_mode="livemax",
 )
 
+# --- NATS JetStream (bridge/nats/): the same spool as the webhooks (its gauges above count both) ---
+
+NATS_ATTEMPTS = Counter(
+    f"{PREFIX}_nats_publish_attempts_total", "JetStream publish attempts, by outcome.", ["outcome"]
+)
+NATS_DUPLICATES = Counter(
+    f"{PREFIX}_nats_duplicates_total",
+    "Publishes JetStream acked as duplicates (the event_id was stored already: stored once).",
+)
+NATS_REJECTED = Counter(
+    f"{PREFIX}_nats_events_rejected_total", "Events that can never be published (larger than max_payload)."
+)
+NATS_DROPPED = Counter(
+    f"{PREFIX}_nats_events_dropped_total",
+    "NATS events refused before any attempt, by reason (spool_full: webhook.spool_max_bytes reached).",
+    ["reason"],
+)
+NATS_CONNECTED = Gauge(
+    f"{PREFIX}_nats_connected",
+    "Worker processes connected to a NATS server, summed over live processes.",
+    multiprocess_mode="livesum",
+)
+
 # --- the live feed (bridge/control/feed.py) ---------------------------------------------------------
 
 LIVE_EVENTS_DROPPED = Counter(
@@ -271,6 +298,19 @@ UTTERANCE_TO_WEBHOOK_ACK = Histogram(
     "Utterance received from the engine to the 2xx answer to its webhook.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
 )
+# Utterance received -> JetStream ack: a publish round trip (a millisecond on a LAN, R=3 included);
+# seconds when the stream lost its leader (an election) or every server is down (the spool holds it).
+UTTERANCE_TO_NATS_ACK = Histogram(
+    f"{PREFIX}_utterance_to_nats_ack_seconds",
+    "Utterance received from the engine to JetStream's ack of its publish.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
+# One publish attempt, to its ack or failure; bounded by nats.publish_timeout_seconds (5 s default).
+NATS_PUBLISH = Histogram(
+    f"{PREFIX}_nats_publish_seconds",
+    "Duration of one JetStream publish attempt, whatever its outcome.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
 # One webhook attempt, request to answer or failure; bounded by webhook.timeout_seconds (5 s default).
 WEBHOOK_ATTEMPT = Histogram(
     f"{PREFIX}_webhook_attempt_seconds",
@@ -309,6 +349,10 @@ def _preinit() -> None:
         WEBHOOK_ATTEMPTS.labels(outcome)
     for reason in WEBHOOK_DROP_REASONS:
         WEBHOOK_DROPPED.labels(reason)
+    for outcome in NATS_OUTCOMES:
+        NATS_ATTEMPTS.labels(outcome)
+    for reason in NATS_DROP_REASONS:
+        NATS_DROPPED.labels(reason)
     for result in RECORDING_RESULTS:
         RECORDINGS.labels(result)
 
@@ -452,6 +496,32 @@ class WebhookMetrics:
 
     def dropped(self, reason: str) -> None:
         WEBHOOK_DROPPED.labels(bounded(reason, WEBHOOK_DROP_REASONS)).inc()
+
+
+class NatsMetrics:
+    """Observer for JetStream publishing (`bridge.nats.transport.NatsObserver`)."""
+
+    def attempt(self, outcome: NatsOutcome, seconds: float) -> None:
+        NATS_ATTEMPTS.labels(bounded(outcome, NATS_OUTCOMES)).inc()
+        NATS_PUBLISH.observe(max(0.0, seconds))
+        if outcome is NatsOutcome.DUPLICATE:
+            NATS_DUPLICATES.inc()
+
+    def sent(self, latency_seconds: float) -> None:
+        """Utterance received -> first publish: the ack histogram covers it (a publish waits for its ack)."""
+
+    def delivered(self, latency_seconds: float) -> None:
+        """Utterance received -> JetStream ack."""
+        UTTERANCE_TO_NATS_ACK.observe(max(0.0, latency_seconds))
+
+    def rejected(self, status: int) -> None:
+        NATS_REJECTED.inc()
+
+    def dropped(self, reason: str) -> None:
+        NATS_DROPPED.labels(bounded(reason, NATS_DROP_REASONS)).inc()
+
+    def connected(self, up: bool) -> None:
+        NATS_CONNECTED.set(1 if up else 0)
 
 
 # --- the supervisor's own figures -------------------------------------------------------------------

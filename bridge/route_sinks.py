@@ -6,6 +6,11 @@ configuration, and each call handed its route's.
   secret and bearer token (`WebhookSettings.credentials`); a route's calls get a view of it that
   submits to the route's URLs only (`webhook.urls`). The spool-wide keys (spool path and size,
   timeouts, backoff, claim interval, basic auth) are the top level's: a route may not set them.
+- nats (`sink.kind: nats`, or `sink.also_nats` next to the webhook): the same `WebhookSink`, whose
+  destinations are then the route's webhook URLs and its NATS destination
+  (``nats:<stream>:<prefix>:<route>``, `bridge.nats.policy.destination`), delivered through one
+  `NatsTransport` (one connection a worker, the top level's `nats` settings; a route may name its
+  own stream and subject prefix). Spool, order per call, retries and claims are the webhook's.
 - jsonl: one `JsonLinesSink` per distinct `sink.jsonl_path` (one writer thread each).
 
 `sink_for(config)` takes a call's effective config (`Config.for_route`); `update(config)` (a reload)
@@ -26,9 +31,10 @@ from typing import TYPE_CHECKING
 from bridge.config import Config
 from bridge.events import BridgeEvent, EventSink
 from bridge.sinks import JsonLinesSink
+from sip.routing import DEFAULT_ROUTE
 
 if TYPE_CHECKING:  # webhook delivery (aiohttp) is imported only by a worker that has a webhook route
-    from bridge.webhook.delivery import Credentials, DeliveryObserver, WebhookSink
+    from bridge.webhook.delivery import Credentials, DeliveryObserver, Transport, WebhookSink
 
 
 class _RouteView:
@@ -73,16 +79,31 @@ class RouteSinks:
         self._add(config)
 
     @staticmethod
-    def _effective(config: Config) -> list[Config]:
-        return [config, *(config.for_route(route.name) for route in config.routes)]
+    def _effective(config: Config) -> list[tuple[str, Config]]:
+        return [
+            (DEFAULT_ROUTE, config),
+            *((route.name, config.for_route(route.name)) for route in config.routes),
+        ]
+
+    @staticmethod
+    def destinations(config: Config, route: str) -> list[str]:
+        """Where the events of `route`'s calls (effective config `config`) are spooled for."""
+        out: list[str] = []
+        if "webhook" in config.sink.destinations:
+            out += config.webhook.urls
+        if "nats" in config.sink.destinations:
+            from bridge.nats.policy import destination
+
+            out.append(destination(config.nats.stream, config.nats.subject_prefix, route))
+        return out
 
     def _add(self, config: Config) -> list[EventSink]:
         """Make the sinks `config`'s routes need and do not have yet; return the new ones."""
         new: list[EventSink] = []
-        hooks: list[Config] = []  # the effective configs whose sink is the webhook
-        for effective in self._effective(config):
-            if effective.sink.kind == "webhook":
-                hooks.append(effective)
+        hooks: list[tuple[str, Config]] = []  # the effective configs whose sink is the spooled one
+        for route, effective in self._effective(config):
+            if effective.sink.destinations:
+                hooks.append((route, effective))
             elif effective.sink.jsonl_path not in self.jsonl:
                 sink = self.jsonl[effective.sink.jsonl_path] = JsonLinesSink(effective.sink.jsonl_path)
                 new.append(sink)
@@ -90,41 +111,54 @@ class RouteSinks:
             new += self._add_webhook(hooks)
         return new
 
-    def _add_webhook(self, hooks: list[Config]) -> list[EventSink]:
+    def _add_webhook(self, hooks: list[tuple[str, Config]]) -> list[EventSink]:
         """The one webhook sink, made (its spool-wide keys from the first of `hooks`, which all share
-        them) or told of the URLs of `hooks` and how to sign for each."""
+        them) or told of the destinations of `hooks` and how to sign for each URL."""
         from bridge.webhook.delivery import WebhookSettings, WebhookSink, credentials_from_config
 
         urls: list[str] = []
         credentials: dict[str, Credentials] = {}
-        for effective in hooks:
-            signer = credentials_from_config(effective.webhook, self._environ)
-            for url in effective.webhook.urls:
-                urls.append(url)
-                credentials.setdefault(url, signer)
+        for route, effective in hooks:
+            if "webhook" in effective.sink.destinations:
+                signer = credentials_from_config(effective.webhook, self._environ)
+                for url in effective.webhook.urls:
+                    credentials.setdefault(url, signer)
+            urls += self.destinations(effective, route)
+        nats = [effective for _, effective in hooks if "nats" in effective.sink.destinations]
         if self.webhook is not None:
             self.webhook.add_receivers(urls, credentials)
+            if nats and self.webhook.transport("nats") is None:
+                self.webhook.add_transport(self._nats_transport(nats[0]))
             return []
-        base = WebhookSettings.from_config(hooks[0].webhook, self._environ)
+        base = WebhookSettings.from_config(hooks[0][1].webhook, self._environ, signed=bool(credentials))
         settings = dataclasses.replace(base, urls=tuple(dict.fromkeys(urls)), credentials=credentials)
         if self._observer is None:
             from bridge.metrics import WebhookMetrics
 
             self._observer = WebhookMetrics()
-        self.webhook = WebhookSink(settings, observer=self._observer)
+        transports = [self._nats_transport(nats[0])] if nats else []
+        self.webhook = WebhookSink(settings, observer=self._observer, transports=transports)
         self.webhook.begin()
         return [self.webhook]
 
-    def sink_for(self, config: Config) -> EventSink:
-        """The sink of the calls whose effective config is `config`."""
-        if config.sink.kind == "jsonl":
+    @staticmethod
+    def _nats_transport(config: Config) -> Transport:
+        """The worker's one NATS connection, with the top level's settings (a route sets only its
+        stream and subject prefix, which travel in the destination)."""
+        from bridge.nats.transport import make_transport
+
+        return make_transport(config.nats)
+
+    def sink_for(self, config: Config, route: str = DEFAULT_ROUTE) -> EventSink:
+        """The sink of the calls of `route`, whose effective config is `config`."""
+        if not config.sink.destinations:
             return self.jsonl[config.sink.jsonl_path]
         assert self.webhook is not None, "RouteSinks was built without this route's config"
-        return _RouteView(self.webhook, config.webhook.urls)
+        return _RouteView(self.webhook, self.destinations(config, route))
 
     def for_route(self, name: str) -> EventSink:
         """The sink of route `name` in the current config (the top level's for an unknown name)."""
-        return self.sink_for(self._config.for_route(name))
+        return self.sink_for(self._config.for_route(name), name)
 
     async def update(self, config: Config) -> None:
         """A reload: make what `config`'s routes need; calls keep the sinks they have."""

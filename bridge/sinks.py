@@ -127,8 +127,12 @@ class JsonLinesSink:
 
 def make_sink(config: Config) -> EventSink:
     """The sink named by `sink.kind`."""
-    if config.sink.kind == "webhook":
+    if config.sink.kind == "webhook" and not config.sink.also_nats:
         from bridge.webhook.delivery import make_webhook_sink
 
         return make_webhook_sink(config)
+    if config.sink.destinations:  # NATS: the spooled sink with its transport (bridge/route_sinks.py)
+        from bridge.route_sinks import RouteSinks
+
+        return RouteSinks(config)
     return JsonLinesSink(config.sink.jsonl_path)

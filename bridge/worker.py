@@ -142,7 +142,11 @@ class Worker:
                 event,
                 effective,
                 # The route's sink, and a copy of each event to the supervisor's live feed (control/feed.py).
-                FeedTap(self.sinks.sink_for(effective), lambda: self._control, metrics.live_event_dropped),
+                FeedTap(
+                    self.sinks.sink_for(effective, event.route),
+                    lambda: self._control,
+                    metrics.live_event_dropped,
+                ),
                 self.index,
                 self.call_metrics,
                 self.engine_metrics,

@@ -6,6 +6,11 @@ verdict on one attempt (delivered, retry, reject) and the backoff, `queue.py` ho
 belongs to a dead owner), `spool.py` is the disk; all four but the spool do no I/O. Here are the asyncio
 tasks, the HTTP session and the spool thread, doing what `queue.py` decides.
 
+A destination is a receiver URL, or ``<scheme>:...`` delivered by the `Transport` of that scheme
+(``nats:<stream>:<prefix>:<route>``, `bridge/nats/transport.py`): the lanes, the spool, the order, the
+claims and the retries below are the same for both; only the attempt differs (a POST answered 2xx, a
+publish acked by JetStream), and a transport's events are counted by its own observer.
+
 For every (url, call) there is one lane, ordered by `seq`, and while it has events one asyncio task
 sending its head. The head is retried until the receiver answers 2xx (delivered) or a final 4xx
 (rejected, recorded); only then does the next event of that call go out to that URL. Other calls and
@@ -87,10 +92,13 @@ T = TypeVar("T")
 
 DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
+CLOSE_TIMEOUT = 5.0  # the HTTP session, each transport's connection
 
 
 def shown_url(url: str) -> str:
-    """`url` without user and password, for logs."""
+    """`url` without user and password, for logs (a transport's destination as it is: no secrets)."""
+    if not url.startswith(("http://", "https://")):
+        return url
     try:
         return str(yarl.URL(url).with_user(None))
     except (ValueError, TypeError):
@@ -124,6 +132,46 @@ class DeliveryObserver(Protocol):
 
     def dropped(self, reason: queue.DropReason) -> None:
         """An event was refused before any attempt."""
+
+
+class LaneObserver(Protocol):
+    """The hooks of one destination's events (a transport's own, or the webhook observer's)."""
+
+    def sent(self, latency_seconds: float) -> None: ...
+    def delivered(self, latency_seconds: float) -> None: ...
+    def rejected(self, status: int) -> None: ...
+    def dropped(self, reason: queue.DropReason) -> None: ...
+
+
+@dataclass(frozen=True)
+class TransportResult:
+    """One attempt of a transport: its verdict, a reason for the log, the status a rejection records."""
+
+    verdict: policy.Verdict
+    reason: str
+    status: int = 0
+
+
+class Transport(Protocol):
+    """Another way than an HTTP POST to deliver a destination's events (`bridge/nats/transport.py`).
+
+    A destination ``<scheme>:...`` goes to the transport of that `scheme`; the lanes, the spool, the
+    order and the retries are this module's. `send` makes one attempt, bounded, and records its own
+    attempt metrics; it raises nothing but CancelledError.
+    """
+
+    scheme: str
+
+    @property
+    def observer(self) -> LaneObserver: ...
+
+    def begin(self) -> None: ...
+
+    async def send(
+        self, destination: str, call_id: str, kind: str, event_id: str, body: bytes
+    ) -> TransportResult: ...
+
+    async def aclose(self, timeout: float) -> None: ...  # noqa: ASYNC109 (a bound)
 
 
 class NullObserver:
@@ -183,13 +231,16 @@ class WebhookSettings:
     credentials: Mapping[str, Credentials] = field(default_factory=dict)
 
     @classmethod
-    def from_config(cls, config: WebhookConfig, environ: Mapping[str, str]) -> WebhookSettings:
+    def from_config(
+        cls, config: WebhookConfig, environ: Mapping[str, str], *, signed: bool = True
+    ) -> WebhookSettings:
         """Resolve secrets from `environ`; raise ConfigError naming the key if one is missing.
 
         Reads ``basic_auth_env`` (a variable holding ``user:password``) if the config has that key.
+        `signed` False: no HTTP receiver (only NATS destinations), no secret needed.
         """
         secret = environ.get(config.secret_env, "")
-        if not secret:
+        if not secret and signed:
             raise ConfigError(
                 f"webhook.secret_env: environment variable {config.secret_env} is not set or empty "
                 "(webhooks are always signed)"
@@ -250,9 +301,11 @@ class WebhookSink:
         observer: DeliveryObserver | None = None,
         session: aiohttp.ClientSession | None = None,
         rand: random.Random | None = None,
+        transports: Sequence[Transport] = (),
     ) -> None:
         if not settings.urls:
             raise ConfigError("webhook.urls: empty")
+        self._transports = {t.scheme: t for t in transports}  # destinations that are not HTTP URLs
         self._s = settings
         self._urls = list(settings.urls)  # every URL a submit may name (routes: add_receivers)
         self._credentials = dict(settings.credentials)
@@ -302,6 +355,8 @@ class WebhookSink:
             )
         if self._state is not _State.STARTING:
             return  # closed meanwhile
+        for transport in self._transports.values():
+            transport.begin()
         self._state = _State.RUNNING
         if spooled:
             logger.info("resuming delivery of %d spooled webhook events", len(spooled))
@@ -365,12 +420,14 @@ class WebhookSink:
             if self._executor is not None:
                 self._executor.shutdown(wait=False)
             self._state = _State.CLOSED
+            for transport in self._transports.values():
+                await transport.aclose(CLOSE_TIMEOUT)
             if self._own_session and self._session is not None:
                 try:
-                    async with asyncio.timeout(5.0):
+                    async with asyncio.timeout(CLOSE_TIMEOUT):
                         await self._session.close()
                 except TimeoutError:
-                    logger.error("webhook HTTP session did not close within 5 s")
+                    logger.error("webhook HTTP session did not close within %.0f s", CLOSE_TIMEOUT)
 
     async def _stop_lanes(self, seconds: float) -> None:
         """Let the lanes' tasks finish for `seconds`, then cancel those still running."""
@@ -393,6 +450,25 @@ class WebhookSink:
         """Let `submit` name these URLs too (a reload's new routes); `credentials` as in the settings."""
         self._urls += [url for url in urls if url not in self._urls]
         self._credentials.update(credentials)
+
+    def add_transport(self, transport: Transport) -> None:
+        """Deliver the destinations of `transport.scheme` through it too (a reload's first NATS route)."""
+        if transport.scheme in self._transports:
+            return
+        self._transports[transport.scheme] = transport
+        if self._state is _State.RUNNING:
+            transport.begin()
+
+    def transport(self, scheme: str) -> Transport | None:
+        return self._transports.get(scheme)
+
+    def _transport_of(self, destination: str) -> Transport | None:
+        scheme, sep, _ = destination.partition(":")
+        return self._transports.get(scheme) if sep else None
+
+    def _observer_of(self, lane: _Lane) -> LaneObserver:
+        transport = self._transport_of(lane.url)
+        return self._observer if transport is None else transport.observer
 
     # --- the EventSink side --------------------------------------------------------------------------
 
@@ -559,7 +635,7 @@ class WebhookSink:
             shown_url(lane.url),
             extra={"call_id": lane.call_id},
         )
-        self._observer.dropped(queue.DropReason.SPOOL_FULL)
+        self._observer_of(lane).dropped(queue.DropReason.SPOOL_FULL)
 
     def _duplicate(self, lane: _Lane, item: _Item) -> None:
         logger.warning(
@@ -722,6 +798,9 @@ class WebhookSink:
         self, lane: _Lane, item: _Item, body: bytes
     ) -> tuple[policy.Verdict, float | None, str]:
         """One POST of `item`; the verdict, a Retry-After delay if any, and a reason for the log."""
+        transport = self._transport_of(lane.url)
+        if transport is not None:
+            return await self._attempt_by(transport, lane, item, body)
         item.attempts += 1
         now = time.time()
         if item.attempts == 1 and item.kind == "utterance":
@@ -756,6 +835,21 @@ class WebhookSink:
             await self._rejected(lane, item, status, detail.decode("utf-8", errors="replace").strip())
         return answer.verdict, answer.retry_after, f"HTTP {status}"
 
+    async def _attempt_by(
+        self, transport: Transport, lane: _Lane, item: _Item, body: bytes
+    ) -> tuple[policy.Verdict, float | None, str]:
+        """One attempt of `item` through `transport` (a publish, for NATS)."""
+        item.attempts += 1
+        if item.attempts == 1 and item.kind == "utterance":
+            transport.observer.sent(time.time() - item.event_time)
+        crashpoint.reached("delivery.before_post")
+        result = await transport.send(lane.url, lane.call_id, item.kind, item.event_id, body)
+        if result.verdict == "delivered":
+            await self._delivered(lane, item)
+        elif result.verdict == "reject":
+            await self._rejected(lane, item, result.status, result.reason)
+        return result.verdict, None, result.reason
+
     async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str | None, bytes]:
         """POST `body`; the status, the Retry-After header and the start of the answer's body."""
         assert self._session is not None
@@ -768,7 +862,7 @@ class WebhookSink:
         crashpoint.reached("delivery.after_2xx")
         await self._finish(lane, item, self._spool.delete, lane.url, lane.call_id, item.seq)
         if item.kind == "utterance":
-            self._observer.delivered(time.time() - item.event_time)
+            self._observer_of(lane).delivered(time.time() - item.event_time)
 
     async def _rejected(self, lane: _Lane, item: _Item, status: int, text: str) -> None:
         logger.error(
@@ -781,7 +875,7 @@ class WebhookSink:
             text[:200],
             extra={"call_id": lane.call_id},
         )
-        self._observer.rejected(status)
+        self._observer_of(lane).rejected(status)
         await self._finish(lane, item, self._spool.reject, lane.url, lane.call_id, item.seq, status, text)
 
     async def _finish(self, lane: _Lane, item: _Item, fn: Callable[..., None], *args: Any) -> None:
