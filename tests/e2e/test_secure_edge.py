@@ -148,7 +148,12 @@ def test_a_tls_srtp_call_brings_the_words_back_and_nothing_leaves_the_caller_in_
     ended = events[-1]
     assert ended["kind"] == "call.ended" and ended["data"]["reason"] == "remote_bye", events
     words = " ".join(str(ended["data"]["transcript"] or "").lower().replace(",", " ").split())
-    assert "order" in words and "address" in words, words
+    # tiny.en on G.711 through SRTP: most of the sentence, not every word (once "wrong address" came back
+    # as "narang and rest" on a loaded machine); garbled or no audio would give none of them.
+    heard = {"please", "check", "order", "number", "sent", "wrong", "address"} & set(
+        words.replace(".", " ").split()
+    )
+    assert len(heard) >= 4, words
     log = e.kam.log()
     assert "alice authenticated from 127.0.0.1" in log and f"rtpengine: {call_id} anchored" in log
 
