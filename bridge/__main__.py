@@ -10,9 +10,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from bridge.assets import ASSETS, CONFIG, print_asset
-from bridge.config import METRICS_DIR_ENV, load_config
+from bridge.config import METRICS_DIR_ENV, Config, load_config
 from bridge.control.cli import DEFAULT_TOKEN_ENV
 from bridge.errors import ConfigError, MetricsDirInUse
 
@@ -64,6 +65,14 @@ def _control_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
             client.add_argument("--reason", default=None, help="why (shown in call.paused)")
 
 
+def _zygote(config: Config, path: Path, channel_fd: int) -> NoReturn:
+    from bridge.logs import setup_logging
+    from bridge.zygote import serve
+
+    setup_logging(config.logging, "zygote")
+    serve(str(path), channel_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("print-config", "print-asset"):
@@ -102,11 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(config, args.index, args.control_fd, str(args.config))
         return 0
     if args.command == "zygote":
-        from bridge.logs import setup_logging
-        from bridge.zygote import serve
-
-        setup_logging(config.logging, "zygote")
-        serve(str(args.config), args.channel_fd)
+        _zygote(config, args.config, args.channel_fd)
     # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
     # stay in memory; the supervisor owns this directory and exports it to its workers.
     inherited = os.environ.pop(METRICS_DIR_ENV, None)
