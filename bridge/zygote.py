@@ -23,6 +23,9 @@ The processes:
   handlers, reseeds `random`, takes the title ``vblaze-bridge worker --config PATH --index N
   --control-fd FD`` (setproctitle: ps, pgrep -f and /proc/PID/cmdline show it), loads the config file
   as a fresh worker would, and runs `bridge.worker.main`, which leaves with os._exit.
+- memory: the zygote runs with the garbage collector off and calls `gc.freeze()` before each fork, so
+  that the workers' collections do not write to (and so copy) the pages of the objects they share;
+  the worker turns its collector on.
 - metrics: prometheus_client's multiprocess values are keyed by pid and re-keyed on the first write
   after a fork, so each worker writes its own ``*_PID.db`` files. The zygote deletes the empty files
   its imports created for its own pid, so that only workers' files are in the directory.
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import gc
 import importlib
 import logging
 import os
@@ -94,6 +98,7 @@ def parse_reply(message: bytes) -> tuple[int, int | None] | None:
 
 def serve(config_path: str, channel_fd: int) -> NoReturn:
     """The zygote's life: import, say ready, fork a worker for each request until the channel closes."""
+    gc.disable()  # no collection leaves holes in the pages the workers share (see `gc.freeze`)
     for name in WARM_MODULES:
         importlib.import_module(name)
     _drop_own_metric_files()
@@ -124,6 +129,7 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
 def _fork_worker(index: int, control_fd: int, config_path: str, channel: socket.socket) -> int | None:
     """Fork an intermediate that forks the worker and exits; return the worker's pid (None: failed)."""
     read_end, write_end = os.pipe()
+    gc.freeze()  # the workers' collections never write to the objects they share with the zygote
     try:
         middle = os.fork()
     except OSError:
@@ -156,6 +162,7 @@ def _become_worker(index: int, control_fd: int, config_path: str, channel: socke
     code = 1
     try:
         channel.close()
+        gc.enable()
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.default_int_handler)
