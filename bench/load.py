@@ -277,6 +277,30 @@ def load_average() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
 
 
+def pss_breakdown(pids: list[int]) -> str:
+    """PSS of the pool's parts at the end of the steady phase: its first process, a zygote (if any)
+    and the median worker, with the worker's private dirty memory (what it does not share)."""
+    mb = 1024 * 1024
+    parts: dict[str, list[tuple[int, int]]] = {"top": [], "zygote": [], "worker": []}
+    for number, pid in enumerate(pids):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        pss = int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        private = int(re.search(r"^Private_Dirty:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        kind = "top" if number == 0 else "zygote" if b"vblaze-bridge zygote" in title else "worker"
+        parts[kind].append((pss, private))
+    workers = sorted(parts["worker"])
+    middle = workers[len(workers) // 2] if workers else (0, 0)
+    zygote = f", zygote {parts['zygote'][0][0] / mb:.1f}" if parts["zygote"] else ""
+    return (
+        f"PSS MB: first process {sum(p for p, _ in parts['top']) / mb:.1f}{zygote}, median worker "
+        f"{middle[0] / mb:.1f} (private dirty {middle[1] / mb:.1f}) of {len(workers)}"
+    )
+
+
 def sip_answers(port: int, timeout: float = 0.05) -> bool:
     """One SIP OPTIONS to 127.0.0.1:port (UDP); True if anything answers within `timeout`."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -598,6 +622,7 @@ def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
     while time.monotonic() < end_at:
         pss_samples.append(pss_bytes(pids))
         time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
+    phase.notes.append(pss_breakdown(pids))
     c1, w1 = cpu_ticks(pids), time.monotonic()
     phase.cpu_idle, phase.cpu_steal = idle_steal(m0, cpu_times())
     phase.load = (l0, load_average())

@@ -21,8 +21,9 @@ The processes:
   reaps itself (:class:`ForkedProcess`, through a pidfd), whatever becomes of the zygote.
 - the worker (:func:`_become_worker`): closes the zygote's channel, sets the default signal
   handlers, reseeds `random`, takes the title ``vblaze-bridge worker --config PATH --index N
-  --control-fd FD`` (setproctitle: ps, pgrep -f and /proc/PID/cmdline show it), loads the config file
-  as a fresh worker would, and runs `bridge.worker.main`, which leaves with os._exit.
+  --control-fd FD`` (setproctitle: ps, pgrep -f and /proc/PID/cmdline show it), takes its config
+  (the zygote's parsed copy if the file holds the same bytes as when the zygote read it, else the file
+  loaded afresh, as an exec'd worker would), and runs `bridge.worker.main`, which leaves with os._exit.
 - memory: the zygote runs with the garbage collector off and calls `gc.freeze()` before each fork, so
   that the workers' collections do not write to (and so copy) the pages of the objects they share;
   the worker turns its collector on.
@@ -50,10 +51,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from bridge.supervision import restart_delay
+
+if TYPE_CHECKING:
+    from bridge.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +106,13 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
     gc.disable()  # no collection leaves holes in the pages the workers share (see `gc.freeze`)
     for name in WARM_MODULES:
         importlib.import_module(name)
+    from bridge.config import load_config
+    from bridge.errors import ConfigError
+
+    try:  # parsed here once: a worker whose file has not changed since takes it as it is
+        warm = _WarmConfig(Path(config_path).read_bytes(), load_config(config_path))
+    except (OSError, ConfigError):
+        warm = None  # each worker reads the file itself and fails on it as a fresh one would
     _drop_own_metric_files()
     _set_title(ZYGOTE_TITLE.format(config=config_path))
     channel = socket.socket(fileno=channel_fd)
@@ -121,12 +133,14 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
             for fd in fds:
                 os.close(fd)
             continue
-        pid = _fork_worker(index, fds[0], config_path, channel)
+        pid = _fork_worker(index, fds[0], config_path, channel, warm)
         os.close(fds[0])
         channel.send(b"failed %d" % index if pid is None else b"pid %d %d" % (index, pid))
 
 
-def _fork_worker(index: int, control_fd: int, config_path: str, channel: socket.socket) -> int | None:
+def _fork_worker(
+    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: _WarmConfig | None
+) -> int | None:
     """Fork an intermediate that forks the worker and exits; return the worker's pid (None: failed)."""
     read_end, write_end = os.pipe()
     gc.freeze()  # the workers' collections never write to the objects they share with the zygote
@@ -145,7 +159,7 @@ def _fork_worker(index: int, control_fd: int, config_path: str, channel: socket.
             worker = os.fork()
             if worker == 0:
                 os.close(write_end)
-                _become_worker(index, control_fd, config_path, channel)
+                _become_worker(index, control_fd, config_path, channel, warm)
             os.write(write_end, b"%d" % worker)
             code = 0
         finally:
@@ -157,7 +171,25 @@ def _fork_worker(index: int, control_fd: int, config_path: str, channel: socket.
     return int(text) if text.isdigit() else None
 
 
-def _become_worker(index: int, control_fd: int, config_path: str, channel: socket.socket) -> NoReturn:
+@dataclass(frozen=True)
+class _WarmConfig:
+    """The config file's bytes when the zygote parsed them, and what they parsed to."""
+
+    data: bytes
+    config: Config
+
+    def current(self, path: str) -> Config | None:
+        """The parsed config if the file still holds the same bytes (so a worker need not parse it
+        again: parsing would write to, and copy, about 2 MB of the pages it shares); else None."""
+        try:
+            return self.config if Path(path).read_bytes() == self.data else None
+        except OSError:
+            return None
+
+
+def _become_worker(
+    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: _WarmConfig | None
+) -> NoReturn:
     """In the forked worker: set the process up as a fresh one, then run the worker. Never returns."""
     code = 1
     try:
@@ -173,7 +205,7 @@ def _become_worker(index: int, control_fd: int, config_path: str, channel: socke
         from bridge.worker import main as worker_main
 
         try:
-            config = load_config(Path(config_path))
+            config = (warm and warm.current(config_path)) or load_config(Path(config_path))
         except ConfigError as exc:
             print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
             code = 2
