@@ -64,8 +64,9 @@ kamailio: setup
 	  -A 'DS_LIST="$(abspath $(KAMAILIO_DIR))/dispatcher.list"' \
 	  -A 'CTL_SOCKET="unix:$(abspath $(KAMAILIO_DIR))/kamailio_ctl"'
 
-# Load benchmark: K calls through Kamailio into the bridge, then into a bare pjsua2 pool (the floor).
-# BENCH_ARGS="--calls 40 --seconds 30" for a smaller run; the default is 200 calls x 30 s.
+# Load benchmark: K calls through Kamailio into the bridge and into a bare pjsua2 pool (the floor), in
+# interleaved pairs. BENCH_ARGS="--calls 40 --seconds 20 --pairs 2" for a smaller run; the default is
+# 200 calls x 30 s, 3 pairs.
 BENCH_ARGS ?=
 bench-load: setup
 	$(BIN)/python bench/load.py $(BENCH_ARGS)

@@ -5,9 +5,14 @@ rule, state bounds, restart reasons) are pure functions in :mod:`bridge.supervis
 
 Lifecycle, in order:
 
-- startup(): every worker slot gets a task (`_run_slot`) that spawns `python -m bridge worker --index i`
-  on SIP port `sip.first_port + i` and supervises it. startup() returns once every slot's first start
-  is over (ready, or failed); run() then sends READY=1 as soon as at least one worker serves.
+- startup(): with ``sip.spawn: fork`` (the default) it starts the zygote (`bridge.zygote`: a warm parent
+  that has imported everything a worker needs, kept running by its own task) and makes the supervisor
+  the workers' child subreaper. Every worker slot gets a task (`_run_slot`) that starts worker i on SIP
+  port `sip.first_port + i` (`_spawn`: forked by the zygote, or with ``exec`` a fresh
+  `python -m bridge worker --index i`) and supervises it; either way the worker is the supervisor's
+  child, watched and reaped the same way. startup() returns once every slot's first start is over
+  (ready, or failed); run() then sends READY=1 as soon as at least one worker serves. shutdown() stops
+  the zygote last.
 - main_loop(): waits for a signal. Meanwhile each slot's task replaces its worker whenever it exits,
   hangs or fails to start, with the delay of :func:`restart_delay` (none for a worker that lived a
   while, growing to 5 s for one that keeps failing). Its calls are lost; the others go on.
