@@ -4,9 +4,9 @@ It is the bridge's own SIP stack (`sip.endpoint.SipEndpoint`: same pjsua2 settin
 admission and 100 ms frame ports read through ctypes) with the rest of the bridge taken away: no
 asyncio loop, no engine stream, no events, no metrics. Audio frames are only counted. On SIGTERM it
 stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seconds", "rtp_packets",
-"rtp_lost", "frames_dropped"}` to `--out` (expected: whole frames in the time from media up to hang-up,
-call by call; RTP as pjmedia's stream statistics count it, polled by the endpoint once a second, as the
-bridge's `vblaze_bridge_rtp_packets_total` and `_lost_total`).
+"rtp_lost", "rtp_discarded", "frames_dropped"}` to `--out` (expected: whole frames in the time from
+media up to hang-up, call by call; RTP as pjmedia's stream statistics count it, polled by the endpoint once a second, as the
+bridge's `vblaze_bridge_rtp_packets_total`, `_lost_total` and `_discarded_total`).
 
     python bench/floor_worker.py --config CONFIG --index I --out floor-I.json
     python bench/floor_worker.py --config CONFIG --fork --out floor-{index}.json
@@ -49,12 +49,14 @@ class Counts:
         self._lock = threading.Lock()
         self.rtp_packets = 0
         self.rtp_lost = 0
+        self.rtp_discarded = 0
         self.dropped = 0
 
     # sip.settings.CallObserver: only RTP and dropped frames are counted
-    def rtp_in(self, packets: int, lost: int) -> None:
+    def rtp_in(self, packets: int, lost: int, discarded: int) -> None:
         self.rtp_packets += packets
         self.rtp_lost += lost
+        self.rtp_discarded += discarded
 
     def sip_dropped(self, reason: SipDropReason) -> None:
         pass
@@ -145,6 +147,7 @@ def run(config_path: Path, index: int, out: Path) -> None:
                 "call_seconds": counts.call_seconds,
                 "rtp_packets": counts.rtp_packets,
                 "rtp_lost": counts.rtp_lost,
+                "rtp_discarded": counts.rtp_discarded,
                 "frames_dropped": counts.dropped,
             }
         )

@@ -432,7 +432,8 @@ class Phase:
     cpu_steal: float = 0.0  # % of it stolen by the hypervisor
     rtp_expected: float = 0.0  # RTP packets the calls' durations hold at 20 ms each
     rtp_received: float = 0.0  # pjmedia's stream statistics: packets received ...
-    rtp_lost: float = 0.0  # ... and lost in transit (sequence gaps)
+    rtp_lost: float = 0.0  # ... lost in transit (sequence gaps) ...
+    rtp_discarded: float = 0.0  # ... and arrived but thrown away by pjmedia
     restart_seconds: float | None = None  # SIGKILL of worker 0 until its replacement answers SIP
 
 
@@ -645,6 +646,7 @@ def bridge_figures(phase: Phase, args: argparse.Namespace, config: dict[str, Any
     phase.dropped = total(samples, "vblaze_bridge_audio_frames_dropped_total")
     phase.rtp_received = total(samples, "vblaze_bridge_rtp_packets_total")
     phase.rtp_lost = total(samples, "vblaze_bridge_rtp_packets_lost_total")
+    phase.rtp_discarded = total(samples, "vblaze_bridge_rtp_packets_discarded_total")
     for hop in ("audio_to_socket_seconds", "speech_end_to_utterance_seconds"):
         phase.latency[hop] = histogram_quantiles(samples, f"vblaze_bridge_{hop}", (0.5, 0.9, 0.99))
 
@@ -659,6 +661,7 @@ def floor_figures(phase: Phase, workdir: Path, workers: int, frame_ms: int) -> N
             phase.call_seconds += data["call_seconds"]
             phase.rtp_received += data["rtp_packets"]
             phase.rtp_lost += data["rtp_lost"]
+            phase.rtp_discarded += data["rtp_discarded"]
             phase.dropped += data["frames_dropped"]
             path.unlink()  # the next pair's floor writes its own
     phase.rtp_expected = phase.call_seconds / 0.02
@@ -737,6 +740,7 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         ("RTP expected from durations (20 ms)", lambda p: f"{p.rtp_expected:.0f}", False),
         (" sent by sipp (received + gaps)", lambda p: f"{p.rtp_received + p.rtp_lost:.0f}", False),
         (" lost in transit (pjmedia gaps)", lambda p: f"{p.rtp_lost:.0f}", False),
+        (" arrived, discarded by pjmedia", lambda p: f"{p.rtp_discarded:.0f}", False),
         (" never counted (see docs)", lambda p: _uncounted(p), False),
         ("processes", lambda p: str(p.processes), False),
         ("idle CPU per worker, % of a core", lambda p: f"{p.idle_cpu_per_worker:.2f}", False),
