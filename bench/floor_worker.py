@@ -6,7 +6,8 @@ asyncio loop, no engine stream, no events, no metrics. Audio frames are only cou
 stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seconds", "rtp_packets",
 "rtp_lost", "rtp_discarded", "frames_dropped"}` to `--out` (expected: whole frames in the time from
 media up to hang-up, call by call; RTP as pjmedia's stream statistics count it, polled by the
-endpoint once a second, as the bridge's `vblaze_bridge_rtp_packets_total`, `_lost_total` and `_discarded_total`).
+endpoint once a second, as the bridge's `vblaze_bridge_rtp_packets_total`, `_lost_total` and
+`_discarded_total`).
 
     python bench/floor_worker.py --config CONFIG --index I --out floor-I.json
     python bench/floor_worker.py --config CONFIG --fork --out floor-{index}.json
