@@ -15,6 +15,8 @@ import pytest
 
 from bridge.webhook.spool import NewEvent, Spool, prepare
 
+from .conftest import spool_rows
+
 
 def ev(call_id: str, seq: int, url: str = "http://r/hook", size: int = 10) -> NewEvent:
     return NewEvent(url, call_id, seq, f"id-{call_id}-{seq}", "utterance", 1.0 + seq, b"x" * size)
@@ -145,8 +147,10 @@ def test_schema_version_mismatch_is_refused(path: Path) -> None:
         Spool(path, 10**8).open()
 
 
-def test_insert_is_fast_enough(path: Path) -> None:
-    """Measured, not assumed: one fsync'ed insert + delete (the spool thread's work per event)."""
+def test_insert_then_delete_leaves_nothing_and_reports_its_cost(path: Path) -> None:
+    """One fsync'ed insert + delete (the spool thread's work per event), 50 times: nothing is left. The
+    time is printed, not asserted (tests check behaviour; on a shared machine timings drift: the figure
+    belongs to bench/, see docs/benchmarks.md)."""
     spool = Spool(path, 10**8)
     spool.open()
     try:
@@ -157,7 +161,7 @@ def test_insert_is_fast_enough(path: Path) -> None:
             spool.delete("http://r/hook", "a", seq)
         per_event = (time.perf_counter() - started) / n
         print(f"spool insert+delete: {per_event * 1000:.2f} ms per event")
-        assert per_event < 0.25
+        assert spool_rows(path) == []
     finally:
         spool.close()
 
