@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,16 +35,6 @@ def example() -> dict[str, Any]:
 @given(st.text())
 def test_the_documented_encoder_is_the_bridges(call_id: str) -> None:
     assert example()["encode_call_id"](call_id) == subject.encode_call_id(call_id)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path, size=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
 
 
 async def test_the_documented_consumer_replays_one_call_in_order(server: NatsCluster) -> None:

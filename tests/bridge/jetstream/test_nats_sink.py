@@ -4,7 +4,6 @@ spool for the webhook URLs and the stream, no webhook secret needed without a UR
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,16 +15,6 @@ from bridge.webhook.delivery import WebhookSink
 from tests.fixtures.nats import NatsCluster
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path, size=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
 
 
 async def test_a_routes_events_reach_its_stream_in_order_on_its_subjects(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -40,16 +39,6 @@ class Seen:
 
     def connected(self, up: bool) -> None:
         self.up.append(up)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[NatsCluster]:
-    cluster = NatsCluster(tmp_path, size=1)
-    cluster.start()
-    try:
-        yield cluster
-    finally:
-        cluster.stop_all()
 
 
 async def connected(transport: NatsTransport, seen: Seen) -> None:
