@@ -90,7 +90,11 @@ def test_bye_mid_sentence_keeps_the_last_words(
     assert result.returncode == 0, result.stdout
     (events,) = bridge.wait_ended(1).values()
     text = utterance_text(events)
-    assert {"delivery", "address"} & words_of(text), text
+    # Most of what was said before BYE: tiny.en once heard "the literary unrest in 12th Harbor Street"
+    # on a loaded machine, so any two of its words count; nothing would come back if the cut lost them.
+    assert (
+        len({"delivery", "address", "twelve", "12th", "harbour", "harbor", "street"} & words_of(text)) >= 2
+    ), text
     assert "tomorrow" not in words_of(text)  # said after the BYE
     last = [e for e in events if e["kind"] == "utterance"][-1]
     assert last["data"]["end"] >= cut_ms / 1000 - 1.5  # the utterance cut by the BYE arrived
