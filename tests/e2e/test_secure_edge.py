@@ -29,6 +29,7 @@ from bench.load import Kamailio, scrape, start_kamailio, total
 from bridge.config import load_config
 from bridge.demo import wait_for_sip
 from bridge.dispatcher import dispatcher_list
+from sip.limits import rtp_ports
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge
 from tests.fixtures import edge, rawsip
 from tests.fixtures.audio import speech_wav as espeak_wav
@@ -57,6 +58,7 @@ class Edge:
     tls_port: int
     bridge: Bridge
     metrics_url: str
+    worker_rtp: tuple[int, int]  # the RTP ports the bridge's workers bind (the inside leg's far end)
 
     def uri(self, user: str = "svc") -> str:
         return f"sip:{user}@127.0.0.1:{self.tls_port};transport=tls"
@@ -96,12 +98,14 @@ def secure_edge(tmp_path: Path, make_bridge: Any) -> Iterator[Any]:
         stops.append(rtpengine)
         tls_port = free_port_block(1)
         defines = edge.secure_defines(pki, auth_db, rtpengine.ng_port, tls_port, *more_defines)
-        kam = start_kamailio(
-            dispatcher_list(load_config(bridge.config_path)), tmp_path / "kamailio", defines=defines
-        )
+        config = load_config(bridge.config_path)
+        kam = start_kamailio(dispatcher_list(config), tmp_path / "kamailio", defines=defines)
         stops.append(kam)
         kam.wait_destinations(1)
-        return Edge(kam, rtpengine, pki, tls_port, bridge, f"http://127.0.0.1:{metrics_port}/metrics")
+        first = config.sip.rtp_first_port
+        worker_rtp = (first, first + rtp_ports(config.sip.workers) - 1)
+        metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        return Edge(kam, rtpengine, pki, tls_port, bridge, metrics_url, worker_rtp)
 
     yield factory
     for each in reversed(stops):
@@ -171,11 +175,18 @@ def test_a_tls_srtp_call_brings_the_words_back_and_nothing_leaves_the_caller_in_
     assert capture.fields(f"tcp.port == {e.tls_port} && sip", "frame.number", decode_as=as_tls) == []
     # Media leaving the caller: SRTP only (RTP header + 160 bytes of PCMU + a 10-byte auth tag, the
     # payload indistinguishable from random); on the inside, rtpengine -> worker, the same audio is plain.
-    rtp_low, rtp_high = phone.rtp_ports
-    caller = f"udp.srcport >= {rtp_low} && udp.srcport <= {rtp_high}"
-    out = [p for flow in flows(capture, caller).values() for p in flow]
+    # The caller is whoever sends to rtpengine but the worker (baresip picks its ports from `rtp_ports`,
+    # but what this test checks must not hang on that choice).
+    worker_low, worker_high = e.worker_rtp
+    caller = (
+        f"udp.dstport >= {low} && udp.dstport <= {high} && !(udp.srcport >= {low} && udp.srcport <= {high})"
+        f" && !(udp.srcport >= {worker_low} && udp.srcport <= {worker_high})"
+    )
+    caller_flows = flows(capture, caller)
+    out = [p for flow in caller_flows.values() for p in flow]
     rtp = [p for p in out if not edge.is_rtcp(p)]
-    assert len(rtp) > 200 and {len(p) for p in rtp} == {edge.RTP_HEADER + 160 + edge.SRTP_TAG}
+    seen = (sorted(caller_flows), phone.rtp_ports, phone.log()[-1500:])
+    assert len(rtp) > 200 and {len(p) for p in rtp} == {edge.RTP_HEADER + 160 + edge.SRTP_TAG}, seen
     assert edge.byte_entropy(b"".join(p[edge.RTP_HEADER : -edge.SRTP_TAG] for p in rtp)) > 7.8
     # RTCP is SRTCP but for what baresip 1.0.0 itself sends outside it: an APP "PING" when the stream
     # starts, BYE and SDES when it ends (no audio in either; docs/security.md says so).
@@ -185,7 +196,9 @@ def test_a_tls_srtp_call_brings_the_words_back_and_nothing_leaves_the_caller_in_
     assert leaked <= {202, 203, 204}, leaked
     assert sum(types is not None for types in rtcp) <= 3, rtcp
     inside = flows(
-        capture, f"udp.srcport >= {low} && udp.srcport <= {high} && !({caller.replace('src', 'dst')})"
+        capture,
+        f"udp.srcport >= {low} && udp.srcport <= {high}"
+        f" && udp.dstport >= {worker_low} && udp.dstport <= {worker_high}",
     )
     plain = max(inside.values(), key=len)
     assert len(plain) > 200 and {len(p) for p in plain} == {edge.RTP_HEADER + 160}
@@ -316,20 +329,19 @@ def test_a_tampered_srtp_auth_tag_is_dropped_by_rtpengine_and_counted(
     every second SRTP packet from the caller. rtpengine drops exactly those and counts them as errors."""
     e = secure_edge(standin_vad.url, advertise="127.0.0.2")
     before = e.rtpengine.totals()
-    proxy = edge.TamperProxy("127.0.0.2", e.rtpengine.ports, (0, 0))
+    proxy = edge.TamperProxy("127.0.0.2", e.rtpengine.ports, e.worker_rtp)
     proxy.start()
     try:
         phone = edge.start_baresip(
             tmp_path / "baresip", e.uri(), ca=e.pki.ca, wav=speech_wav, seconds=8, password="correct-horse-42"
         )
-        proxy.tamper_from = phone.rtp_ports
         try:
             phone.wait(25)
         finally:
             phone.stop()
     finally:
         proxy.stop()
-    assert proxy.tampered > 50, (proxy.tampered, proxy.forwarded)
+    assert proxy.tampered > 50, (proxy.tampered, proxy.forwarded, proxy.caller_ports, phone.log()[-1500:])
     after = e.rtpengine.totals()
     errors = int(after["relayedpacketerrors"]) - int(before["relayedpacketerrors"])
     assert abs(errors - proxy.tampered) <= 5, (errors, proxy.tampered, e.rtpengine.log()[-2000:])
