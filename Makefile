@@ -115,8 +115,9 @@ kamailio-user: kamailio-secure-files
 	printf '%s:%s:%s:%s\n' $$id "$(DEVICE)" "$(AUTH_REALM)" $$ha1 >> $(AUTH_DIR)/subscriber; \
 	echo "added $(DEVICE) to $(AUTH_DIR)/subscriber (Kamailio reads it at start: restart it)"
 
-# Load benchmark: K calls through Kamailio into the bridge, then into a bare pjsua2 pool (the floor).
-# BENCH_ARGS="--calls 40 --seconds 30" for a smaller run; the default is 200 calls x 30 s.
+# Load benchmark: K calls through Kamailio into the bridge and into a bare pjsua2 pool (the floor), in
+# interleaved pairs. BENCH_ARGS="--calls 40 --seconds 20 --pairs 2" for a smaller run; the default is
+# 200 calls x 30 s, 3 pairs.
 BENCH_ARGS ?=
 bench-load: setup
 	$(BIN)/python bench/load.py $(BENCH_ARGS)

@@ -3,15 +3,18 @@
 It is the bridge's own SIP stack (`sip.endpoint.SipEndpoint`: same pjsua2 settings, ports, codecs,
 admission and 100 ms frame ports read through ctypes) with the rest of the bridge taken away: no
 asyncio loop, no engine stream, no events, no metrics. Audio frames are only counted. On SIGTERM it
-stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seconds"}` to `--out`
-(expected: whole frames in the time from media up to hang-up, call by call).
+stops the endpoint and writes `{"frames", "expected_frames", "calls", "call_seconds", "rtp_packets",
+"rtp_lost", "rtp_discarded", "frames_dropped"}` to `--out` (expected: whole frames in the time from
+media up to hang-up, call by call; RTP as pjmedia's stream statistics count it, polled by the
+endpoint once a second, as the bridge's `vblaze_bridge_rtp_packets_total`, `_lost_total` and
+`_discarded_total`).
 
     python bench/floor_worker.py --config CONFIG --index I --out floor-I.json
     python bench/floor_worker.py --config CONFIG --fork --out floor-{index}.json
 
 `--fork` starts every worker of the config from this one process with os.fork(), after pjsua2 and the
-bridge's modules are imported (and before any pjsua2 object exists): the fork-server lever, measured
-against one fresh interpreter per worker.
+bridge's modules are imported (and before any pjsua2 object exists), as the bridge's zygote does with
+`sip.spawn: fork` (bridge/zygote.py): bench/load.py runs the floor so by default, for a fair ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from bridge.sip_adapter import sip_settings, worker_readiness
 from sip.endpoint import SipEndpoint
 from sip.events import CallEnded, CallMedia, SipEvent
 from sip.limits import RTP_PORTS_PER_WORKER
+from sip.pjlog import SipDropReason
+from sip.reclaim import ReclaimCause
 
 
 class Counts:
@@ -43,6 +48,28 @@ class Counts:
         self.call_seconds = 0.0
         self._media_at: dict[int, float] = {}
         self._lock = threading.Lock()
+        self.rtp_packets = 0
+        self.rtp_lost = 0
+        self.rtp_discarded = 0
+        self.dropped = 0
+
+    # sip.settings.CallObserver: only RTP and dropped frames are counted
+    def rtp_in(self, packets: int, lost: int, discarded: int) -> None:
+        self.rtp_packets += packets
+        self.rtp_lost += lost
+        self.rtp_discarded += discarded
+
+    def sip_dropped(self, reason: SipDropReason) -> None:
+        pass
+
+    def rtp_timeout(self) -> None:
+        pass
+
+    def call_reclaimed(self, cause: ReclaimCause) -> None:
+        pass
+
+    def frames_dropped(self, frames: int, cause: str) -> None:
+        self.dropped += frames
 
     def audio(self, key: int, *rest: object) -> None:
         """sip.media.AudioDeliver (its arguments after the call's key are not looked at)."""
@@ -102,7 +129,9 @@ def run(config_path: Path, index: int, out: Path) -> None:
     counts = Counts(config.audio.port_frame_ms / 1000)
     port = config.sip.first_port + index
     rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
-    endpoint = SipEndpoint(sip_settings(config), port, rtp_port, counts.event, counts.audio, worker_readiness)
+    endpoint = SipEndpoint(
+        sip_settings(config), port, rtp_port, counts.event, counts.audio, worker_readiness, counts
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -117,6 +146,10 @@ def run(config_path: Path, index: int, out: Path) -> None:
                 "expected_frames": counts.expected_frames,
                 "calls": counts.calls,
                 "call_seconds": counts.call_seconds,
+                "rtp_packets": counts.rtp_packets,
+                "rtp_lost": counts.rtp_lost,
+                "rtp_discarded": counts.rtp_discarded,
+                "frames_dropped": counts.dropped,
             }
         )
     )

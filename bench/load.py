@@ -1,23 +1,32 @@
 """Load benchmark: K concurrent SIP calls through Kamailio into the bridge, against a bare pjsua2 floor.
 
-One run, two phases on the same machine, one after the other:
+Pairs of phases on the same machine, interleaved (bridge, floor, bridge, floor, ...: `--pairs`, 3 by
+default), so that a drift of the machine's load lands in both sides of a pair rather than in the
+ratio; each pair's ratios are printed, then their median and range:
 
 1. **bridge**: the stand-in engine (`--recognizer vad-only`), the bridge (`vblaze-bridge run`, K/4
-   workers) and Kamailio in front of it (`bridge/assets/kamailio.cfg`, list from
-   `bridge.dispatcher`). sipp places K calls through Kamailio at `--rate` calls/s; each plays real
-   speech (espeak-ng, G.711 µ-law, looped) as RTP for `--seconds`, then hangs up.
-2. **floor**: the same number of bare pjsua2 processes (`bench/floor_worker.py`: the bridge's own
-   `sip.endpoint.SipEndpoint`, audio counted and thrown away), behind their own Kamailio, same calls.
+   workers, forked from its zygote unless `--bridge-spawn exec`) and Kamailio in front of it
+   (`bridge/assets/kamailio.cfg`, list from `bridge.dispatcher`). sipp places K calls through Kamailio
+   at `--rate` calls/s; each plays real speech (espeak-ng, G.711 µ-law, looped) as RTP for
+   `--seconds`, then hangs up.
+2. **floor**: the same number of bare pjsua2 workers (`bench/floor_worker.py`: the bridge's own
+   `sip.endpoint.SipEndpoint`, audio counted and thrown away), forked from one parent as the bridge's
+   are (`--floor-spawn exec`: one interpreter each), behind their own Kamailio, same calls.
 
-Figures (one table): calls ok / failed (sipp), audio frames per second per stream and frames lost
-(expected from each call's duration at `audio.port_frame_ms`, minus those received, plus the bridge's
-dropped counter), CPU of every process of the pool (utime + stime deltas from /proc over the steady
-phase, in cores), PSS per call (smaps_rollup, summed over the pool, at the steady phase), and the
-latency percentiles of the bridge's own histograms (scraped from its /metrics), with bridge/floor
-ratios. sipp, Kamailio and the stand-in run on the same cores and are not counted.
+Figures per phase: calls ok / failed (sipp), audio frames per second per stream; frames lost
+(expected from each call's duration at `audio.port_frame_ms`, minus those received) and where the
+audio went: RTP packets expected (call durations at 20 ms), received and
+lost in transit as pjmedia's stream statistics count them (received + sequence gaps: what sipp sent),
+frames dropped by the bridge (its counter) or the floor;
+CPU of every process of the pool (utime + stime deltas from /proc over the steady phase, in cores), its
+idle CPU per worker before the calls, PSS per call (smaps_rollup, summed over the pool, at the steady
+phase), the latency percentiles of the bridge's own histograms (scraped from its /metrics), and the
+machine's load average and CPU idle / steal (/proc/stat deltas) over the steady phase. After each
+bridge phase one worker is SIGKILLed and the time until its replacement answers SIP is printed.
+sipp, Kamailio and the stand-in run on the same cores and are not counted.
 
-    .venv/bin/python bench/load.py                      # 200 calls x 30 s (about 4 minutes)
-    .venv/bin/python bench/load.py --calls 40 --seconds 30
+    .venv/bin/python bench/load.py                      # 200 calls x 30 s, 3 pairs
+    .venv/bin/python bench/load.py --calls 40 --seconds 20 --pairs 2
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -261,6 +271,94 @@ def pss_bytes(pids: Iterable[int]) -> int:
     return total
 
 
+def cpu_times() -> list[int]:
+    """The machine's CPU times (/proc/stat, first line): user nice system idle iowait irq softirq steal."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def idle_steal(before: list[int], after: list[int]) -> tuple[float, float]:
+    """Percent of the machine's CPU time idle (with iowait) and stolen between two `cpu_times`."""
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    spent = sum(delta) or 1
+    return 100.0 * (delta[3] + delta[4]) / spent, 100.0 * delta[7] / spent
+
+
+def load_average() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def pss_breakdown(pids: list[int]) -> str:
+    """PSS of the pool's parts at the end of the steady phase: its first process, a zygote (if any)
+    and the median worker, with the worker's private dirty memory (what it does not share)."""
+    mb = 1024 * 1024
+    parts: dict[str, list[tuple[int, int]]] = {"top": [], "zygote": [], "worker": []}
+    for number, pid in enumerate(pids):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        pss = int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        private = int(re.search(r"^Private_Dirty:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        kind = "top" if number == 0 else "zygote" if b"vblaze-bridge zygote" in title else "worker"
+        parts[kind].append((pss, private))
+    workers = sorted(parts["worker"])
+    middle = workers[len(workers) // 2] if workers else (0, 0)
+    zygote = f", zygote {parts['zygote'][0][0] / mb:.1f}" if parts["zygote"] else ""
+    return (
+        f"PSS MB: first process {sum(p for p, _ in parts['top']) / mb:.1f}{zygote}, median worker "
+        f"{middle[0] / mb:.1f} (private dirty {middle[1] / mb:.1f}) of {len(workers)}"
+    )
+
+
+def sip_answers(port: int, timeout: float = 0.05) -> bool:
+    """One SIP OPTIONS to 127.0.0.1:port (UDP); True if anything answers within `timeout`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.settimeout(timeout)
+        local = sock.getsockname()[1]
+        sock.sendto(
+            (
+                f"OPTIONS sip:probe@127.0.0.1:{port} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{local};branch=z9hG4bK-restart{time.monotonic_ns()}\r\n"
+                f"From: <sip:probe@127.0.0.1:{local}>;tag=r\r\nTo: <sip:probe@127.0.0.1:{port}>\r\n"
+                f"Call-ID: restart-{time.monotonic_ns()}@127.0.0.1\r\nCSeq: 1 OPTIONS\r\n"
+                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            ("127.0.0.1", port),
+        )
+        try:
+            sock.recv(4096)
+            return True
+        except OSError:
+            return False
+
+
+def time_restart(config_path: Path, port: int, limit: float = 30.0) -> float | None:
+    """SIGKILL the bridge's worker 0; seconds until a new worker 0 answers SIP (None: not in `limit`)."""
+    pattern = f"bridge worker --config {config_path} --index 0 "
+    found = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True, check=False)
+    if len(found.stdout.split()) != 1:
+        return None
+    victim = int(found.stdout)
+    t0 = time.monotonic()
+    os.kill(victim, signal.SIGKILL)
+    while time.monotonic() - t0 < limit:
+        if Path(f"/proc/{victim}").exists() and "Z" not in _state(victim):
+            time.sleep(0.005)
+            continue
+        if sip_answers(port):
+            return time.monotonic() - t0
+    return None
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "X"
+
+
 # --- Prometheus text -------------------------------------------------------------------------------
 
 
@@ -337,10 +435,26 @@ class Phase:
     processes: int = 0
     latency: dict[str, tuple[list[float | None], int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    workers: int = 0
+    idle_cpu_per_worker: float = 0.0  # % of a core, the pool idle before the calls, over its workers
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average at the start and end of steady
+    cpu_idle: float = 0.0  # % of the machine's CPU time idle (with iowait) over the steady phase
+    cpu_steal: float = 0.0  # % of it stolen by the hypervisor
+    rtp_expected: float = 0.0  # RTP packets the calls' durations hold at 20 ms each
+    rtp_received: float = 0.0  # pjmedia's stream statistics: packets received ...
+    rtp_lost: float = 0.0  # ... lost in transit (sequence gaps) ...
+    rtp_discarded: float = 0.0  # ... and arrived but thrown away by pjmedia
+    restart_seconds: float | None = None  # SIGKILL of worker 0 until its replacement answers SIP
 
 
 def pool_config(
-    workdir: Path, name: str, calls: int, engine_url: str, metrics_port: int, frame_ms: int
+    workdir: Path,
+    name: str,
+    calls: int,
+    engine_url: str,
+    metrics_port: int,
+    frame_ms: int,
+    spawn: str = "fork",
 ) -> tuple[Path, dict[str, Any]]:
     from tests.fixtures.harness import free_port_block
 
@@ -354,6 +468,7 @@ def pool_config(
             "rtp_first_port": rtp_port,
             "transports": ["udp"],
             "codecs": ["PCMU", "PCMA"],
+            "spawn": spawn,
         },
         "audio": {"port_frame_ms": frame_ms, "chunk_ms": frame_ms},
         "engine": {"url": engine_url, "final_timeout_seconds": 30},
@@ -447,11 +562,15 @@ def run_phase(
 ) -> Phase:
     phase = Phase(kind)
     metrics_port = free_port() if kind == "bridge" else 0
-    config_path, config = pool_config(workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms)
-    print(f"[{kind}] starting {config['sip']['workers']} workers...", file=sys.stderr, flush=True)
+    config_path, config = pool_config(
+        workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms, args.bridge_spawn
+    )
+    phase.workers = config["sip"]["workers"]
+    Path(config["sink"]["jsonl_path"]).unlink(missing_ok=True)  # an earlier pair's
+    print(f"[{kind}] starting {phase.workers} workers...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    fork = kind == "floor" and args.floor_fork
-    if fork:
+    fork = kind == "floor" and args.floor_spawn == "fork"
+    if fork or (kind == "bridge" and args.bridge_spawn == "fork"):
         phase.notes.append("workers forked from one parent that had imported pjsua2 and the bridge")
     procs = start_pool(kind, config_path, config, workdir, fork=fork)
     print(f"[{kind}] pool up in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
@@ -459,58 +578,34 @@ def run_phase(
     sipp: subprocess.Popen[bytes] | None = None
     try:
         kam = start_kamailio(dispatcher_list(parse_config(config, kind)), workdir / f"kamailio-{kind}")
-        kam.wait_destinations(config["sip"]["workers"])
+        kam.wait_destinations(phase.workers)
+        pids = pool_pids(procs)
+        phase.processes = len(pids)
+        i0, w0 = cpu_ticks(pids), time.monotonic()
+        time.sleep(args.idle_seconds)
+        idle_cores = (cpu_ticks(pids) - i0) / CLK_TCK / (time.monotonic() - w0)
+        phase.idle_cpu_per_worker = 100 * idle_cores / phase.workers
         scenario = proxied_scenario_file(audio, workdir, args.seconds * 1000, loop=True)
         if args.sendonly:  # the answer becomes recvonly: the pool sends no RTP back
             scenario.write_text(scenario.read_text().replace("a=sendrecv", "a=sendonly"))
         stats = workdir / f"{kind}-sipp.csv"
+        stats.unlink(missing_ok=True)
         cmd = sipp_command(
             scenario, kam.port, stats, calls=args.calls, concurrent=args.calls, rate=args.rate,
             local_port=free_port(socket.SOCK_DGRAM), media_port=free_port_block_media(args.calls),
         )  # fmt: skip
-        pids = pool_pids(procs)
-        phase.processes = len(pids)
         with (workdir / f"{kind}-sipp.log").open("ab") as sipp_log:
             sipp = subprocess.Popen(
                 cmd, stdout=sipp_log, stderr=sipp_log, cwd=workdir, start_new_session=True
             )
-        ramp = args.calls / args.rate
-        # Steady phase: from every call up (ramp + 2 s) to 2 s before the first call hangs up.
-        start_at = time.monotonic() + ramp + 2.0
-        end_at = time.monotonic() + args.seconds - 2.0
-        if end_at - start_at < 3:
-            phase.notes.append("calls too short for a steady phase: CPU is over the whole run")
-            start_at, end_at = time.monotonic() + 1.0, time.monotonic() + args.seconds + ramp
-        time.sleep(max(0.0, start_at - time.monotonic()))
-        c0, top0, w0 = cpu_ticks(pids), cpu_ticks(pids[:1]), time.monotonic()
-        pss_samples = []
-        while time.monotonic() < end_at:
-            pss_samples.append(pss_bytes(pids))
-            time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
-        c1, w1 = cpu_ticks(pids), time.monotonic()
-        phase.cpu_cores = (c1 - c0) / CLK_TCK / (w1 - w0)
-        if kind == "bridge":
-            top = (cpu_ticks(pids[:1]) - top0) / CLK_TCK / (w1 - w0)
-            phase.notes.append(f"the supervisor alone: {top:.3f} cores of {phase.cpu_cores:.3f}")
-        phase.cpu_window = w1 - w0
-        phase.pss = max(pss_samples) if pss_samples else 0
-        sipp.wait(timeout=args.seconds + ramp + 120)
+        steady(phase, args, pids)
+        sipp.wait(timeout=args.seconds + args.calls / args.rate + 120)
         st = sipp_stats(stats)
         phase.calls_ok = int(st.get("SuccessfulCall(C)", 0))
         phase.calls_failed = int(st.get("FailedCall(C)", 0))
         if kind == "bridge":
-            frame_s = args.frame_ms / 1000
-            ended = wait_ended(Path(config["sink"]["jsonl_path"]), phase.calls_ok, timeout=60)
-            phase.call_seconds = sum(ended)
-            phase.expected_frames = sum(int(d / frame_s) for d in ended)
-            samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-            phase.frames = total(samples, "vblaze_bridge_audio_frames_total")
-            phase.dropped = total(samples, "vblaze_bridge_audio_frames_dropped_total")
-            for hop in (
-                "audio_to_socket_seconds",
-                "speech_end_to_utterance_seconds",
-            ):
-                phase.latency[hop] = histogram_quantiles(samples, f"vblaze_bridge_{hop}", (0.5, 0.9, 0.99))
+            bridge_figures(phase, args, config, metrics_port)
+            phase.restart_seconds = time_restart(config_path, config["sip"]["first_port"])
     finally:
         if sipp is not None and sipp.poll() is None:
             os.killpg(sipp.pid, signal.SIGKILL)
@@ -519,14 +614,67 @@ def run_phase(
             kam.stop()
         stop_pool(procs)
     if kind == "floor":
-        for index in range(config["sip"]["workers"]):
-            path = workdir / f"floor-{index}.json"
-            if path.exists():
-                data = json.loads(path.read_text())
-                phase.frames += data["frames"]
-                phase.expected_frames += data["expected_frames"]
-                phase.call_seconds += data["call_seconds"]
+        floor_figures(phase, workdir, phase.workers, args.frame_ms)
     return phase
+
+
+def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
+    """CPU, PSS and the machine's load over the steady phase: from every call up (ramp + 2 s) to 2 s
+    before the first call hangs up."""
+    ramp = args.calls / args.rate
+    start_at = time.monotonic() + ramp + 2.0
+    end_at = time.monotonic() + args.seconds - 2.0
+    if end_at - start_at < 3:
+        phase.notes.append("calls too short for a steady phase: CPU is over the whole run")
+        start_at, end_at = time.monotonic() + 1.0, time.monotonic() + args.seconds + ramp
+    time.sleep(max(0.0, start_at - time.monotonic()))
+    c0, top0, w0, m0, l0 = cpu_ticks(pids), cpu_ticks(pids[:1]), time.monotonic(), cpu_times(), load_average()
+    pss_samples = []
+    while time.monotonic() < end_at:
+        pss_samples.append(pss_bytes(pids))
+        time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
+    phase.notes.append(pss_breakdown(pids))
+    c1, w1 = cpu_ticks(pids), time.monotonic()
+    phase.cpu_idle, phase.cpu_steal = idle_steal(m0, cpu_times())
+    phase.load = (l0, load_average())
+    phase.cpu_cores = (c1 - c0) / CLK_TCK / (w1 - w0)
+    if phase.name == "bridge":
+        top = (cpu_ticks(pids[:1]) - top0) / CLK_TCK / (w1 - w0)
+        phase.notes.append(f"the supervisor alone: {top:.3f} cores of {phase.cpu_cores:.3f}")
+    phase.cpu_window = w1 - w0
+    phase.pss = max(pss_samples) if pss_samples else 0
+
+
+def bridge_figures(phase: Phase, args: argparse.Namespace, config: dict[str, Any], port: int) -> None:
+    frame_s = args.frame_ms / 1000
+    ended = wait_ended(Path(config["sink"]["jsonl_path"]), phase.calls_ok, timeout=60)
+    phase.call_seconds = sum(ended)
+    phase.expected_frames = sum(int(d / frame_s) for d in ended)
+    phase.rtp_expected = sum(d / 0.02 for d in ended)
+    samples = scrape(f"http://127.0.0.1:{port}/metrics")
+    phase.frames = total(samples, "vblaze_bridge_audio_frames_total")
+    phase.dropped = total(samples, "vblaze_bridge_audio_frames_dropped_total")
+    phase.rtp_received = total(samples, "vblaze_bridge_rtp_packets_total")
+    phase.rtp_lost = total(samples, "vblaze_bridge_rtp_packets_lost_total")
+    phase.rtp_discarded = total(samples, "vblaze_bridge_rtp_packets_discarded_total")
+    for hop in ("audio_to_socket_seconds", "speech_end_to_utterance_seconds"):
+        phase.latency[hop] = histogram_quantiles(samples, f"vblaze_bridge_{hop}", (0.5, 0.9, 0.99))
+
+
+def floor_figures(phase: Phase, workdir: Path, workers: int, frame_ms: int) -> None:
+    for index in range(workers):
+        path = workdir / f"floor-{index}.json"
+        if path.exists():
+            data = json.loads(path.read_text())
+            phase.frames += data["frames"]
+            phase.expected_frames += data["expected_frames"]
+            phase.call_seconds += data["call_seconds"]
+            phase.rtp_received += data["rtp_packets"]
+            phase.rtp_lost += data["rtp_lost"]
+            phase.rtp_discarded += data["rtp_discarded"]
+            phase.dropped += data["frames_dropped"]
+            path.unlink()  # the next pair's floor writes its own
+    phase.rtp_expected = phase.call_seconds / 0.02
 
 
 def free_port_block_media(calls: int) -> int:
@@ -563,14 +711,25 @@ def _s(values: list[float | None]) -> str:
     return "/".join("-" if v is None else f"{v:.2f}" for v in values)
 
 
+def _uncounted(p: Phase) -> str:
+    """RTP of the calls' durations that pjmedia's stream statistics never counted: not sent by sipp, or
+    in the last second of a call (the endpoint reads the statistics once a second, while a call is up)."""
+    missing = p.rtp_expected - p.rtp_received - p.rtp_lost
+    per_call = missing / p.calls_ok if p.calls_ok else 0.0
+    return f"{missing:.0f} ({per_call * 0.02:.2f} s a call)"
+
+
+def _restart(p: Phase) -> str:
+    return "-" if p.restart_seconds is None else f"{p.restart_seconds:.3f}"
+
+
 def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -> str:
     """One table: a column per phase that ran, and bridge/floor ratios where both did."""
     mb = 1024 * 1024
 
     def lost(p: Phase) -> str:
         missing = max(0.0, p.expected_frames - p.frames)
-        dropped = f" (+{p.dropped:.0f} dropped)" if p.name == "bridge" else ""
-        return f"{missing:.0f} of {p.expected_frames:.0f}{dropped}"
+        return f"{missing:.0f} of {p.expected_frames:.0f}"
 
     def ratio(a: float, b: float) -> str:
         return f"{a / b:.2f}x" if bridge is not None and floor is not None and b else ""
@@ -587,7 +746,14 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
             False,
         ),
         ("frames lost", lost, False),
+        (" of which dropped by the pool", lambda p: f"{p.dropped:.0f}", False),
+        ("RTP expected from durations (20 ms)", lambda p: f"{p.rtp_expected:.0f}", False),
+        (" sent by sipp (received + gaps)", lambda p: f"{p.rtp_received + p.rtp_lost:.0f}", False),
+        (" lost in transit (pjmedia gaps)", lambda p: f"{p.rtp_lost:.0f}", False),
+        (" arrived, discarded by pjmedia", lambda p: f"{p.rtp_discarded:.0f}", False),
+        (" never counted (see docs)", lambda p: _uncounted(p), False),
         ("processes", lambda p: str(p.processes), False),
+        ("idle CPU per worker, % of a core", lambda p: f"{p.idle_cpu_per_worker:.2f}", False),
         ("CPU, cores (steady)", lambda p: f"{p.cpu_cores:.3f}", True),
         ("CPU per call, % of a core", lambda p: f"{100 * p.cpu_cores / args.calls:.2f}", False),
         ("PSS per call, MB", lambda p: f"{p.pss / args.calls / mb:.2f}", True),
@@ -597,6 +763,9 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
             lambda p: latency(p, "speech_end_to_utterance_seconds", False),
             False,
         ),
+        ("worker restart->SIP answer, s", lambda p: _restart(p), False),
+        ("load average (steady start/end)", lambda p: f"{p.load[0]:.2f}/{p.load[1]:.2f}", False),
+        ("machine CPU idle / steal, %", lambda p: f"{p.cpu_idle:.1f} / {p.cpu_steal:.1f}", False),
     ]
     raw = {"CPU, cores (steady)": lambda p: p.cpu_cores, "PSS per call, MB": lambda p: float(p.pss)}
     rows = [("", "bridge", "floor", "bridge/floor")]
@@ -612,7 +781,8 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     head = (
         f"{args.calls} calls x {args.seconds} s, {args.rate:g} calls/s, {args.frame_ms} ms frames, "
-        f"{'sendonly offers, ' if args.sendonly else ''}{os.cpu_count()} cores"
+        f"{'sendonly offers, ' if args.sendonly else ''}{os.cpu_count()} cores, "
+        f"bridge {args.bridge_spawn}, floor {args.floor_spawn}"
     )
     lines = [head, ""]
     for row in rows:
@@ -627,26 +797,48 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
     return "\n".join(lines)
 
 
+def summary(pairs: list[tuple[Phase, Phase]], calls: int) -> str:
+    """Each pair's bridge/floor ratios with the machine's load, then their median and range."""
+    mb = 1024 * 1024
+    lines = ["", f"interleaved pairs ({len(pairs)}), each bridge then floor:", ""]
+    lines.append(
+        "pair  PSS/call MB bridge floor ratio   CPU cores bridge floor ratio   "
+        "load b/f     idle% b/f    steal% b/f"
+    )
+    pss_r, cpu_r = [], []
+    for number, (b, f) in enumerate(pairs, 1):
+        pr = b.pss / f.pss if f.pss else math.nan
+        cr = b.cpu_cores / f.cpu_cores if f.cpu_cores else math.nan
+        pss_r.append(pr)
+        cpu_r.append(cr)
+        lines.append(
+            f"{number:4}  {b.pss / calls / mb:17.2f} {f.pss / calls / mb:5.2f} {pr:5.2f}x"
+            f"  {b.cpu_cores:16.3f} {f.cpu_cores:5.3f} {cr:5.2f}x"
+            f"   {b.load[1]:4.2f}/{f.load[1]:4.2f}  {b.cpu_idle:5.1f}/{f.cpu_idle:5.1f}"
+            f"  {b.cpu_steal:4.1f}/{f.cpu_steal:4.1f}"
+        )
+
+    def spread(values: list[float]) -> str:
+        return f"median {statistics.median(values):.2f}x (range {min(values):.2f}-{max(values):.2f}x)"
+
+    bridge_pss = [b.pss / calls / mb for b, _ in pairs]
+    lines += [
+        "",
+        f"PSS bridge/floor: {spread(pss_r)}; bridge PSS per call median "
+        f"{statistics.median(bridge_pss):.2f} MB ({min(bridge_pss):.2f}-{max(bridge_pss):.2f})",
+        f"CPU bridge/floor: {spread(cpu_r)}",
+    ]
+    restarts = [b.restart_seconds for b, _ in pairs if b.restart_seconds is not None]
+    if restarts:
+        lines.append(
+            f"worker restart (SIGKILL -> replacement answers SIP): median {statistics.median(restarts):.3f} s"
+            f" ({min(restarts):.3f}-{max(restarts):.3f})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--calls", type=int, default=200, help="concurrent calls K (workers = K/4)")
-    parser.add_argument("--seconds", type=int, default=30, help="length of each call")
-    parser.add_argument("--rate", type=float, default=20.0, help="new calls per second while ramping up")
-    parser.add_argument("--frame-ms", type=int, default=100, help="audio.port_frame_ms (and chunk_ms)")
-    parser.add_argument(
-        "--phases", default="bridge,floor", help="which pools to run, in order (bridge, floor or both)"
-    )
-    parser.add_argument(
-        "--sendonly", action="store_true", help="callers offer a=sendonly, so workers answer recvonly"
-    )
-    parser.add_argument(
-        "--floor-fork", action="store_true", help="fork the floor's workers from one imported parent"
-    )
-    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
-    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
-    args = parser.parse_args(argv)
+    args = _arguments(argv)
     for tool in ("sipp", "kamailio", "kamcmd", "espeak-ng", "sox"):
         if subprocess.run(["which", tool], capture_output=True, check=False).returncode:
             print(f"bench: {tool} is not installed (make setup)", file=sys.stderr)
@@ -655,20 +847,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"work directory: {workdir}", file=sys.stderr)
     audio = speech_file(SPEECH, workdir)
     standin, url = start_standin(["--recognizer", "vad-only", "--max-streams", str(args.calls + 16)])
+    pairs: list[tuple[Phase, Phase]] = []
     try:
-        phases = {name.strip() for name in args.phases.split(",")}
-        bridge = run_phase("bridge", args, workdir, audio, url) if "bridge" in phases else None
-        floor = run_phase("floor", args, workdir, audio, url) if "floor" in phases else None
+        for number in range(args.pairs):
+            print(f"--- pair {number + 1} of {args.pairs}", file=sys.stderr, flush=True)
+            bridge = run_phase("bridge", args, workdir, audio, url)
+            floor = run_phase("floor", args, workdir, audio, url)
+            pairs.append((bridge, floor))
+            print(f"pair {number + 1}: {table(args, bridge, floor)}\n", flush=True)
     finally:
         stop_process(standin, 15)
-    print(table(args, bridge, floor))
+    if pairs:
+        print(summary(pairs, args.calls), flush=True)
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 {
                     "args": vars(args) | {"json": str(args.json)},
-                    "bridge": bridge.__dict__ if bridge else None,
-                    "floor": floor.__dict__ if floor else None,
+                    "pairs": [{"bridge": b.__dict__, "floor": f.__dict__} for b, f in pairs],
                 },
                 indent=2,
                 default=str,
@@ -677,6 +873,28 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     return 0
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--calls", type=int, default=200, help="concurrent calls K (workers = K/4)")
+    parser.add_argument("--seconds", type=int, default=30, help="length of each call")
+    parser.add_argument("--rate", type=float, default=20.0, help="new calls per second while ramping up")
+    parser.add_argument("--frame-ms", type=int, default=100, help="audio.port_frame_ms (and chunk_ms)")
+    parser.add_argument("--pairs", type=int, default=3, help="bridge, floor pairs, interleaved")
+    parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU measured this long")
+    parser.add_argument(
+        "--sendonly", action="store_true", help="callers offer a=sendonly, so workers answer recvonly"
+    )
+    parser.add_argument("--bridge-spawn", choices=("fork", "exec"), default="fork", help="sip.spawn")
+    parser.add_argument(
+        "--floor-spawn", choices=("fork", "exec"), default="fork", help="the floor's workers, likewise"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
+    return parser.parse_args(argv)
 
 
 if __name__ == "__main__":

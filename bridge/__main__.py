@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from bridge.assets import ASSETS, CONFIG, print_asset
 from bridge.config import METRICS_DIR_ENV, Config, load_config
@@ -26,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--config", type=Path, required=True)
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--control-fd", type=int, default=None, help="the supervisor's socketpair end")
+    zygote = sub.add_parser("zygote", help="the warm parent workers are forked from (started by `run`)")
+    zygote.add_argument("--config", type=Path, required=True)
+    zygote.add_argument("--channel-fd", type=int, required=True, help="the supervisor's socketpair end")
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, default=Path("config.yaml"))
     dlist = sub.add_parser("dispatcher-list", help="print Kamailio's dispatcher.list for the worker pool")
@@ -84,6 +88,14 @@ def _control_client(args: argparse.Namespace, config: Config) -> int:
     return run(config, args.command, call_id, reason, args.token_env, os.environ)
 
 
+def _zygote(config: Config, path: Path, channel_fd: int) -> NoReturn:
+    from bridge.logs import setup_logging
+    from bridge.zygote import serve
+
+    setup_logging(config.logging, "zygote")
+    serve(str(path), channel_fd)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command in ("print-config", "print-asset"):
@@ -118,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
 
         worker_main(config, args.index, args.control_fd, str(args.config))
         return 0
+    if args.command == "zygote":
+        _zygote(config, args.config, args.channel_fd)
     # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
     # stay in memory; the supervisor owns this directory and exports it to its workers.
     inherited = os.environ.pop(METRICS_DIR_ENV, None)

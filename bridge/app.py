@@ -5,9 +5,14 @@ rule, state bounds, restart reasons) are pure functions in :mod:`bridge.supervis
 
 Lifecycle, in order:
 
-- startup(): every worker slot gets a task (`_run_slot`) that spawns `python -m bridge worker --index i`
-  on SIP port `sip.first_port + i` and supervises it. startup() returns once every slot's first start
-  is over (ready, or failed); run() then sends READY=1 as soon as at least one worker serves.
+- startup(): with ``sip.spawn: fork`` (the default) it starts the zygote (`bridge.zygote`: a warm parent
+  that has imported everything a worker needs, kept running by its own task) and makes the supervisor
+  the workers' child subreaper. Every worker slot gets a task (`_run_slot`) that starts worker i on SIP
+  port `sip.first_port + i` (`_spawn`: forked by the zygote, or with ``exec`` a fresh
+  `python -m bridge worker --index i`) and supervises it; either way the worker is the supervisor's
+  child, watched and reaped the same way. startup() returns once every slot's first start is over
+  (ready, or failed); run() then sends READY=1 as soon as at least one worker serves. shutdown() stops
+  the zygote last.
 - main_loop(): waits for a signal. Meanwhile each slot's task replaces its worker whenever it exits,
   hangs or fails to start, with the delay of :func:`restart_delay` (none for a worker that lived a
   while, growing to 5 s for one that keeps failing). Its calls are lost; the others go on.
@@ -95,9 +100,12 @@ from bridge.supervision import (
     restart_delay,
     restart_reason,
 )
+from bridge.zygote import ForkedProcess, ZygoteLink, become_subreaper
 from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
+
+WorkerProcess = asyncio.subprocess.Process | ForkedProcess  # exec'd, or forked by the zygote
 
 # --- the supervisor ---------------------------------------------------------------------------------
 
@@ -105,7 +113,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class WorkerSlot:
     index: int
-    process: asyncio.subprocess.Process | None = None
+    process: WorkerProcess | None = None
     state: SlotState = SlotState.STARTING
     since: float = 0.0
     served_at: float | None = None  # when the current worker became ready
@@ -145,6 +153,8 @@ class Supervisor:
         self._health: HealthServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._child_env: dict[str, str] = {}  # set in startup(), once the metrics directory is exported
+        self._zygote: ZygoteLink | None = None  # set in startup() with sip.spawn: fork
+        self._zygote_task: asyncio.Task[None] | None = None
         # --- the control API (bridge/control/) ---
         self._control_tokens = control_tokens or {}
         self._control_link = ControlLink(config.control.timeout_seconds)
@@ -160,6 +170,13 @@ class Supervisor:
         return [
             sys.executable, "-m", "bridge", "worker", "--config", str(self.config_path),
             "--index", str(index), "--control-fd", str(control_fd),
+        ]  # fmt: skip
+
+    def zygote_command(self, channel_fd: int) -> list[str]:
+        """The command line of the zygote (bridge/zygote.py), whose end of its channel is `channel_fd`."""
+        return [
+            sys.executable, "-m", "bridge", "zygote", "--config", str(self.config_path),
+            "--channel-fd", str(channel_fd),
         ]  # fmt: skip
 
     def _drain_bound(self) -> float:
@@ -207,14 +224,10 @@ class Supervisor:
         slot.enter(SlotState.STARTING)
         slot.served_at = None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        cmd = self.worker_command(slot.index, theirs.fileno())
+        spawned = time.monotonic()
         try:
             try:
-                # Its own session: a Ctrl-C on the terminal reaches the supervisor alone, which
-                # decides what the workers get (as KillMode=mixed does under systemd).
-                slot.process = await asyncio.create_subprocess_exec(
-                    *cmd, pass_fds=(theirs.fileno(),), env=self._child_env, start_new_session=True
-                )
+                slot.process = await self._spawn(slot.index, theirs.fileno())
             finally:
                 theirs.close()
             slot.reader, slot.writer = await asyncio.open_unix_connection(sock=ours)
@@ -244,10 +257,26 @@ class Supervisor:
             logger.error("worker %d (pid %d) ended before it was ready", slot.index, slot.process.pid)
             return False
         slot.served_at = time.monotonic()
+        logger.info(
+            "worker %d ready in %.3f s (pid %d)", slot.index, slot.served_at - spawned, slot.process.pid
+        )
         slot.enter(SlotState.SERVING)
         self._serving.set()
         slot.writer.write(self._engine_line())
         return True
+
+    async def _spawn(self, index: int, control_fd: int) -> WorkerProcess:
+        """Start worker `index`: forked by the zygote (``sip.spawn: fork``), or a fresh interpreter."""
+        if self._zygote is not None:
+            return await self._zygote.spawn(index, control_fd)
+        # Its own session: a Ctrl-C on the terminal reaches the supervisor alone, which
+        # decides what the workers get (as KillMode=mixed does under systemd).
+        return await asyncio.create_subprocess_exec(
+            *self.worker_command(index, control_fd),
+            pass_fds=(control_fd,),
+            env=self._child_env,
+            start_new_session=True,
+        )
 
     async def _supervise(self, slot: WorkerSlot) -> RestartReason:
         """Ping a ready worker until it exits or hangs; return the restart reason."""
@@ -410,6 +439,8 @@ class Supervisor:
             app = make_app(self.readiness, metrics_dir)
             self._health = await serve(app, self.cfg.metrics.host, self.cfg.metrics.port)
         await self._start_control_api(metrics_dir)
+        if self.cfg.sip.spawn == "fork":
+            self._start_zygote()
         self._tasks.append(
             asyncio.create_task(
                 run_engine_probe(self.cfg.engine.url, self._engine_probed, interval=ENGINE_PROBE_SECONDS)
@@ -436,6 +467,14 @@ class Supervisor:
             "%d of %d workers ready; the others are being started again", len(serving), len(self.slots)
         )
         return False
+
+    def _start_zygote(self) -> None:
+        """The warm parent the workers are forked from, kept running by its own task (bridge/zygote.py).
+        The supervisor becomes the workers' subreaper: they are its children once forked."""
+        if not become_subreaper():
+            logger.warning("PR_SET_CHILD_SUBREAPER failed: forked workers' exit codes are not known")
+        self._zygote = ZygoteLink(self.zygote_command, self._child_env)
+        self._zygote_task = asyncio.create_task(self._zygote.run(), name="zygote")
 
     # --- routes: SIGHUP ------------------------------------------------------------------------------
 
@@ -512,6 +551,13 @@ class Supervisor:
                 await self._health.close()
             if self._control_api is not None:
                 await self._control_api.close()
+            await self._stop_zygote()
+
+    async def _stop_zygote(self) -> None:
+        if self._zygote_task is not None:
+            self._zygote_task.cancel()
+        if self._zygote is not None:
+            await self._zygote.stop()
 
     # --- the control API (bridge/control/) --------------------------------------------------------------
 

@@ -38,6 +38,7 @@ DEFAULT_SIP_HOST = "127.0.0.1"
 DEFAULT_SIP_FIRST_PORT = 5080
 DEFAULT_WORKERS = 2
 DEFAULT_CALLS_PER_WORKER = PJSUA_MAX_CALLS  # as many as pjsua2-python's wheel can hold
+DEFAULT_SPAWN: Literal["fork", "exec"] = "fork"  # workers forked from a warm parent (bridge/zygote.py)
 DEFAULT_RTP_FIRST_PORT = 20000
 DEFAULT_RETRY_AFTER_SECONDS = 5
 DEFAULT_RTP_TIMEOUT_SECONDS = 60.0
@@ -132,6 +133,7 @@ class SipConfig(_Section):
     first_port: int = Field(DEFAULT_SIP_FIRST_PORT, ge=1, le=65535)  # worker i listens on first_port + i
     workers: int = Field(DEFAULT_WORKERS, ge=1, le=512)
     calls_per_worker: int = Field(DEFAULT_CALLS_PER_WORKER, ge=1, le=MAX_CALLS_PER_WORKER)
+    spawn: Literal["fork", "exec"] = DEFAULT_SPAWN  # fork: from the zygote; exec: a fresh interpreter each
     transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
     codecs: tuple[Literal["PCMU", "PCMA", "G722"], ...] = ("PCMU", "PCMA", "G722")
     rtp_first_port: int = Field(DEFAULT_RTP_FIRST_PORT, ge=1024, le=65000)

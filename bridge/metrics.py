@@ -141,6 +141,10 @@ RTP_PACKETS = Counter(
 RTP_PACKETS_LOST = Counter(
     f"{PREFIX}_rtp_packets_lost_total", "RTP packets lost before the bridge (sequence gaps seen by pjmedia)."
 )
+RTP_PACKETS_DISCARDED = Counter(
+    f"{PREFIX}_rtp_packets_discarded_total",
+    "RTP packets that arrived and pjmedia threw away (its stream statistics: late, duplicate, bad).",
+)
 RTP_TIMEOUTS = Counter(
     f"{PREFIX}_rtp_timeouts_total", "Calls hung up after sip.rtp_timeout_seconds without RTP."
 )
@@ -403,12 +407,14 @@ class CallMetrics:
         """pjsip dropped a message (called from the pjsua thread)."""
         SIP_MESSAGES_DROPPED.labels(bounded(reason, SIP_DROP_REASONS)).inc()
 
-    def rtp_in(self, packets: int, lost: int) -> None:
+    def rtp_in(self, packets: int, lost: int, discarded: int) -> None:
         """RTP counted by pjmedia since the last call (the pjsua thread polls once a second)."""
         if packets:
             RTP_PACKETS.inc(packets)
         if lost:
             RTP_PACKETS_LOST.inc(lost)
+        if discarded:
+            RTP_PACKETS_DISCARDED.inc(discarded)
 
     def rtp_timeout(self) -> None:
         RTP_TIMEOUTS.inc()

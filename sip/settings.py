@@ -73,7 +73,7 @@ class CallObserver(Protocol):
 
     def sip_dropped(self, reason: SipDropReason) -> None: ...
 
-    def rtp_in(self, packets: int, lost: int) -> None: ...
+    def rtp_in(self, packets: int, lost: int, discarded: int) -> None: ...
 
     def rtp_timeout(self) -> None: ...
 
@@ -88,7 +88,7 @@ class NullObserver:
     def sip_dropped(self, reason: SipDropReason) -> None:
         pass
 
-    def rtp_in(self, packets: int, lost: int) -> None:
+    def rtp_in(self, packets: int, lost: int, discarded: int) -> None:
         pass
 
     def rtp_timeout(self) -> None:

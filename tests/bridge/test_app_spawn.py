@@ -18,12 +18,13 @@ from bridge.config import Config
 EXITS = [sys.executable, "-c", "import sys; sys.exit(3)"]
 SILENT = [sys.executable, "-c", "import time; time.sleep(60)"]
 MISSING = ["/nonexistent/vblaze-bridge-worker"]
+EXEC = Config.model_validate({"sip": {"spawn": "exec"}})  # these fakes are commands, not forks
 READY_THEN_HANG = "import os, sys, time; os.write(int(sys.argv[1]), b'ready\\n'); time.sleep(60)"
 
 
 class FakeWorkers(Supervisor):
     def __init__(self, command: list[str], pass_fd: bool = False) -> None:
-        super().__init__(Config(), Path("/nonexistent/config.yaml"))
+        super().__init__(EXEC, Path("/nonexistent/config.yaml"))
         self.command = command
         self.pass_fd = pass_fd
 

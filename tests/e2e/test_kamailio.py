@@ -124,10 +124,15 @@ def test_one_address_for_the_pool_and_a_stopped_worker_costs_only_its_own_calls(
     survivors = 8 - load[victim] + 6
     calls = bridge.wait_ended(survivors, timeout=60)
     new = {cid: events for cid, events in calls.items() if cid not in before}
-    assert len(new) == 6 and all(worker_of(events) != victim for events in new.values())
+    # None went to the stopped worker. Its replacement (forked in about 0.05 s once the supervisor has
+    # killed it) may take new calls on the same port once Kamailio has seen it up again.
     log = kam.log()
-    for cid in new:
-        assert f"dispatch {cid} to {victim_uri}" not in log
+    back_up = log.find(f"worker up: {victim_uri}", log.find(f"worker down: {victim_uri}"))
+    assert len(new) == 6
+    for cid, events in new.items():
+        dispatched = log.find(f"dispatch {cid} to {victim_uri}")
+        assert dispatched == -1 or -1 < back_up < dispatched, (cid, log[-3000:])
+        assert worker_of(events) != victim or dispatched > back_up > -1, cid
     for cid, events in calls.items():
         if worker_of(events) == victim:
             continue

@@ -1,0 +1,111 @@
+"""Workers forked from the zygote (bridge/zygote.py), with real processes: they carry their name, are the
+supervisor's children, count into one scrape; a killed zygote is started again and the next restart
+of a worker works; a worker's restart to ready is timed (and, with ``sip.spawn: exec``, compared)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.demo import wait_for_sip
+from tests.e2e.conftest import Bridge, Standin
+from tests.e2e.test_bad_input import scrape
+from tests.e2e.test_faults import worker_pid
+from tests.e2e.test_supervisor import metrics_port
+from tests.fixtures import sipua
+from tests.fixtures.harness import wait_until
+
+
+def zygote_pids(bridge: Bridge) -> list[int]:
+    out = subprocess.run(
+        ["pgrep", "-f", f"bridge zygote --config {bridge.config_path}"], capture_output=True, text=True
+    )
+    return [int(p) for p in out.stdout.split()]
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def calls_total(text: str) -> float:
+    return sum(float(v) for v in re.findall(r"^vblaze_bridge_calls_total\{[^}]*\} (\S+)$", text, re.M))
+
+
+def test_forked_workers_carry_their_name_and_their_counters_sum_in_one_scrape(
+    standin_vad: Standin, make_bridge: Any
+) -> None:
+    port = metrics_port()
+    bridge = make_bridge(standin_vad.url, workers=2, metrics={"port": port})
+    assert bridge.proc is not None
+    (zygote,) = zygote_pids(bridge)
+    workers = [worker_pid(bridge.config_path, index) for index in (0, 1)]
+    for index, pid in enumerate(workers):
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").strip().decode()
+        assert cmdline.startswith(f"vblaze-bridge worker --config {bridge.config_path} --index {index} ")
+        assert parent_of(pid) == bridge.proc.pid  # re-parented to the supervisor, its subreaper
+    assert parent_of(zygote) == bridge.proc.pid
+    before = calls_total(scrape(port))
+    for index in (0, 1):
+        assert sipua.invite(bridge.sip_port + index).status == 200
+    wait_until(lambda: calls_total(scrape(port)) == before + 2, 10, "both workers' calls in the scrape")
+    bridge.stop()
+    assert not zygote_pids(bridge)
+
+
+def test_a_killed_zygote_is_started_again_and_the_next_worker_restart_works(
+    standin_vad: Standin, make_bridge: Any
+) -> None:
+    bridge = make_bridge(standin_vad.url, workers=2)
+    (zygote,) = zygote_pids(bridge)
+    workers = [worker_pid(bridge.config_path, index) for index in (0, 1)]
+    os.kill(zygote, signal.SIGKILL)
+    wait_until(lambda: len(zygote_pids(bridge)) == 1 and zygote_pids(bridge) != [zygote], 30, "a new zygote")
+    assert [worker_pid(bridge.config_path, index) for index in (0, 1)] == workers  # untouched
+    assert sipua.invite(bridge.sip_port).status == 200
+    os.kill(workers[0], signal.SIGKILL)
+    wait_until(lambda: worker_pid_or_none(bridge, 0) not in (None, workers[0]), 15, "worker 0 replaced")
+    wait_for_sip(bridge.sip_port, timeout=10)
+    assert sipua.invite(bridge.sip_port).status == 200
+    assert parent_of(worker_pid(bridge.config_path, 0)) == bridge.proc.pid
+    assert "zygote" in bridge.log() and "exited with -9; starting it again" in bridge.log()
+
+
+def worker_pid_or_none(bridge: Bridge, index: int) -> int | None:
+    out = subprocess.run(
+        ["pgrep", "-f", f"bridge worker --config {bridge.config_path} --index {index} "],
+        capture_output=True,
+        text=True,
+    )
+    pids = out.stdout.split()
+    return int(pids[0]) if len(pids) == 1 else None
+
+
+READY = re.compile(r"worker 0 ready in (\d+\.\d+) s")
+RESTARTS = 5
+
+
+@pytest.mark.parametrize("spawn", ["fork", "exec"])
+def test_a_worker_restart_to_ready_is_timed(standin_vad: Standin, make_bridge: Any, spawn: str) -> None:
+    """SIGKILL worker 0 five times; the supervisor logs each start's time from spawn to `ready`.
+    Forked, the median is expected well under 0.5 s (the bound asserted is doubled for a shared
+    machine); exec'd it is printed for comparison."""
+    bridge = make_bridge(standin_vad.url, sip={"spawn": spawn}, logging={"level": "INFO"})
+    for _ in range(RESTARTS):
+        victim = worker_pid(bridge.config_path, 0)
+        seen = len(READY.findall(bridge.log()))
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda seen=seen: len(READY.findall(bridge.log())) > seen, 30, "the replacement ready")
+        time.sleep(0.3)  # its first pings answered
+    times = [float(t) for t in READY.findall(bridge.log())[1:]]
+    median = statistics.median(times)
+    print(f"\nworker restart to ready ({spawn}): median {median:.3f} s, {min(times):.3f}-{max(times):.3f} s")
+    if spawn == "fork":
+        assert median <= 1.0, times
