@@ -282,10 +282,11 @@ def test_a_reconnect_writes_the_replay_once(make_bridge: Any, speech_dir: Path, 
             matched += 1
         else:
             missed.append((round((lag + at) / 8000, 2), round(float(max(near)), 3)))
-    # A replay written twice (or a hole) moves every later window by seconds, so each of them would
-    # miss; one window may miss alone when pjmedia's jitter buffer drops or conceals a frame of the
-    # caller's RTP under load (seen once in a full run on the shared 2-core machine: 12 of 13 matched).
-    assert windows >= 6 and len(missed) <= 1, (missed, windows, lag, rec["gaps"], ended["gaps"])
+    # A replay written twice (or a hole) at a reconnect (7 s and 14 s into the call) moves every later
+    # window by seconds, so the 4 or more after it would all miss. A window may miss alone when pjmedia's
+    # jitter buffer drops or conceals frames of the caller's RTP under load (seen in full runs on the
+    # shared 2-core machine: 12 of 13, and once 11 of 13 with every later window matched).
+    assert windows >= 10 and len(missed) <= 2, (missed, windows, lag, rec["gaps"], ended["gaps"])
     unheard = [g for g in rec["gaps"] if g["duration"] > 0]
     for gap in unheard:  # a span no stream sent back is silence
         assert rms(samples[:, 0], gap["start"], gap["start"] + gap["duration"]) == 0.0
