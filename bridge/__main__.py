@@ -132,6 +132,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "zygote":
         _zygote(config, args.config, args.channel_fd)
+    preforked = None
+    if config.sip.spawn == "fork":  # before the supervisor imports more: what it has is then shared
+        from bridge.zygote import prefork
+
+        preforked = prefork(config, str(args.config.resolve()))
     # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
     # stay in memory; the supervisor owns this directory and exports it to its workers.
     inherited = os.environ.pop(METRICS_DIR_ENV, None)
@@ -149,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(config.logging, "supervisor")
     try:
-        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir, tokens).run())
+        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir, tokens, preforked).run())
     except MetricsDirInUse as exc:
         print(f"vblaze-bridge: {exc}", file=sys.stderr)
         return 1

@@ -100,7 +100,7 @@ from bridge.supervision import (
     restart_delay,
     restart_reason,
 )
-from bridge.zygote import ForkedProcess, ZygoteLink, become_subreaper
+from bridge.zygote import ForkedProcess, PreForked, ZygoteLink, become_subreaper
 from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -140,8 +140,10 @@ class Supervisor:
         config_path: Path,
         metrics_dir: Path | None = None,
         control_tokens: dict[str, str] | None = None,
+        preforked: PreForked | None = None,
     ) -> None:
         self.cfg = config
+        self._preforked = preforked  # the first zygote, forked before the supervisor imported the rest
         self.config_path = config_path
         self._metrics_dir = metrics_dir  # the workers' metric files; None: RuntimeDirectory or a temp dir
         self.slots = [WorkerSlot(i) for i in range(config.sip.workers)]
@@ -473,7 +475,8 @@ class Supervisor:
         The supervisor becomes the workers' subreaper: they are its children once forked."""
         if not become_subreaper():
             logger.warning("PR_SET_CHILD_SUBREAPER failed: forked workers' exit codes are not known")
-        self._zygote = ZygoteLink(self.zygote_command, self._child_env)
+        self._zygote = ZygoteLink(self.zygote_command, self._child_env, self._preforked)
+        self._preforked = None
         self._zygote_task = asyncio.create_task(self._zygote.run(), name="zygote")
 
     # --- routes: SIGHUP ------------------------------------------------------------------------------

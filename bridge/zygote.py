@@ -8,11 +8,18 @@ forked, those pages are shared copy-on-write by every worker instead of being bu
 
 The processes:
 
-- the supervisor starts the zygote (``python -m bridge zygote``, its own session, the supervisor's
-  environment with ``PROMETHEUS_MULTIPROC_DIR`` already set) with one end of a ``SOCK_SEQPACKET``
-  socketpair. The zygote imports :data:`WARM_MODULES` (the worker and what a worker imports late),
-  and nothing else: no pjsua2 endpoint, no event loop, no socket but its channel, no thread. It says
-  ``ready`` and waits for requests.
+- the first zygote is forked from the supervisor's own process (:func:`prefork`, from
+  ``vblaze-bridge run``) once it has parsed its config and imported :data:`PREFORK_MODULES`, and
+  before anything else: one thread, no event loop, no socket. The interpreter, pydantic's models,
+  uvloop, aiohttp, websockets and pjsua2 are then pages shared by the supervisor, the zygote and every
+  worker (docs/benchmarks.md). Its own session, one end of a ``SOCK_SEQPACKET`` socketpair; it waits
+  for an ``env`` message (the supervisor's environment for its children, ``PROMETHEUS_MULTIPROC_DIR``
+  set, which prometheus_client reads when imported) and then goes on as an exec'd zygote does.
+- a zygote started again (after a crash or kill) is exec'd: ``python -m bridge zygote``, its own
+  session, that environment, the channel's end passed.
+- either imports :data:`WARM_MODULES` (the worker and what a worker imports late), and nothing else:
+  no pjsua2 endpoint, no event loop, no socket but its channel, no thread. It says ``ready`` and waits
+  for requests.
 - ``spawn N``, with the worker's end of its control channel attached (SCM_RIGHTS): the zygote forks an
   intermediate child, which calls setsid() and forks the worker, then exits at once; the zygote reaps
   the intermediate and answers ``pid N PID`` (``failed N`` if a fork failed). With the intermediate
@@ -42,6 +49,7 @@ import asyncio
 import ctypes
 import gc
 import importlib
+import json
 import logging
 import os
 import random
@@ -69,6 +77,10 @@ WARM_MODULES = (
     "bridge.nats.policy",
     "bridge.nats.transport",
 )
+# Imported by `prefork` before it forks: what the workers need that does not read the environment the
+# supervisor sets later (prometheus_client takes PROMETHEUS_MULTIPROC_DIR when imported, so neither it
+# nor a module importing it is here), and opens no socket or thread when imported.
+PREFORK_MODULES = ("uvloop", "aiohttp", "websockets", "pjsua2", "yaml")
 ZYGOTE_READY_TIMEOUT_SECONDS = 30.0  # the zygote's imports; a spawn waits at most this for a zygote
 SPAWN_TIMEOUT_SECONDS = 5.0  # a spawn request not answered by then fails (the worker's start failed)
 STOP_TIMEOUT_SECONDS = 5.0
@@ -79,6 +91,26 @@ PR_SET_CHILD_SUBREAPER = 36
 
 class ZygoteGone(OSError):
     """The zygote's channel closed, or the zygote could not fork a worker."""
+
+
+ENV_MESSAGE_MAX = 1 << 20  # the environment a pre-forked zygote is sent (a SEQPACKET message)
+
+
+def env_message(env: dict[str, str]) -> bytes:
+    return b"env " + json.dumps(env).encode()
+
+
+def parse_env(message: bytes) -> dict[str, str] | None:
+    """The environment in an `env` message; None for anything else."""
+    if not message.startswith(b"env "):
+        return None
+    try:
+        env = json.loads(message[4:])
+    except ValueError:
+        return None
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        return None  # JSON object keys are strings already
+    return env
 
 
 # --- the channel's lines (no I/O) --------------------------------------------------------------------
@@ -105,6 +137,62 @@ def parse_reply(message: bytes) -> tuple[int, int | None] | None:
 
 
 # --- the zygote process ------------------------------------------------------------------------------
+
+
+@dataclass
+class PreForked:
+    """The first zygote, forked by `prefork` from the supervisor's process; the supervisor's end of its
+    channel. ZygoteLink sends it its environment, then it goes on as an exec'd zygote would."""
+
+    pid: int
+    sock: socket.socket
+
+
+def prefork(config: Config, config_path: str) -> PreForked | None:
+    """Fork the first zygote from this process while it has imported no more than its config (pydantic
+    and the parsed models) and runs one thread: those pages are then shared by the supervisor, the
+    zygote and every worker instead of being built twice. The child waits for its environment (`env`
+    message: the supervisor sets PROMETHEUS_MULTIPROC_DIR later, and prometheus_client reads it when
+    imported), then imports WARM_MODULES and serves. None if it cannot fork: the supervisor then
+    starts the zygote by exec, as it does on every restart."""
+    for name in PREFORK_MODULES:
+        importlib.import_module(name)
+    if threading.active_count() > 1:  # a fork would copy a thread's locks, not the thread
+        return None
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        logger.exception("could not fork the first zygote; it is started by exec")
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        try:
+            ours.close()
+            os.setsid()
+            _set_title(ZYGOTE_TITLE.format(config=config_path))
+            _serve_preforked(config, config_path, theirs)
+        finally:
+            os._exit(1)
+    theirs.close()
+    return PreForked(pid, ours)
+
+
+def _serve_preforked(config: Config, config_path: str, channel: socket.socket) -> NoReturn:
+    try:
+        message = channel.recv(ENV_MESSAGE_MAX)
+    except OSError:
+        os._exit(1)
+    env = parse_env(message)
+    if env is None:  # b"": the supervisor is gone before it started the zygote (a bad token file, ...)
+        os._exit(0 if not message else 1)
+    os.environ.clear()
+    os.environ.update(env)
+    from bridge.logs import setup_logging
+
+    setup_logging(config.logging, "zygote")
+    serve(config_path, channel.detach())
 
 
 def serve(config_path: str, channel_fd: int) -> NoReturn:
@@ -287,16 +375,22 @@ class ForkedProcess:
             raise ProcessLookupError(self.pid)
         signal.pidfd_send_signal(self._fd, signum)
 
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
 
 class ZygoteLink:
     """The supervisor's zygote: keeps one running (`run`), asks it for workers (`spawn`)."""
 
-    def __init__(self, command: Callable[[int], list[str]], env: dict[str, str]) -> None:
+    def __init__(
+        self, command: Callable[[int], list[str]], env: dict[str, str], first: PreForked | None = None
+    ) -> None:
         self._command = command  # the zygote's command line for its end of the channel
         self._env = env
+        self._first = first  # the zygote `prefork` made, used for the first start; restarts exec
         self._up = asyncio.Event()
         self._sock: socket.socket | None = None
-        self._process: asyncio.subprocess.Process | None = None
+        self._process: asyncio.subprocess.Process | ForkedProcess | None = None
         self._pending: dict[int, asyncio.Future[int | None]] = {}
         self._lock = asyncio.Lock()
         self._strays: set[asyncio.Task[None]] = set()
@@ -325,23 +419,31 @@ class ZygoteLink:
 
     async def _live(self) -> None:
         """Start a zygote, wait until it is ready, then read its replies until its channel closes."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            self._process = await asyncio.create_subprocess_exec(
-                *self._command(theirs.fileno()),
-                pass_fds=(theirs.fileno(),),
-                env=self._env,
-                start_new_session=True,
-            )
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.starts += 1
-        ours.setblocking(False)
-        self._sock = ours
         loop = asyncio.get_running_loop()
+        first, self._first = self._first, None
+        if first is not None:
+            ours = first.sock
+            self._process = ForkedProcess(first.pid)
+            ours.setblocking(False)
+            self._sock = ours
+            await loop.sock_sendall(ours, env_message(self._env))
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self._process = await asyncio.create_subprocess_exec(
+                    *self._command(theirs.fileno()),
+                    pass_fds=(theirs.fileno(),),
+                    env=self._env,
+                    start_new_session=True,
+                )
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            ours.setblocking(False)
+            self._sock = ours
+        self.starts += 1
         try:
             async with asyncio.timeout(ZYGOTE_READY_TIMEOUT_SECONDS):
                 hello = await loop.sock_recv(ours, 64)
@@ -350,7 +452,8 @@ class ZygoteLink:
             raise
         if hello != b"ready":
             raise ZygoteGone(f"zygote (pid {self._process.pid}) ended before it was ready")
-        logger.info("zygote ready (pid %d)", self._process.pid)
+        how = "forked from the supervisor" if first is not None else "started by exec"
+        logger.info("zygote ready (pid %d, %s)", self._process.pid, how)
         self._up.set()
         await self._read_replies(ours)
 

@@ -16,7 +16,28 @@ from hypothesis import strategies as st
 
 from bridge import zygote
 from bridge.config import load_config
-from bridge.zygote import ForkedProcess, ZygoteGone, ZygoteLink, parse_reply, parse_request, spawn_request
+from bridge.zygote import (
+    ForkedProcess,
+    ZygoteGone,
+    ZygoteLink,
+    env_message,
+    parse_env,
+    parse_reply,
+    parse_request,
+    spawn_request,
+)
+
+
+@given(st.dictionaries(st.text(), st.text()))
+def test_the_environment_message_round_trips(env: dict[str, str]) -> None:
+    assert parse_env(env_message(env)) == env
+
+
+@given(st.binary(max_size=200))
+def test_anything_else_is_no_environment(data: bytes) -> None:
+    assert parse_env(data) is None or data.startswith(b"env ")
+    for bad in (b"", b"ready", b"env ", b"env [1]", b'env {"A": 1}', b"env {", b'env {"A": null}'):
+        assert parse_env(bad) is None
 
 
 def test_the_lines_round_trip() -> None:

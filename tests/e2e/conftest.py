@@ -150,7 +150,8 @@ def new_bridge(
 def end_bridge(bridge: Bridge) -> None:
     """Stop a test's bridge and anything it left behind."""
     bridge.stop(signal.SIGKILL if bridge.proc and bridge.proc.poll() is None else signal.SIGTERM, timeout=5)
-    subprocess.run(["pkill", "-9", "-f", f"bridge worker --config {bridge.config_path}"], check=False)
+    for kind in ("worker", "zygote"):
+        subprocess.run(["pkill", "-9", "-f", f"bridge {kind} --config {bridge.config_path}"], check=False)
 
 
 @pytest.fixture

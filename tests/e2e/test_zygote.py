@@ -9,6 +9,7 @@ import re
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,55 @@ def test_a_worker_restart_to_ready_is_timed(standin_vad: Standin, make_bridge: A
     print(f"\nworker restart to ready ({spawn}): median {median:.3f} s, {min(times):.3f}-{max(times):.3f} s")
     if spawn == "fork":
         assert median <= 1.0, times
+
+
+def shared_dirty_kb(pid: int) -> int:
+    """Anonymous pages `pid` wrote and still shares with a process forked from it (copy-on-write)."""
+    found = re.search(r"^Shared_Dirty:\s+(\d+) kB", Path(f"/proc/{pid}/smaps_rollup").read_text(), re.M)
+    assert found is not None
+    return int(found.group(1))
+
+
+def test_the_first_zygote_is_forked_from_the_supervisor_and_shares_its_pages(
+    standin_vad: Standin, make_bridge: Any
+) -> None:
+    """The first zygote is forked from the supervisor once it has imported its config, uvloop, aiohttp,
+    websockets and pjsua2, so those pages are shared by the supervisor, the zygote and its workers.
+    Once the zygote and its worker are gone, their replacements (exec'd zygote, its worker) share none
+    of the supervisor's pages, and they serve calls as well."""
+    bridge = make_bridge(standin_vad.url, workers=1, logging={"level": "INFO"})
+    assert bridge.proc is not None
+    (zygote,) = zygote_pids(bridge)
+    assert f"zygote ready (pid {zygote}, forked from the supervisor)" in bridge.log()
+    forked = shared_dirty_kb(bridge.proc.pid)
+    os.kill(zygote, signal.SIGKILL)
+    wait_until(lambda: zygote_pids(bridge) not in ([], [zygote]), 30, "a new zygote")
+    (second,) = zygote_pids(bridge)
+    wait_until(lambda: f"zygote ready (pid {second}, started by exec)" in bridge.log(), 30, "it is ready")
+    worker = worker_pid(bridge.config_path, 0)
+    assert sipua.invite(bridge.sip_port).status == 200  # the pre-forked zygote's worker serves on
+    os.kill(worker, signal.SIGKILL)
+    wait_until(lambda: worker_pid_or_none(bridge, 0) not in (None, worker), 15, "worker 0 replaced")
+    wait_for_sip(bridge.sip_port, timeout=10)
+    assert sipua.invite(bridge.sip_port).status == 200
+    time.sleep(0.5)
+    alone = shared_dirty_kb(bridge.proc.pid)
+    print(f"\nsupervisor's shared dirty pages: {forked} kB with its forked zygote, {alone} kB without")
+    assert forked > 5000 and alone < forked / 4, (forked, alone)
+
+
+def test_a_supervisor_that_fails_at_start_leaves_no_zygote(standin_vad: Standin, make_bridge: Any) -> None:
+    """The zygote is forked before the control tokens are read; a missing token ends the supervisor
+    (exit 2), and the zygote, waiting for its environment, sees its channel close and exits too."""
+    bridge = make_bridge(
+        standin_vad.url,
+        start=False,
+        control={"port": metrics_port(), "tokens": [{"name": "ops", "env": "VBLAZE_TEST_NO_SUCH_TOKEN"}]},
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VBLAZE_TEST_NO_SUCH_TOKEN"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--config", str(bridge.config_path)],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert run.returncode == 2 and "VBLAZE_TEST_NO_SUCH_TOKEN" in run.stderr, run.stderr
+    wait_until(lambda: not zygote_pids(bridge), 10, "no zygote left")
