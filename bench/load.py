@@ -32,6 +32,7 @@ sipp, Kamailio and the stand-in run on the same cores and are not counted.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -53,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
+from aiohttp import web  # noqa: E402
 
 from bridge.config import parse_config  # noqa: E402
 from bridge.demo import (  # noqa: E402
@@ -455,6 +458,7 @@ def pool_config(
     metrics_port: int,
     frame_ms: int,
     spawn: str = "fork",
+    webhook: str | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     from tests.fixtures.harness import free_port_block
 
@@ -478,6 +482,9 @@ def pool_config(
         "logging": {"level": "WARNING"},
         "drain": {"timeout_seconds": 5},
     }
+    if webhook is not None:  # events to a real HTTP receiver (HookReceiver), which writes them to jsonl_path
+        config["sink"] = {"kind": "webhook"}
+        config["webhook"] = {"urls": [webhook], "spool_path": str(workdir / f"{name}-spool.sqlite3")}
     parse_config(config, name)  # fail here, before starting anything, if the layout is wrong
     path = workdir / f"{name}-config.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -559,14 +566,18 @@ def run_phase(
     workdir: Path,
     audio: Path,
     engine_url: str,
+    webhook: HookReceiver | None = None,
 ) -> Phase:
     phase = Phase(kind)
     metrics_port = free_port() if kind == "bridge" else 0
+    url = webhook.url if webhook is not None and kind == "bridge" else None
     config_path, config = pool_config(
-        workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms, args.bridge_spawn
+        workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms, args.bridge_spawn, url
     )
+    if webhook is not None:
+        webhook.target = Path(config["sink"].get("jsonl_path", workdir / f"{kind}-events.jsonl"))
     phase.workers = config["sip"]["workers"]
-    Path(config["sink"]["jsonl_path"]).unlink(missing_ok=True)  # an earlier pair's
+    events_path(config, workdir, kind).unlink(missing_ok=True)  # an earlier pair's
     print(f"[{kind}] starting {phase.workers} workers...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     fork = kind == "floor" and args.floor_spawn == "fork"
@@ -647,7 +658,7 @@ def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
 
 def bridge_figures(phase: Phase, args: argparse.Namespace, config: dict[str, Any], port: int) -> None:
     frame_s = args.frame_ms / 1000
-    ended = wait_ended(Path(config["sink"]["jsonl_path"]), phase.calls_ok, timeout=60)
+    ended = wait_ended(events_path(config, args.workdir, "bridge"), phase.calls_ok, timeout=60)
     phase.call_seconds = sum(ended)
     phase.expected_frames = sum(int(d / frame_s) for d in ended)
     phase.rtp_expected = sum(d / 0.02 for d in ended)
@@ -657,7 +668,11 @@ def bridge_figures(phase: Phase, args: argparse.Namespace, config: dict[str, Any
     phase.rtp_received = total(samples, "vblaze_bridge_rtp_packets_total")
     phase.rtp_lost = total(samples, "vblaze_bridge_rtp_packets_lost_total")
     phase.rtp_discarded = total(samples, "vblaze_bridge_rtp_packets_discarded_total")
-    for hop in ("audio_to_socket_seconds", "speech_end_to_utterance_seconds"):
+    for hop in (
+        "audio_to_socket_seconds",
+        "speech_end_to_utterance_seconds",
+        "utterance_to_webhook_ack_seconds",
+    ):
         phase.latency[hop] = histogram_quantiles(samples, f"vblaze_bridge_{hop}", (0.5, 0.9, 0.99))
 
 
@@ -681,6 +696,50 @@ def free_port_block_media(calls: int) -> int:
     from tests.fixtures.harness import free_port_block
 
     return free_port_block(2 * calls + 4, low=50000, high=64000)
+
+
+def events_path(config: dict[str, Any], workdir: Path, kind: str) -> Path:
+    """Where a phase's events land: the jsonl sink's file, or the one HookReceiver writes."""
+    return Path(config["sink"].get("jsonl_path", workdir / f"{kind}-events.jsonl"))
+
+
+class HookReceiver:
+    """A real HTTP webhook receiver on its own event loop in a thread: answers 200 to every POST and
+    appends its body (the event's envelope, one JSON line) to `target`."""
+
+    def __init__(self) -> None:
+        self.target: Path | None = None
+        self.received = 0
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/hook"
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        self.received += 1
+        if self.target is not None:
+            with self.target.open("ab") as out:
+                out.write(body.replace(b"\n", b" ") + b"\n")
+        return web.Response(text="ok")
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
 
 
 def wait_ended(path: Path, count: int, timeout: float) -> list[float]:
@@ -761,6 +820,11 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         (
             "speech end->utterance p50/p90/p99 s",
             lambda p: latency(p, "speech_end_to_utterance_seconds", False),
+            False,
+        ),
+        (
+            "utterance->webhook ack p50/p90/p99 ms",
+            lambda p: latency(p, "utterance_to_webhook_ack_seconds", True),
             False,
         ),
         ("worker restart->SIP answer, s", lambda p: _restart(p), False),
@@ -846,16 +910,24 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="vblaze-bench-"))
     print(f"work directory: {workdir}", file=sys.stderr)
     audio = speech_file(SPEECH, workdir)
+    args.workdir = workdir
     standin, url = start_standin(["--recognizer", "vad-only", "--max-streams", str(args.calls + 16)])
+    hook = None
+    if args.sink == "webhook":
+        os.environ.setdefault("VBLAZE_BRIDGE_WEBHOOK_SECRET", "bench-secret")
+        hook = HookReceiver()
+        hook.start()
     pairs: list[tuple[Phase, Phase]] = []
     try:
         for number in range(args.pairs):
             print(f"--- pair {number + 1} of {args.pairs}", file=sys.stderr, flush=True)
-            bridge = run_phase("bridge", args, workdir, audio, url)
+            bridge = run_phase("bridge", args, workdir, audio, url, hook)
             floor = run_phase("floor", args, workdir, audio, url)
             pairs.append((bridge, floor))
             print(f"pair {number + 1}: {table(args, bridge, floor)}\n", flush=True)
     finally:
+        if hook is not None:
+            hook.stop()
         stop_process(standin, 15)
     if pairs:
         print(summary(pairs, args.calls), flush=True)
@@ -892,6 +964,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floor-spawn", choices=("fork", "exec"), default="fork", help="the floor's workers, likewise"
     )
+    parser.add_argument(
+        "--sink", choices=("webhook", "jsonl"), default="webhook",
+        help="the bridge's events: to a real HTTP receiver here (utterance->webhook ack timed), or a file",
+    )  # fmt: skip
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
     return parser.parse_args(argv)

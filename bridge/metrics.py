@@ -300,7 +300,26 @@ UTTERANCE_TO_WEBHOOK_SENT = Histogram(
 UTTERANCE_TO_WEBHOOK_ACK = Histogram(
     f"{PREFIX}_utterance_to_webhook_ack_seconds",
     "Utterance received from the engine to the 2xx answer to its webhook.",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    # fine below 25 ms: the spool's fsync and one local POST are what a healthy receiver costs
+    buckets=(
+        0.0025,
+        0.005,
+        0.0075,
+        0.01,
+        0.015,
+        0.02,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+        30.0,
+        60.0,
+    ),
 )
 # Utterance received -> JetStream ack: a publish round trip (a millisecond on a LAN, R=3 included);
 # seconds when the stream lost its leader (an election) or every server is down (the spool holds it).
