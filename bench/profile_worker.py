@@ -54,16 +54,19 @@ CALLS = 4  # what one worker holds
 PY_SPY = shutil.which("py-spy", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
 
 
-def collapse(raw: str) -> tuple[Counter[str], Counter[str], int]:
-    """py-spy's raw (collapsed) output: one `frame;frame;... count` line a distinct stack, root first.
-    Returns the samples a frame was the leaf of (self), the samples a frame was anywhere in (inclusive,
-    once a stack), and the total."""
+def collapse(raw: str, thread: str | None = None) -> tuple[Counter[str], Counter[str], int]:
+    """py-spy's raw (collapsed) output with --threads: one `thread (TID): NAME;frame;... count` line a
+    distinct stack, root first. Returns the samples a frame was the leaf of (self), the samples a frame
+    was anywhere in (inclusive, once a stack), and the total; of the thread named `thread` only if given."""
     own: Counter[str] = Counter()
     under: Counter[str] = Counter()
     total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
+            continue
+        head, _, stack = stack.partition(";")
+        if not stack or (thread is not None and not head.endswith(f": {thread}")):
             continue
         n = int(count)
         total += n
@@ -78,6 +81,40 @@ def tidy(frame: str) -> str:
     """`function (path/to/file.py:LINE)` as `function (file.py)`: lines apart are one frame here."""
     frame = re.sub(r":\d+\)$", ")", frame)
     return re.sub(r"\((?:[^()]*/)?([^/()]+)\)$", r"(\1)", frame)
+
+
+def thread_names(pid: int) -> dict[int, str]:
+    """OS thread id -> name: Python's thread names (py-spy dump), else the kernel's (pjsip's threads)."""
+    names = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        names[int(task.name)] = (task / "comm").read_text().strip()
+    dump = subprocess.run(
+        [PY_SPY or "py-spy", "dump", "--pid", str(pid), "--nonblocking"],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    for tid, name in re.findall(r'^Thread (\d+) \(\w+\): "([^"]*)"', dump.stdout, re.M):
+        names[int(tid)] = f"{name} (Python)"
+    return names
+
+
+def thread_ticks(pid: int) -> dict[int, int]:
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended
+        out[int(task.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+    return out
+
+
+def by_thread(names: dict[int, str], before: dict[int, int], after: dict[int, int], seconds: float) -> str:
+    rows = sorted(((after[t] - before.get(t, 0), t) for t in after), reverse=True)
+    return "\n".join(
+        f"  {100 * ticks / CLK_TCK / seconds:5.2f} % of a core  {names.get(tid, '?')} [{tid}]"
+        for ticks, tid in rows
+        if ticks
+    )
 
 
 def top(counter: Counter[str], total: int, n: int = 10) -> str:
@@ -106,25 +143,30 @@ def profile(kind: str, args: argparse.Namespace, workdir: Path, audio: Path, url
             sipp = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=workdir, start_new_session=True)
         time.sleep(3.0)  # every call up
         raw = workdir / f"{kind}-pyspy.txt"
-        t0, c0, l0 = time.monotonic(), cpu_ticks([worker]), load_average()
+        names = thread_names(worker)
+        t0, c0, l0, th0 = time.monotonic(), cpu_ticks([worker]), load_average(), thread_ticks(worker)
         spy = subprocess.run(
             [
                 PY_SPY, "record", "--pid", str(worker), "--duration", str(args.duration),
-                "--rate", str(args.rate), "--format", "raw", "--output", str(raw),
+                "--rate", str(args.rate), "--format", "raw", "--output", str(raw), "--threads",
                 *(["--native"] if args.native else ["--nonblocking"]),
             ],
             capture_output=True, text=True, timeout=args.duration + 60, check=False,
         )  # fmt: skip
-        cores = (cpu_ticks([worker]) - c0) / CLK_TCK / (time.monotonic() - t0)
+        window = time.monotonic() - t0
+        cores, threads = (cpu_ticks([worker]) - c0) / CLK_TCK / window, thread_ticks(worker)
         if spy.returncode != 0 or not raw.exists():
             return f"[{kind}] py-spy failed ({spy.returncode}): {spy.stderr[-800:]}"
         own, under, total = collapse(raw.read_text())
+        main_own, _, main_total = collapse(raw.read_text(), "MainThread")
         return (
             f"[{kind}] worker pid {worker}, {CALLS} calls: {100 * cores:.2f} % of a core over the"
             f" {args.duration} s window, {total} samples with the worker on a core, load average"
             f" {l0:.2f} -> {load_average():.2f}\n"
+            f"by thread (/proc, same window):\n{by_thread(names, th0, threads, window)}\n"
             f"self (the frame itself was running):\n{top(own, total)}\n"
             f"inclusive (the frame was on the stack):\n{top(under, total)}"
+            + (f"\nthe main thread alone (asyncio), self:\n{top(main_own, main_total)}" if main_total else "")
         )
     finally:
         if sipp is not None and sipp.poll() is None:
