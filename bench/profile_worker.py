@@ -10,6 +10,7 @@ which pauses the worker for each sample and no longer tells idle threads apart) 
 (inclusive), with the worker's CPU over the same window from /proc. The raw collapsed stacks stay in
 the work directory (`--keep`) for a flame graph.
 
+    .venv/bin/pip install -e '.[profile]'                        # py-spy, once
     .venv/bin/python bench/profile_worker.py                    # 4 calls x 40 s, 25 s of samples
     .venv/bin/python bench/profile_worker.py --only bridge --seconds 60 --duration 40
 """
@@ -200,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--duration must leave the calls' ramp and end outside the window")
     for tool in ("sipp", "kamailio", "espeak-ng", "sox", PY_SPY or "py-spy"):
         if shutil.which(tool) is None:
-            print(f"profile: {tool} is not installed (make setup)", file=sys.stderr)
+            hint = "pip install -e '.[profile]'" if "py-spy" in tool else "make setup"
+            print(f"profile: {tool} is not installed ({hint})", file=sys.stderr)
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="vblaze-profile-"))
     print(f"work directory: {workdir}", file=sys.stderr)
