@@ -35,11 +35,10 @@ from bridge.sip_adapter import sip_settings, worker_readiness
 from sip.endpoint import SipEndpoint
 from sip.events import CallEnded, CallMedia, SipEvent
 from sip.limits import RTP_PORTS_PER_WORKER
-from sip.pjlog import SipDropReason
-from sip.reclaim import ReclaimCause
+from sip.settings import NullObserver
 
 
-class Counts:
+class Counts(NullObserver):
     def __init__(self, frame_seconds: float) -> None:
         self.frame_seconds = frame_seconds
         self.frames = 0
@@ -53,20 +52,11 @@ class Counts:
         self.rtp_discarded = 0
         self.dropped = 0
 
-    # sip.settings.CallObserver: only RTP and dropped frames are counted
+    # sip.settings.CallObserver: only RTP and dropped frames are counted (NullObserver: the rest)
     def rtp_in(self, packets: int, lost: int, discarded: int) -> None:
         self.rtp_packets += packets
         self.rtp_lost += lost
         self.rtp_discarded += discarded
-
-    def sip_dropped(self, reason: SipDropReason) -> None:
-        pass
-
-    def rtp_timeout(self) -> None:
-        pass
-
-    def call_reclaimed(self, cause: ReclaimCause) -> None:
-        pass
 
     def frames_dropped(self, frames: int, cause: str) -> None:
         self.dropped += frames
