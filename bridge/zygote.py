@@ -58,6 +58,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +151,11 @@ class PreForked:
 
 def prefork(config: Config, config_path: str) -> PreForked | None:
     """Fork the first zygote from this process while it has imported no more than its config (pydantic
-    and the parsed models) and runs one thread: those pages are then shared by the supervisor, the
-    zygote and every worker instead of being built twice. The child waits for its environment (`env`
-    message: the supervisor sets PROMETHEUS_MULTIPROC_DIR later, and prometheus_client reads it when
-    imported), then imports WARM_MODULES and serves. None if it cannot fork: the supervisor then
-    starts the zygote by exec, as it does on every restart."""
+    and the parsed models) and PREFORK_MODULES, and runs one thread: those pages are then shared by
+    the supervisor, the zygote and every worker instead of being built twice. The child waits for
+    its environment (`env` message: the supervisor sets PROMETHEUS_MULTIPROC_DIR later, and
+    prometheus_client reads it when imported), then imports WARM_MODULES and serves. None if it
+    cannot fork: the supervisor then starts the zygote by exec, as it does on every restart."""
     for name in PREFORK_MODULES:
         importlib.import_module(name)
     if threading.active_count() > 1:  # a fork would copy a thread's locks, not the thread
@@ -173,6 +174,8 @@ def prefork(config: Config, config_path: str) -> PreForked | None:
             os.setsid()
             _set_title(ZYGOTE_TITLE.format(config=config_path))
             _serve_preforked(config, config_path, theirs)
+        except BaseException:
+            traceback.print_exc()  # to the supervisor's stderr: logging is not set up before the env
         finally:
             os._exit(1)
     theirs.close()
