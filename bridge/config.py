@@ -242,10 +242,7 @@ class ScrubRule(_Section):
     @field_validator("regex")
     @classmethod
     def _compiles(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"{value!r} is not a regular expression: {exc}") from None
+        _regex(value)  # one check and one message for every regex in the config
         return value
 
 

@@ -24,8 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 
-from bridge.config import Config
-from bridge.events import BridgeEvent, EventSink
+from bridge.events import BridgeEvent
 
 logger = logging.getLogger(__name__)
 
@@ -123,16 +122,3 @@ class JsonLinesSink:
         self._executor.shutdown(wait=False)
         if self._own:
             os.close(self._fd)
-
-
-def make_sink(config: Config) -> EventSink:
-    """The sink named by `sink.kind`."""
-    if config.sink.kind == "webhook" and not config.sink.also_nats:
-        from bridge.webhook.delivery import make_webhook_sink
-
-        return make_webhook_sink(config)
-    if config.sink.destinations:  # NATS: the spooled sink with its transport (bridge/route_sinks.py)
-        from bridge.route_sinks import RouteSinks
-
-        return RouteSinks(config)
-    return JsonLinesSink(config.sink.jsonl_path)
