@@ -283,12 +283,13 @@ def test_histogram_buckets_increase_and_cover_their_hop() -> None:
         (metrics.AUDIO_TO_SOCKET, 0.0005, 0.5),
         (metrics.SPEECH_END_TO_UTTERANCE, 0.1, 30.0),
         (metrics.UTTERANCE_TO_WEBHOOK_SENT, 0.001, 5.0),
-        (metrics.UTTERANCE_TO_WEBHOOK_ACK, 0.005, 60.0),
+        (metrics.UTTERANCE_TO_WEBHOOK_ACK, 0.0025, 60.0),
     ):
         bounds = upper(h)
         assert bounds == sorted(bounds)
         assert bounds[0] == low
         assert high in bounds
+    assert 0.02 in upper(metrics.UTTERANCE_TO_WEBHOOK_ACK)  # the benchmark's goal is read at a bound
 
 
 def test_registry_needs_a_directory(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -33,7 +33,9 @@ async def test_a_stalled_reader_does_not_block_the_loop(tmp_path: Path) -> None:
             await asyncio.sleep(0)
             worst = max(worst, loop.time() - before)
         assert sink.pending > 0  # the writer thread is stuck on the full pipe...
-        assert worst < 0.05  # ... and the loop is not
+        # ... and the loop is not: a write on the loop would block for ever on the full pipe. The bound
+        # is generous (a loaded machine delays a turn of the loop by tens of ms), not a speed check.
+        assert worst < 1.0
         ran: list[int] = []
         sink.ordered_after(lambda: ran.append(sink.pending))
         data = b""
