@@ -132,11 +132,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "zygote":
         _zygote(config, args.config, args.channel_fd)
+    return _run(config, args.config)
+
+
+def _run(config: Config, config_path: Path) -> int:
+    """`run`: the supervisor, with its first zygote forked before it imports the rest."""
     preforked = None
     if config.sip.spawn == "fork":  # before the supervisor imports more: what it has is then shared
         from bridge.zygote import prefork
 
-        preforked = prefork(config, str(args.config.resolve()))
+        preforked = prefork(config, str(config_path.resolve()))
     # Out of the environment before prometheus_client is imported, so that the supervisor's own metrics
     # stay in memory; the supervisor owns this directory and exports it to its workers.
     inherited = os.environ.pop(METRICS_DIR_ENV, None)
@@ -150,11 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tokens = load_tokens(config.control, os.environ)
     except ConfigError as exc:
-        print(f"vblaze-bridge: invalid configuration:\n{args.config}: {exc}", file=sys.stderr)
+        print(f"vblaze-bridge: invalid configuration:\n{config_path}: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.logging, "supervisor")
     try:
-        return uvloop.run(Supervisor(config, args.config.resolve(), metrics_dir, tokens, preforked).run())
+        return uvloop.run(Supervisor(config, config_path.resolve(), metrics_dir, tokens, preforked).run())
     except MetricsDirInUse as exc:
         print(f"vblaze-bridge: {exc}", file=sys.stderr)
         return 1
