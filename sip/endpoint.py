@@ -111,7 +111,6 @@ class _Entry:
     answered: float = field(default_factory=time.monotonic)
     media_indexes: tuple[int, ...] = ()  # pjsua media index of each audio stream connected
     rtp: RtpWatch = field(default_factory=lambda: RtpWatch(changed=time.monotonic()))
-    rtp_discarded: int = 0  # pjmedia's count of packets that arrived and were thrown away, so far
     headers: dict[str, str] = field(default_factory=dict)
     call_id: str = ""
     siprec_offer: Offer | None = None  # the audio m-lines answered, for a SIPREC call
@@ -480,9 +479,8 @@ class SipEndpoint:
                 cfg.first_rtp_timeout_seconds,
                 cfg.rtp_timeout_seconds,
             )
-            discarded = sum(int(stat.discard) for stat in stats)
-            self._metrics.rtp_in(packets, lost, max(0, discarded - entry.rtp_discarded))
-            entry.rtp_discarded = discarded
+            discarded = entry.rtp.discards(sum(int(stat.discard) for stat in stats))
+            self._metrics.rtp_in(packets, lost, discarded)
             if reclaim is not None:
                 if reclaim.cause is ReclaimCause.RTP_TIMEOUT:
                     self._metrics.rtp_timeout()

@@ -50,6 +50,7 @@ class RtpWatch:
     changed: float  # when the packet count last moved (or the media expected none)
     packets: int = 0
     lost: int = 0
+    discarded: int = 0  # packets that arrived and pjmedia threw away (late, duplicate, bad)
     seen: bool = False  # any RTP packet ever arrived
     expected: bool = False  # the media expects RTP (a stream flowing with direction decoding)
 
@@ -70,3 +71,8 @@ class RtpWatch:
         elif now - self.changed >= timeout:
             reclaim = Reclaim(ReclaimCause.RTP_TIMEOUT, now - self.changed, 200)
         return new_packets, new_lost, reclaim
+
+    def discards(self, discarded: int) -> int:
+        """Take pjmedia's total of discarded packets; return those new since the last check."""
+        new, self.discarded = max(0, discarded - self.discarded), discarded
+        return new

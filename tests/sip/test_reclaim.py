@@ -26,3 +26,8 @@ def test_media_that_expects_no_rtp_restarts_the_clock() -> None:
     held.expected = True  # taken off hold
     assert held.update(50, 0, 559.0, 10.0, 60.0)[2] is None
     assert held.update(50, 0, 560.0, 10.0, 60.0)[2] == Reclaim(ReclaimCause.RTP_TIMEOUT, 60.0, 200)
+
+
+def test_discards_are_counted_once() -> None:
+    watch = RtpWatch(changed=0.0, expected=True)
+    assert [watch.discards(total) for total in (0, 3, 3, 7, 2)] == [0, 3, 0, 4, 0]
