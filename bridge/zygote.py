@@ -524,7 +524,7 @@ class ZygoteLink:
 
 async def _kill(process: ForkedProcess) -> None:
     try:
-        process.send_signal(signal.SIGKILL)
+        process.kill()
     except ProcessLookupError:
         pass
     await process.wait()
