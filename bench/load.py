@@ -12,6 +12,11 @@ ratio; each pair's ratios are printed, then their median and range:
 2. **floor**: the same number of bare pjsua2 workers (`bench/floor_worker.py`: the bridge's own
    `sip.endpoint.SipEndpoint`, audio counted and thrown away), forked from one parent as the bridge's
    are (`--floor-spawn exec`: one interpreter each), behind their own Kamailio, same calls.
+3. with `--floor-stream`, each round has a third phase, **the streaming floor**: the floor's workers
+   also write each call's frames to the engine over a WebSocket of the call's own
+   (`floor_worker.py --stream`), the least any bridge must do on top of the bare floor. Its ratios
+   (bridge/streaming floor, streaming floor/floor) say how much of the bridge's cost above the floor
+   is sending audio at all, and how much is the bridge's own work.
 
 Figures per phase: calls ok / failed (sipp), audio frames per second per stream; frames lost
 (expected from each call's duration at `audio.port_frame_ms`, minus those received) and where the
@@ -448,6 +453,8 @@ class Phase:
     rtp_lost: float = 0.0  # ... lost in transit (sequence gaps) ...
     rtp_discarded: float = 0.0  # ... and arrived but thrown away by pjmedia
     restart_seconds: float | None = None  # SIGKILL of worker 0 until its replacement answers SIP
+    streamed: float | None = None  # the streaming floor: frames written to the engine's sockets
+    stream_failures: int = 0  # ... and its streams that failed
 
 
 def pool_config(
@@ -492,10 +499,16 @@ def pool_config(
 
 
 def start_pool(
-    kind: str, config_path: Path, config: dict[str, Any], workdir: Path, fork: bool = False
+    kind: str,
+    config_path: Path,
+    config: dict[str, Any],
+    workdir: Path,
+    fork: bool = False,
+    stream: bool = False,
 ) -> list[subprocess.Popen[bytes]]:
     """The bridge (one supervisor), or the floor (one bare process per worker, or with `fork` one
-    parent that forks them all), waited until every worker answers SIP."""
+    parent that forks them all; `stream`: the streaming floor), waited until every worker answers SIP."""
+    floor_args = ["--stream"] if stream else []
     log = (workdir / f"{kind}.log").open("ab")
     workers = config["sip"]["workers"]
     procs: list[subprocess.Popen[bytes]] = []
@@ -511,7 +524,7 @@ def start_pool(
         )
     elif fork:
         floor = [sys.executable, str(ROOT / "bench" / "floor_worker.py"), "--config", str(config_path)]
-        floor += ["--fork", "--out", str(workdir / "floor-{index}.json")]
+        floor += ["--fork", "--out", str(workdir / "floor-{index}.json"), *floor_args]
         procs.append(subprocess.Popen(floor, stdout=log, stderr=log, cwd=ROOT, start_new_session=True))
     else:
         for index in range(workers):
@@ -526,6 +539,7 @@ def start_pool(
                         str(index),
                         "--out",
                         str(workdir / f"floor-{index}.json"),
+                        *floor_args,
                     ],
                     stdout=log,
                     stderr=log,
@@ -580,10 +594,13 @@ def run_phase(
     events_path(config, workdir, kind).unlink(missing_ok=True)  # an earlier pair's
     print(f"[{kind}] starting {phase.workers} workers...", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    fork = kind == "floor" and args.floor_spawn == "fork"
+    fork = kind != "bridge" and args.floor_spawn == "fork"
     if fork or (kind == "bridge" and args.bridge_spawn == "fork"):
         phase.notes.append("workers forked from one parent that had imported pjsua2 and the bridge")
-    procs = start_pool(kind, config_path, config, workdir, fork=fork)
+    stream = kind == "stream"
+    if stream:
+        phase.notes.append("the streaming floor: each call's frames to the engine over its own WebSocket")
+    procs = start_pool(kind, config_path, config, workdir, fork=fork, stream=stream)
     print(f"[{kind}] pool up in {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
     kam: Kamailio | None = None
     sipp: subprocess.Popen[bytes] | None = None
@@ -624,7 +641,7 @@ def run_phase(
         if kam is not None:
             kam.stop()
         stop_pool(procs)
-    if kind == "floor":
+    if kind != "bridge":
         floor_figures(phase, workdir, phase.workers, args.frame_ms)
     return phase
 
@@ -688,6 +705,9 @@ def floor_figures(phase: Phase, workdir: Path, workers: int, frame_ms: int) -> N
             phase.rtp_lost += data["rtp_lost"]
             phase.rtp_discarded += data["rtp_discarded"]
             phase.dropped += data["frames_dropped"]
+            if "streamed" in data:
+                phase.streamed = (phase.streamed or 0) + data["streamed"]
+                phase.stream_failures += data["stream_failures"]
             path.unlink()  # the next pair's floor writes its own
     phase.rtp_expected = phase.call_seconds / 0.02
 
@@ -778,6 +798,12 @@ def _uncounted(p: Phase) -> str:
     return f"{missing:.0f} ({per_call * 0.02:.2f} s a call)"
 
 
+def _streamed(p: Phase) -> str:
+    if p.name == "bridge":
+        return f"{p.frames - p.dropped:.0f} / -"  # its streams' failures are its gaps (call.ended)
+    return "-" if p.streamed is None else f"{p.streamed:.0f} / {p.stream_failures}"
+
+
 def _restart(p: Phase) -> str:
     return "-" if p.restart_seconds is None else f"{p.restart_seconds:.3f}"
 
@@ -811,6 +837,7 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         (" lost in transit (pjmedia gaps)", lambda p: f"{p.rtp_lost:.0f}", False),
         (" arrived, discarded by pjmedia", lambda p: f"{p.rtp_discarded:.0f}", False),
         (" never counted (see docs)", lambda p: _uncounted(p), False),
+        ("frames streamed / streams failed", _streamed, False),
         ("processes", lambda p: str(p.processes), False),
         ("idle CPU per worker, % of a core", lambda p: f"{p.idle_cpu_per_worker:.2f}", False),
         ("CPU, cores (steady)", lambda p: f"{p.cpu_cores:.3f}", True),
@@ -847,6 +874,7 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         f"{args.calls} calls x {args.seconds} s, {args.rate:g} calls/s, {args.frame_ms} ms frames, "
         f"{'sendonly offers, ' if args.sendonly else ''}{os.cpu_count()} cores, "
         f"bridge {args.bridge_spawn}, floor {args.floor_spawn}"
+        + (" streaming" if floor is not None and floor.name == "stream" else "")
     )
     lines = [head, ""]
     for row in rows:
@@ -861,12 +889,15 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
     return "\n".join(lines)
 
 
-def summary(pairs: list[tuple[Phase, Phase]], calls: int) -> str:
-    """Each pair's bridge/floor ratios with the machine's load, then their median and range."""
+def summary(
+    pairs: list[tuple[Phase, Phase]], calls: int, floor: str = "floor", bridge: str = "bridge"
+) -> str:
+    """Each pair's `bridge`/`floor` ratios with the machine's load, then their median and range (the
+    two names: which phases of each round are compared, the bridge and the floor by default)."""
     mb = 1024 * 1024
-    lines = ["", f"interleaved pairs ({len(pairs)}), each bridge then floor:", ""]
+    lines = ["", f"interleaved pairs ({len(pairs)}): {bridge} (b) against {floor} (f):", ""]
     lines.append(
-        "pair  PSS/call MB bridge floor ratio   CPU cores bridge floor ratio   "
+        "pair  PSS/call MB b     f     ratio   CPU cores b     f     ratio   "
         "load b/f     idle% b/f    steal% b/f"
     )
     pss_r, cpu_r = [], []
@@ -888,11 +919,11 @@ def summary(pairs: list[tuple[Phase, Phase]], calls: int) -> str:
     bridge_pss = [b.pss / calls / mb for b, _ in pairs]
     lines += [
         "",
-        f"PSS bridge/floor: {spread(pss_r)}; bridge PSS per call median "
+        f"PSS {bridge}/{floor}: {spread(pss_r)}; {bridge} PSS per call median "
         f"{statistics.median(bridge_pss):.2f} MB ({min(bridge_pss):.2f}-{max(bridge_pss):.2f})",
-        f"CPU bridge/floor: {spread(cpu_r)}",
+        f"CPU {bridge}/{floor}: {spread(cpu_r)}",
     ]
-    restarts = [b.restart_seconds for b, _ in pairs if b.restart_seconds is not None]
+    restarts = [b.restart_seconds for b, _ in pairs if b.restart_seconds is not None and floor == "floor"]
     if restarts:
         lines.append(
             f"worker restart (SIGKILL -> replacement answers SIP): median {statistics.median(restarts):.3f} s"
@@ -918,6 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         hook = HookReceiver()
         hook.start()
     pairs: list[tuple[Phase, Phase]] = []
+    streams: list[Phase] = []
     try:
         for number in range(args.pairs):
             print(f"--- pair {number + 1} of {args.pairs}", file=sys.stderr, flush=True)
@@ -925,18 +957,37 @@ def main(argv: list[str] | None = None) -> int:
             floor = run_phase("floor", args, workdir, audio, url)
             pairs.append((bridge, floor))
             print(f"pair {number + 1}: {table(args, bridge, floor)}\n", flush=True)
+            if args.floor_stream:
+                streams.append(run_phase("stream", args, workdir, audio, url))
+                print(f"pair {number + 1}, the streaming floor: {table(args, bridge, streams[-1])}\n")
     finally:
         if hook is not None:
             hook.stop()
         stop_process(standin, 15)
     if pairs:
         print(summary(pairs, args.calls), flush=True)
+    if streams:
+        print(
+            summary([(b, s) for (b, _), s in zip(pairs, streams, strict=True)], args.calls, "streaming floor")
+        )
+        print(
+            summary(
+                [(s, f) for (_, f), s in zip(pairs, streams, strict=True)],
+                args.calls,
+                "floor",
+                "streaming floor",
+            )
+        )
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 {
                     "args": vars(args) | {"json": str(args.json)},
-                    "pairs": [{"bridge": b.__dict__, "floor": f.__dict__} for b, f in pairs],
+                    "pairs": [
+                        {"bridge": b.__dict__, "floor": f.__dict__}
+                        | ({"stream": streams[i].__dict__} if i < len(streams) else {})
+                        for i, (b, f) in enumerate(pairs)
+                    ],
                 },
                 indent=2,
                 default=str,
@@ -964,6 +1015,10 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--floor-spawn", choices=("fork", "exec"), default="fork", help="the floor's workers, likewise"
     )
+    parser.add_argument(
+        "--floor-stream", action="store_true",
+        help="a third phase a round: the streaming floor (bench/floor_worker.py --stream)",
+    )  # fmt: skip
     parser.add_argument(
         "--sink", choices=("webhook", "jsonl"), default="webhook",
         help="the bridge's events: to a real HTTP receiver here (utterance->webhook ack timed), or a file",

@@ -1,0 +1,61 @@
+"""bench/load.py on a small real run: its figures are taken, not assumed.
+
+One round (the bridge, the floor, the streaming floor) of 4 calls of looped speech through Kamailio. The
+figures are not checked against targets (timings drift on a shared machine); what is checked is that
+each one was measured: every call answered on both sides, every frame the pool received accounted for
+(none dropped, none lost in transit, every one of the streaming floor's frames written to the engine),
+the CPU, PSS, idle and load figures taken, the bridge's latency histograms scraped with samples, and the
+summary printed with its median.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("kamailio", "sipp", "espeak-ng", "sox")),
+    reason="kamailio, sipp, espeak-ng and sox are needed",
+)
+
+CALLS = 4
+SECONDS = 8
+
+
+def test_a_small_load_run_measures_and_attributes_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "figures.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--calls", str(CALLS), "--seconds", str(SECONDS)]
+    cmd += ["--pairs", "1", "--idle-seconds", "1", "--floor-stream", "--json", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (pair,) = json.loads(out.read_text())["pairs"]
+    for side in ("bridge", "floor", "stream"):
+        phase = pair[side]
+        assert (phase["calls_ok"], phase["calls_failed"]) == (CALLS, 0), side
+        assert phase["dropped"] == 0, side
+        assert phase["rtp_lost"] == 0 and phase["rtp_discarded"] == 0, side
+        # each call's media lasts about SECONDS: the expected frames are measured from the calls' durations
+        assert CALLS * (SECONDS - 2) * 10 <= phase["expected_frames"] <= CALLS * (SECONDS + 5) * 10, side
+        assert phase["frames"] >= 0.95 * phase["expected_frames"], side
+        assert phase["rtp_received"] >= 0.8 * phase["expected_frames"] * 5, side  # 20 ms RTP, 100 ms frames
+        assert phase["cpu_cores"] > 0 and phase["cpu_window"] > 0, side
+        assert phase["pss"] > 0 and phase["idle_cpu_per_worker"] > 0, side
+        assert phase["load"][0] >= 0 and 0 <= phase["cpu_idle"] <= 100, side
+    bridge, floor, stream = pair["bridge"], pair["floor"], pair["stream"]
+    assert floor["streamed"] is None  # the bare floor streams nothing
+    assert stream["stream_failures"] == 0
+    assert stream["streamed"] >= 0.95 * stream["frames"]  # the streaming floor wrote what it received
+    assert bridge["restart_seconds"] is not None and bridge["restart_seconds"] > 0
+    for hop in ("audio_to_socket_seconds", "utterance_to_webhook_ack_seconds"):
+        quantiles, samples = bridge["latency"][hop]
+        assert samples > 0 and all(q is not None for q in quantiles), hop
+    assert "streaming floor" in " ".join(stream["notes"])
+    for ratio in ("bridge/floor", "bridge/streaming floor", "streaming floor/floor"):
+        assert f"CPU {ratio}: median" in run.stdout and f"PSS {ratio}: median" in run.stdout, ratio
