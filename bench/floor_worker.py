@@ -163,7 +163,8 @@ class Streamer:
             async with ws:
                 reader = asyncio.create_task(self._read(ws))
                 if self.preamble:
-                    await ws.send(self.preamble)
+                    async with asyncio.timeout(STREAM_TIMEOUT_SECONDS):
+                        await ws.send(self.preamble)
                 while (pcm := await queue.get()) is not None:
                     async with asyncio.timeout(STREAM_TIMEOUT_SECONDS):
                         await ws.send(pcm)

@@ -51,7 +51,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -399,9 +399,9 @@ def histogram_quantiles(
 ) -> tuple[list[float | None], int]:
     """Quantiles of a histogram (summed over label sets) by linear interpolation within buckets."""
     buckets: dict[float, float] = {}
-    for labels, value in samples.get(f"{name}_bucket", []):
+    for labels, in_bucket in samples.get(f"{name}_bucket", []):
         le = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-        buckets[le] = buckets.get(le, 0.0) + value
+        buckets[le] = buckets.get(le, 0.0) + in_bucket
     edges = sorted(buckets)
     count = buckets.get(math.inf, 0.0)
     if not edges or count <= 0:
@@ -799,8 +799,8 @@ def _uncounted(p: Phase) -> str:
 
 
 def _streamed(p: Phase) -> str:
-    if p.name == "bridge":
-        return f"{p.frames - p.dropped:.0f} / -"  # its streams' failures are its gaps (call.ended)
+    if p.name == "bridge":  # the chunks it timed onto its sockets; a stream's failures are its gaps
+        return f"{p.latency.get('audio_to_socket_seconds', ([], 0))[1]:.0f} / -"
     return "-" if p.streamed is None else f"{p.streamed:.0f} / {p.stream_failures}"
 
 
@@ -823,7 +823,7 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         qs, _ = p.latency.get(hop, ([None] * 3, 0))
         return _ms(qs) if ms else _s(qs)
 
-    figures: list[tuple[str, Any, bool]] = [  # label, figure of a phase, with a ratio
+    figures: list[tuple[str, Callable[[Phase], str], bool]] = [  # label, figure of a phase, with a ratio
         ("calls ok / failed", lambda p: f"{p.calls_ok} / {p.calls_failed}", False),
         (
             "frames/s per stream",
@@ -858,7 +858,10 @@ def table(args: argparse.Namespace, bridge: Phase | None, floor: Phase | None) -
         ("load average (steady start/end)", lambda p: f"{p.load[0]:.2f}/{p.load[1]:.2f}", False),
         ("machine CPU idle / steal, %", lambda p: f"{p.cpu_idle:.1f} / {p.cpu_steal:.1f}", False),
     ]
-    raw = {"CPU, cores (steady)": lambda p: p.cpu_cores, "PSS per call, MB": lambda p: float(p.pss)}
+    raw: dict[str, Callable[[Phase], float]] = {
+        "CPU, cores (steady)": lambda p: p.cpu_cores,
+        "PSS per call, MB": lambda p: float(p.pss),
+    }
     rows = [("", "bridge", "floor", "bridge/floor")]
     for label, fig, with_ratio in figures:
         cells = [
