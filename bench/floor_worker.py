@@ -226,7 +226,7 @@ def run(config_path: Path, index: int, out: Path, stream: bool = False) -> None:
     rtp_port = config.sip.rtp_first_port + index * RTP_PORTS_PER_WORKER
     streamed: dict[str, int] = {}
     if stream:
-        uvloop.run(_serve_streaming(config, counts, port, rtp_port, streamed))
+        streamed = uvloop.run(_serve_streaming(config, counts, port, rtp_port))
     else:
         endpoint = SipEndpoint(
             sip_settings(config), port, rtp_port, counts.event, counts.audio, worker_readiness, counts
@@ -256,10 +256,8 @@ def run(config_path: Path, index: int, out: Path, stream: bool = False) -> None:
     os._exit(0)  # see sip.endpoint: the frame ports must not be destroyed after the library
 
 
-async def _serve_streaming(
-    config: Config, counts: Counts, port: int, rtp_port: int, streamed: dict[str, int]
-) -> None:
-    """--stream: the endpoint, and each call's stream on this loop, until SIGTERM."""
+async def _serve_streaming(config: Config, counts: Counts, port: int, rtp_port: int) -> dict[str, int]:
+    """--stream: the endpoint, and each call's stream on this loop, until SIGTERM; the streams' counts."""
     loop = asyncio.get_running_loop()
     streamer = Streamer(config, counts, loop)
     endpoint = SipEndpoint(
@@ -274,7 +272,7 @@ async def _serve_streaming(
     streamer.close_all()
     if streamer.tasks:
         await asyncio.wait(set(streamer.tasks), timeout=STREAM_TIMEOUT_SECONDS)
-    streamed.update(streamed=streamer.streamed, stream_failures=streamer.failures)
+    return {"streamed": streamer.streamed, "stream_failures": streamer.failures}
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import gc
 import importlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,42 +41,27 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.load import pool_config  # noqa: E402
-from bridge.demo import free_port, start_standin, stop_process  # noqa: E402
+from bench.load import pool_config, smaps_rollup  # noqa: E402
+from bridge.demo import start_standin, stop_process  # noqa: E402
 from bridge.zygote import PREFORK_MODULES, WARM_MODULES  # noqa: E402
 
 STEPS = ("forked", "config", "loop", "sink", "events", "engine", "pjsua2")
 CALLS = 4
 CHUNK = b"\x00\x01" * 800  # 100 ms of 8 kHz 16-bit audio
-RECEIVER = """
-import sys
-from aiohttp import web
-async def hook(request):
-    await request.read()
-    return web.Response(text="ok")
-app = web.Application()
-app.router.add_post("/hook", hook)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None)
+# The benchmark's own HTTP receiver (bench/load.py), in a process of its own; it prints its port once up.
+RECEIVER = f"""
+import sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from bench.load import HookReceiver
+receiver = HookReceiver()
+receiver.start()
+print(receiver.port, flush=True)
+time.sleep(24 * 3600)
 """
 
 
-def wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
-
-
 def private_dirty_kib() -> int:
-    for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1])
-    raise RuntimeError("no Private_Dirty in /proc/self/smaps_rollup")
+    return smaps_rollup("self")["Private_Dirty"] // 1024
 
 
 def child(config_path: Path, out: int) -> None:
@@ -175,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="children, each taking every step")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="vblaze-fork-memory-"))
-    port = free_port()
-    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
+    receiver = subprocess.Popen([sys.executable, "-c", RECEIVER], stdout=subprocess.PIPE, text=True)
     standin, url = start_standin(["--recognizer", "vad-only"])
     try:
-        wait_for_port(port, 30)
+        assert receiver.stdout is not None
+        port = int(receiver.stdout.readline() or "0")  # "" if it failed to start (its traceback is above)
+        if not port:
+            raise RuntimeError("the HTTP receiver did not start")
         config_path, _ = pool_config(
             workdir, "fork-memory", CALLS, url, 0, 100, webhook=f"http://127.0.0.1:{port}/hook"
         )

@@ -266,17 +266,18 @@ def cpu_ticks(pids: Iterable[int]) -> int:
     return total
 
 
+def smaps_rollup(pid: int | str) -> dict[str, int]:
+    """The memory figures of /proc/PID/smaps_rollup (`pid` may be "self"), in bytes, by name (Pss,
+    Private_Dirty, ...); empty if the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    return {name: int(kib) * 1024 for name, kib in re.findall(r"^(\w+):\s+(\d+) kB", text, re.MULTILINE)}
+
+
 def pss_bytes(pids: Iterable[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
-        except OSError:
-            continue
-        match = re.search(r"^Pss:\s+(\d+) kB", text, re.MULTILINE)
-        if match:
-            total += int(match.group(1)) * 1024
-    return total
+    return sum(smaps_rollup(pid).get("Pss", 0) for pid in pids)
 
 
 def cpu_times() -> list[int]:
@@ -303,13 +304,13 @@ def pss_breakdown(pids: list[int]) -> str:
     for number, pid in enumerate(pids):
         try:
             title = Path(f"/proc/{pid}/cmdline").read_bytes()
-            text = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
-        pss = int(re.search(r"^Pss:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
-        private = int(re.search(r"^Private_Dirty:\s+(\d+)", text, re.M).group(1)) * 1024  # type: ignore[union-attr]
+        memory = smaps_rollup(pid)
+        if not memory:
+            continue
         kind = "top" if number == 0 else "zygote" if b"vblaze-bridge zygote" in title else "worker"
-        parts[kind].append((pss, private))
+        parts[kind].append((memory["Pss"], memory["Private_Dirty"]))
     workers = sorted(parts["worker"])
     middle = workers[len(workers) // 2] if workers else (0, 0)
     zygote = f", zygote {parts['zygote'][0][0] / mb:.1f}" if parts["zygote"] else ""
@@ -926,13 +927,18 @@ def summary(
         f"{statistics.median(bridge_pss):.2f} MB ({min(bridge_pss):.2f}-{max(bridge_pss):.2f})",
         f"CPU {bridge}/{floor}: {spread(cpu_r)}",
     ]
-    restarts = [b.restart_seconds for b, _ in pairs if b.restart_seconds is not None and floor == "floor"]
-    if restarts:
-        lines.append(
-            f"worker restart (SIGKILL -> replacement answers SIP): median {statistics.median(restarts):.3f} s"
-            f" ({min(restarts):.3f}-{max(restarts):.3f})"
-        )
     return "\n".join(lines)
+
+
+def restarts(bridges: list[Phase]) -> str:
+    """The bridge phases' worker restart times, median and range ("" if none was timed)."""
+    timed = [b.restart_seconds for b in bridges if b.restart_seconds is not None]
+    if not timed:
+        return ""
+    return (
+        f"worker restart (SIGKILL -> replacement answers SIP): median {statistics.median(timed):.3f} s"
+        f" ({min(timed):.3f}-{max(timed):.3f})"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -968,7 +974,7 @@ def main(argv: list[str] | None = None) -> int:
             hook.stop()
         stop_process(standin, 15)
     if pairs:
-        print(summary(pairs, args.calls), flush=True)
+        print(summary(pairs, args.calls), restarts([b for b, _ in pairs]), sep="\n", flush=True)
     if streams:
         print(
             summary([(b, s) for (b, _), s in zip(pairs, streams, strict=True)], args.calls, "streaming floor")

@@ -178,7 +178,8 @@ def test_a_tls_srtp_call_brings_the_words_back_and_nothing_leaves_the_caller_in_
     # The caller is whoever sends to rtpengine but the worker (baresip picks its ports from `rtp_ports`,
     # but what this test checks must not hang on that choice).
     worker_low, worker_high = e.worker_rtp
-    # Kamailio's NG socket (an ephemeral port, possibly inside rtpengine's media range) is not media.
+    # rtpengine's NG replies (from its NG port) go to Kamailio's ephemeral NG socket, which may fall inside
+    # rtpengine's media range: they are not media.
     ng = e.rtpengine.ng_port
     caller = (
         f"udp.dstport >= {low} && udp.dstport <= {high} && !(udp.srcport >= {low} && udp.srcport <= {high})"
