@@ -123,12 +123,19 @@ def test_every_endpoint_refuses_a_missing_or_wrong_token_and_does_nothing(pool: 
     lived_on(bridge, before)
 
 
+def engine_of(port: int, path: str) -> object:
+    """The call's engine streams' states as the API lists them, or None while it is not listed."""
+    answer = call_api(port, "GET", path, TOKEN)
+    return answer.body["call"]["engine"] if answer.status == 200 else None
+
+
 def test_the_api_controls_a_call_and_every_error_leaves_the_pool_alive(pool: tuple[Bridge, int]) -> None:
     bridge, port = pool
     before = pids(bridge)
     with held_call(bridge.sip_port) as call:
         path = f"/v1/calls/{call.call_id}"
-        wait_until(lambda: call_api(port, "GET", path, TOKEN).status == 200, 10, "call listed")
+        # Listed as soon as SIP answers; its engine stream is "connecting" until the WebSocket is up.
+        wait_until(lambda: engine_of(port, path) == ["streaming"], 10, "call listed, streaming")
         (listed,) = [
             c for c in call_api(port, "GET", "/v1/calls", TOKEN).body["calls"] if c["call_id"] == call.call_id
         ]
