@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 import uvloop
@@ -359,10 +360,34 @@ class Worker:
             force.cancel()
 
 
-def main(config: Config, index: int, control_fd: int | None, config_path: str | None = None) -> None:
+def report_late_imports(forked_with: frozenset[str]) -> list[str]:
+    """Log (and return) the modules a forked worker imported after the fork. Each one is built in this
+    worker's own memory rather than shared with the zygote and the other workers: a name here belongs
+    in `bridge.zygote.WARM_MODULES`."""
+    late = sorted(set(sys.modules) - forked_with)
+    if late:
+        logger.warning(
+            "%d modules imported after the fork, each held by this worker alone: %s",
+            len(late),
+            ", ".join(late),
+        )
+    else:
+        logger.info("no module imported after the fork")
+    return late
+
+
+def main(
+    config: Config,
+    index: int,
+    control_fd: int | None,
+    config_path: str | None = None,
+    forked_with: frozenset[str] | None = None,
+) -> None:
     """Run one worker until it is told to stop, then leave with os._exit (see sip.endpoint).
 
-    `control_fd`: the worker's end of the supervisor's socketpair (None when run by hand)."""
+    `control_fd`: the worker's end of the supervisor's socketpair (None when run by hand).
+    `forked_with`: the modules the zygote had imported when it forked this worker (None when exec'd);
+    the ones imported since are logged when the worker stops (`report_late_imports`)."""
     setup_logging(config.logging, f"worker-{index}")
 
     async def run() -> None:
@@ -376,5 +401,7 @@ def main(config: Config, index: int, control_fd: int | None, config_path: str | 
         logger.exception("worker %d failed", index)
         code = 1
     finally:
+        if forked_with is not None:
+            report_late_imports(forked_with)
         logging.shutdown()
     os._exit(code)

@@ -31,6 +31,8 @@ The processes:
   --control-fd FD`` (setproctitle: ps, pgrep -f and /proc/PID/cmdline show it), takes its config
   (the zygote's parsed copy if the file holds the same bytes as when the zygote read it, else the file
   loaded afresh, as an exec'd worker would), and runs `bridge.worker.main`, which leaves with os._exit.
+  Stopping, it logs the modules it imported after the fork (each one its own memory, not shared):
+  none, as long as WARM_MODULES holds what a worker imports late.
 - memory: the zygote runs with the garbage collector off and calls `gc.freeze()` before each fork, so
   that the workers' collections do not write to (and so copy) the pages of the objects they share;
   the worker turns its collector on.
@@ -77,6 +79,7 @@ WARM_MODULES = (
     "bridge.webhook.spool",
     "bridge.nats.policy",
     "bridge.nats.transport",
+    "encodings.idna",  # and stringprep: a request to a host name encodes it (a first webhook POST)
 )
 # Imported by `prefork` before it forks: what the workers need that does not read the environment the
 # supervisor sets later (prometheus_client takes PROMETHEUS_MULTIPROC_DIR when imported, so neither it
@@ -288,6 +291,7 @@ def _become_worker(
     index: int, control_fd: int, config_path: str, channel: socket.socket, warm: _WarmConfig | None
 ) -> NoReturn:
     """In the forked worker: set the process up as a fresh one, then run the worker. Never returns."""
+    forked_with = frozenset(sys.modules)
     code = 1
     try:
         channel.close()
@@ -307,7 +311,7 @@ def _become_worker(
             print(f"vblaze-bridge: invalid configuration:\n{exc}", file=sys.stderr)
             code = 2
         else:
-            worker_main(config, index, control_fd, config_path)  # leaves with os._exit
+            worker_main(config, index, control_fd, config_path, forked_with)  # leaves with os._exit
     except BaseException:
         logger.exception("forked worker %d failed to start", index)
     finally:

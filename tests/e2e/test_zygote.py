@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 
 from bridge.demo import wait_for_sip
+from tests.bridge.webhook.receiver import SECRET, Answer
 from tests.e2e.conftest import Bridge, Standin
 from tests.e2e.test_bad_input import scrape
 from tests.e2e.test_faults import worker_pid
 from tests.e2e.test_supervisor import metrics_port
+from tests.e2e.test_webhook_call import ThreadedReceiver
 from tests.fixtures import sipua
 from tests.fixtures.harness import wait_until
 
@@ -162,3 +164,47 @@ def test_a_supervisor_that_fails_at_start_leaves_no_zygote(standin_vad: Standin,
     )  # fmt: skip
     assert run.returncode == 2 and "VBLAZE_TEST_NO_SUCH_TOKEN" in run.stderr, run.stderr
     wait_until(lambda: not zygote_pids(bridge), 10, "no zygote left")
+
+
+LATE = "modules imported after the fork, each held by this worker alone"
+
+
+def test_a_forked_worker_imports_nothing_after_the_fork(
+    standin_vad: Standin, make_bridge: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A module a worker imports after the fork is built in its own memory, once a worker, instead of
+    shared. Two workers, each forked by a different zygote (the one forked from the supervisor, and the
+    one exec'd after it was killed), serve a call whose events go to a webhook named by host name, as
+    deployments name it; stopped, each logs what it imported since its fork: nothing."""
+    monkeypatch.setenv("VBLAZE_BRIDGE_WEBHOOK_SECRET", SECRET.decode())
+    with ThreadedReceiver(lambda request: Answer()) as receiver:
+        bridge = make_bridge(
+            standin_vad.url,
+            workers=2,
+            logging={"level": "INFO"},
+            sink={"kind": "webhook"},
+            webhook={
+                "urls": [receiver.url.replace("127.0.0.1", "localhost")],
+                "backoff_initial_seconds": 0.1,
+            },
+        )
+        (zygote,) = zygote_pids(bridge)
+        os.kill(zygote, signal.SIGKILL)
+        wait_until(lambda: zygote_pids(bridge) not in ([], [zygote]), 30, "a new zygote")
+        (second,) = zygote_pids(bridge)
+        wait_until(lambda: f"zygote ready (pid {second}, started by exec)" in bridge.log(), 30, "it is ready")
+        first = worker_pid(bridge.config_path, 1)
+        os.kill(first, signal.SIGKILL)
+        wait_until(lambda: worker_pid_or_none(bridge, 1) not in (None, first), 15, "worker 1 replaced")
+        wait_for_sip(bridge.sip_port + 1, timeout=10)
+        for index in (0, 1):
+            assert sipua.invite(bridge.sip_port + index).status == 200
+        wait_until(
+            lambda: sum(e["type"] == "call.ended" for e in receiver.processed) == 2,
+            30,
+            "both calls delivered",
+        )
+        assert bridge.stop() == 0
+    log = bridge.log()
+    assert LATE not in log, [line for line in log.splitlines() if LATE in line]
+    assert log.count("no module imported after the fork") == 2, log[-3000:]
