@@ -84,7 +84,7 @@ WARM_MODULES = (
 # Imported by `prefork` before it forks: what the workers need that does not read the environment the
 # supervisor sets later (prometheus_client takes PROMETHEUS_MULTIPROC_DIR when imported, so neither it
 # nor a module importing it is here), and opens no socket or thread when imported.
-PREFORK_MODULES = ("uvloop", "aiohttp", "websockets", "pjsua2", "yaml")
+PREFORK_MODULES = ("uvloop", "aiohttp", "websockets", "pjsua2", "yaml", "h11")
 ZYGOTE_READY_TIMEOUT_SECONDS = 30.0  # the zygote's imports; a spawn waits at most this for a zygote
 SPAWN_TIMEOUT_SECONDS = 5.0  # a spawn request not answered by then fails (the worker's start failed)
 STOP_TIMEOUT_SECONDS = 5.0

@@ -68,7 +68,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-import aiohttp
 import yarl
 
 from bridge.config import (
@@ -84,6 +83,7 @@ from bridge.config import (
 from bridge.errors import BridgeError, ConfigError
 from bridge.events import BridgeEvent
 from bridge.webhook import crashpoint, payload, policy, queue
+from bridge.webhook.http import HttpClient
 from bridge.webhook.spool import InsertResult, LostEndResult, NewEvent, Spool, SpooledEvent
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ T = TypeVar("T")
 
 DEFAULT_SPOOL_OP_TIMEOUT = 15.0  # one SQLite operation on the spool thread
 DETAIL_BYTES = 512  # of a rejecting answer's body, kept for the record
-CLOSE_TIMEOUT = 5.0  # the HTTP session, each transport's connection
+CLOSE_TIMEOUT = 5.0  # each transport's connection
 
 
 def shown_url(url: str) -> str:
@@ -299,7 +299,7 @@ class WebhookSink:
         settings: WebhookSettings,
         *,
         observer: DeliveryObserver | None = None,
-        session: aiohttp.ClientSession | None = None,
+        http: HttpClient | None = None,
         rand: random.Random | None = None,
         transports: Sequence[Transport] = (),
     ) -> None:
@@ -310,8 +310,8 @@ class WebhookSink:
         self._urls = list(settings.urls)  # every URL a submit may name (routes: add_receivers)
         self._credentials = dict(settings.credentials)
         self._observer: DeliveryObserver = observer if observer is not None else NullObserver()
-        self._session = session
-        self._own_session = session is None
+        self._http = http
+        self._own_http = http is None
         self._rand = rand if rand is not None else random.Random()
         self._state = _State.NEW
         self._spool = Spool(settings.spool_path, settings.spool_max_bytes)
@@ -348,11 +348,8 @@ class WebhookSink:
 
     async def _startup_sequence(self) -> None:
         spooled = await self._spool_op(self._spool_startup)
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64),
-                timeout=aiohttp.ClientTimeout(total=None),  # bounded per attempt by asyncio.timeout
-            )
+        if self._http is None:
+            self._http = HttpClient(detail_bytes=DETAIL_BYTES)  # each attempt bounded by asyncio.timeout
         if self._state is not _State.STARTING:
             return  # closed meanwhile
         for transport in self._transports.values():
@@ -422,12 +419,8 @@ class WebhookSink:
             self._state = _State.CLOSED
             for transport in self._transports.values():
                 await transport.aclose(CLOSE_TIMEOUT)
-            if self._own_session and self._session is not None:
-                try:
-                    async with asyncio.timeout(CLOSE_TIMEOUT):
-                        await self._session.close()
-                except TimeoutError:
-                    logger.error("webhook HTTP session did not close within %.0f s", CLOSE_TIMEOUT)
+            if self._own_http and self._http is not None:
+                await self._http.aclose()
 
     async def _stop_lanes(self, seconds: float) -> None:
         """Let the lanes' tasks finish for `seconds`, then cancel those still running."""
@@ -600,8 +593,18 @@ class WebhookSink:
 
     def _ensure_task(self, lane: _Lane) -> None:
         if lane not in self._tasks and lane.items and self._state is _State.RUNNING:
-            self._tasks[lane] = asyncio.create_task(
-                self._run(lane), name=f"webhook {lane.call_id} {shown_url(lane.url)}"
+            task = asyncio.create_task(self._run(lane), name=f"webhook {lane.call_id} {shown_url(lane.url)}")
+            task.add_done_callback(self._lane_done)
+            self._tasks[lane] = task
+
+    @staticmethod
+    def _lane_done(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            logger.error(
+                "%s: its task failed; its events stay spooled, and go out with the call's next event "
+                "or at the next start",
+                task.get_name(),
+                exc_info=error,
             )
 
     def _depth_changed(self) -> None:
@@ -823,9 +826,13 @@ class WebhookSink:
         except TimeoutError:
             self._observer.attempt(policy.Outcome.TIMEOUT, time.monotonic() - started)
             return "retry", None, f"no answer within {self._s.timeout_seconds:g}s"
-        except (aiohttp.ClientError, OSError) as exc:
+        except OSError as exc:  # the socket's, TLS's, and HttpError for an answer that is not HTTP
             self._observer.attempt(policy.Outcome.CONNECT_ERROR, time.monotonic() - started)
             return "retry", None, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a defect of the client, not the receiver's doing: shown, and retried
+            logger.exception("webhook %s: the HTTP client failed", shown_url(lane.url))
+            self._observer.attempt(policy.Outcome.CONNECT_ERROR, time.monotonic() - started)
+            return "retry", None, f"HTTP client failed: {type(exc).__name__}"
         elapsed = time.monotonic() - started
         answer = queue.answer(status, retry_after, time.time())
         self._observer.attempt(answer.outcome, elapsed)
@@ -852,11 +859,10 @@ class WebhookSink:
 
     async def _post(self, url: str, body: bytes, headers: Mapping[str, str]) -> tuple[int, str | None, bytes]:
         """POST `body`; the status, the Retry-After header and the start of the answer's body."""
-        assert self._session is not None
+        assert self._http is not None
         async with asyncio.timeout(self._s.timeout_seconds):
-            async with self._session.post(url, data=body, headers=headers, allow_redirects=False) as response:
-                detail = await response.content.read(DETAIL_BYTES)
-                return response.status, response.headers.get("Retry-After"), detail
+            answer = await self._http.post(url, body, headers)
+        return answer.status, answer.retry_after, answer.detail
 
     async def _delivered(self, lane: _Lane, item: _Item) -> None:
         crashpoint.reached("delivery.after_2xx")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,8 @@ from bridge.webhook.delivery import (
     make_webhook_sink,
     shown_url,
 )
+from bridge.webhook.http import Answer as HttpAnswer
+from bridge.webhook.http import HttpClient
 from bridge.webhook.spool import NewEvent, Spool
 
 from .conftest import Observer, spool_rows
@@ -440,3 +442,33 @@ async def test_claim_interval_from_config_takes_effect(receivers: Make, tmp_path
         await receiver.wait_for(lambda: len(receiver.processed) == len(events), seconds=2)
     finally:
         await sink.aclose(1)
+
+
+class DefectiveOnce(HttpClient):
+    """The real client, with a defect on its first POST: an exception no HTTP client should raise."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    async def post(self, url: str, body: bytes, headers: Mapping[str, str]) -> HttpAnswer:
+        if not self.failed:
+            self.failed = True
+            raise TypeError("a defect")
+        return await super().post(url, body, headers)
+
+
+async def test_a_defect_of_the_http_client_is_logged_and_the_event_retried(
+    receivers: Make, sinks: Make, settings: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    receiver: Receiver = await receivers()
+    http = DefectiveOnce()
+    sink: WebhookSink = await sinks(settings(receiver.url), http=http)
+    events = call_events("c", utterances=1)
+    for event in events:
+        sink.submit(event)
+    await receiver.wait_for(lambda: len(receiver.processed) == len(events))
+    assert http.failed and receiver.by_call() == {"c": list(range(len(events)))}
+    (logged,) = [r for r in caplog.records if "the HTTP client failed" in r.getMessage()]
+    assert logged.exc_info is not None and logged.exc_info[0] is TypeError
+    await http.aclose()
