@@ -9,7 +9,8 @@ every shared object it reads. `--rounds` children take the same steps; each step
 as the median (and range) over the rounds.
 
     forked     the fork alone, then 0.5 s
-    config     the config parsed (bridge.config.load_config)
+    config     the config taken as a worker takes it: the zygote's parsed copy, the file reread to check
+               that it still holds the same bytes (bridge/zygote.py: WarmConfig)
     loop       a uvloop event loop running
     sink       the webhook sink started: its spool opened, its thread and HTTP session
     events     20 events of 4 calls delivered to a real HTTP receiver (a process of its own), the sink closed
@@ -42,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.load import pool_config, smaps_rollup  # noqa: E402
+from bridge.config import load_config  # noqa: E402
 from bridge.demo import start_standin, stop_process  # noqa: E402
-from bridge.zygote import PREFORK_MODULES, WARM_MODULES  # noqa: E402
+from bridge.zygote import PREFORK_MODULES, WARM_MODULES, WarmConfig  # noqa: E402
 
 STEPS = ("forked", "config", "loop", "sink", "events", "engine", "pjsua2")
 CALLS = 4
@@ -64,7 +66,7 @@ def private_dirty_kib() -> int:
     return smaps_rollup("self")["Private_Dirty"] // 1024
 
 
-def child(config_path: Path, out: int) -> None:
+def child(config_path: Path, warm: Any, out: int) -> None:
     """Take the steps, write each one's Private_Dirty (KiB) and the modules imported after the fork to
     `out` as JSON, and exit."""
     marks: list[int] = []
@@ -74,9 +76,9 @@ def child(config_path: Path, out: int) -> None:
         marks.append(private_dirty_kib())
         import uvloop
 
-        from bridge.config import load_config
-
-        config = load_config(config_path)
+        config = warm.current(str(config_path))
+        if config is None:
+            raise RuntimeError("the config file changed after the parent parsed it")
         marks.append(private_dirty_kib())
         uvloop.run(_steps(config, marks))
     finally:
@@ -134,13 +136,13 @@ async def _steps(config: Any, marks: list[int]) -> None:
     marks.append(private_dirty_kib())
 
 
-def one_round(config_path: Path) -> tuple[list[int], list[str]]:
+def one_round(config_path: Path, warm: Any) -> tuple[list[int], list[str]]:
     read_end, write_end = os.pipe()
     gc.freeze()
     pid = os.fork()
     if pid == 0:
         os.close(read_end)
-        child(config_path, write_end)
+        child(config_path, warm, write_end)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         gc.disable()  # as the zygote: no collection while it prepares and forks
         for name in (*PREFORK_MODULES, *WARM_MODULES):
             importlib.import_module(name)
-        results = [one_round(config_path) for _ in range(args.rounds)]
+        warm = WarmConfig(config_path.read_bytes(), load_config(config_path))  # as the supervisor's
+        results = [one_round(config_path, warm) for _ in range(args.rounds)]
     finally:
         receiver.terminate()
         receiver.wait(10)

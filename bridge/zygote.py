@@ -210,7 +210,7 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
     from bridge.errors import ConfigError
 
     try:  # parsed here once: a worker whose file has not changed since takes it as it is
-        warm = _WarmConfig(Path(config_path).read_bytes(), load_config(config_path))
+        warm = WarmConfig(Path(config_path).read_bytes(), load_config(config_path))
     except (OSError, ConfigError):
         warm = None  # each worker reads the file itself and fails on it as a fresh one would
     _drop_own_metric_files()
@@ -239,7 +239,7 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
 
 
 def _fork_worker(
-    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: _WarmConfig | None
+    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: WarmConfig | None
 ) -> int | None:
     """Fork an intermediate that forks the worker and exits; return the worker's pid (None: failed)."""
     read_end, write_end = os.pipe()
@@ -272,7 +272,7 @@ def _fork_worker(
 
 
 @dataclass(frozen=True)
-class _WarmConfig:
+class WarmConfig:
     """The config file's bytes when the zygote parsed them, and what they parsed to."""
 
     data: bytes
@@ -288,7 +288,7 @@ class _WarmConfig:
 
 
 def _become_worker(
-    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: _WarmConfig | None
+    index: int, control_fd: int, config_path: str, channel: socket.socket, warm: WarmConfig | None
 ) -> NoReturn:
     """In the forked worker: set the process up as a fresh one, then run the worker. Never returns."""
     forked_with = frozenset(sys.modules)

@@ -123,7 +123,7 @@ async def test_a_zygote_that_cannot_fork_fails_the_spawn_and_its_pid_is_none() -
 def test_a_worker_takes_the_zygotes_config_only_while_the_file_holds_the_same_bytes(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("sip: {workers: 3}\n")
-    warm = zygote._WarmConfig(path.read_bytes(), load_config(path))
+    warm = zygote.WarmConfig(path.read_bytes(), load_config(path))
     assert warm.current(str(path)) is warm.config
     path.write_text("sip: {workers: 4}\n")  # edited since: the worker loads it afresh
     assert warm.current(str(path)) is None
