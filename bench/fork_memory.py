@@ -12,7 +12,7 @@ as the median (and range) over the rounds.
     config     the config taken as a worker takes it: the zygote's parsed copy, the file reread to check
                that it still holds the same bytes (bridge/zygote.py: WarmConfig)
     loop       a uvloop event loop running
-    sink       the webhook sink started: its spool opened, its thread and HTTP session
+    sink       the webhook sink started: its spool opened, its thread, its HTTP client
     events     20 events of 4 calls delivered to a real HTTP receiver (a process of its own), the sink closed
     engine     4 WebSockets to the stand-in (the bridge's upgrade headers), 100 chunks of 100 ms each
     pjsua2     the SIP endpoint started (sip.endpoint.SipEndpoint, the bridge's settings)
@@ -66,7 +66,7 @@ def private_dirty_kib() -> int:
     return smaps_rollup("self")["Private_Dirty"] // 1024
 
 
-def child(config_path: Path, warm: Any, out: int) -> None:
+def child(config_path: Path, warm: WarmConfig, out: int) -> None:
     """Take the steps, write each one's Private_Dirty (KiB) and the modules imported after the fork to
     `out` as JSON, and exit."""
     marks: list[int] = []
@@ -136,7 +136,7 @@ async def _steps(config: Any, marks: list[int]) -> None:
     marks.append(private_dirty_kib())
 
 
-def one_round(config_path: Path, warm: Any) -> tuple[list[int], list[str]]:
+def one_round(config_path: Path, warm: WarmConfig) -> tuple[list[int], list[str]]:
     read_end, write_end = os.pipe()
     gc.freeze()
     pid = os.fork()

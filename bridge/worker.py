@@ -360,8 +360,8 @@ class Worker:
             force.cancel()
 
 
-def report_late_imports(forked_with: frozenset[str]) -> list[str]:
-    """Log (and return) the modules a forked worker imported after the fork. Each one is built in this
+def report_late_imports(forked_with: frozenset[str]) -> None:
+    """Log the modules a forked worker imported after the fork. Each one is built in this
     worker's own memory rather than shared with the zygote and the other workers: a name here belongs
     in `bridge.zygote.WARM_MODULES`."""
     late = sorted(set(sys.modules) - forked_with)
@@ -373,7 +373,6 @@ def report_late_imports(forked_with: frozenset[str]) -> list[str]:
         )
     else:
         logger.info("no module imported after the fork")
-    return late
 
 
 def main(

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,9 @@ class Target:
         return (self.tls, self.host, self.port)
 
 
+@functools.lru_cache(
+    maxsize=256
+)  # a sink's receivers are a few URLs from its config, POSTed to again and again
 def target_of(url: str) -> Target:
     """Parse `url`; HttpError if it is not an absolute http(s) URL with a host."""
     try:
@@ -116,13 +120,12 @@ class HttpClient:
         idle_seconds: float = DEFAULT_IDLE_SECONDS,
         detail_bytes: int = 512,
         body_limit: int = DEFAULT_BODY_LIMIT,
-        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self._slots = asyncio.Semaphore(limit)
         self._idle_seconds = idle_seconds
         self._detail_bytes = detail_bytes
         self._body_limit = body_limit
-        self._ssl = ssl_context
+        self._ssl: ssl.SSLContext | None = None  # the default context, made on the first https POST
         self._idle: dict[tuple[bool, str, int], list[_Connection]] = {}
         self._closed = False
 
