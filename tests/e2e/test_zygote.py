@@ -73,9 +73,7 @@ def test_a_killed_zygote_is_started_again_and_the_next_worker_restart_works(
     wait_until(lambda: len(zygote_pids(bridge)) == 1 and zygote_pids(bridge) != [zygote], 30, "a new zygote")
     assert [worker_pid(bridge.config_path, index) for index in (0, 1)] == workers  # untouched
     assert sipua.invite(bridge.sip_port).status == 200
-    os.kill(workers[0], signal.SIGKILL)
-    wait_until(lambda: worker_pid_or_none(bridge, 0) not in (None, workers[0]), 15, "worker 0 replaced")
-    wait_for_sip(bridge.sip_port, timeout=10)
+    replace_worker(bridge, 0, workers[0])
     assert sipua.invite(bridge.sip_port).status == 200
     assert parent_of(worker_pid(bridge.config_path, 0)) == bridge.proc.pid
     assert "zygote" in bridge.log() and "exited with -9; starting it again" in bridge.log()
@@ -89,6 +87,23 @@ def worker_pid_or_none(bridge: Bridge, index: int) -> int | None:
     )
     pids = out.stdout.split()
     return int(pids[0]) if len(pids) == 1 else None
+
+
+def kill_zygote(bridge: Bridge, zygote: int) -> None:
+    """SIGKILL the zygote and wait until its replacement, exec'd, logs that it is ready (INFO)."""
+    os.kill(zygote, signal.SIGKILL)
+    wait_until(lambda: zygote_pids(bridge) not in ([], [zygote]), 30, "a new zygote")
+    (second,) = zygote_pids(bridge)
+    wait_until(lambda: f"zygote ready (pid {second}, started by exec)" in bridge.log(), 30, "it is ready")
+
+
+def replace_worker(bridge: Bridge, index: int, victim: int) -> None:
+    """SIGKILL worker `index` (pid `victim`) and wait until its replacement answers SIP."""
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: worker_pid_or_none(bridge, index) not in (None, victim), 15, f"worker {index} replaced"
+    )
+    wait_for_sip(bridge.sip_port + index, timeout=10)
 
 
 READY = re.compile(r"worker 0 ready in (\d+\.\d+) s")
@@ -133,15 +148,10 @@ def test_the_first_zygote_is_forked_from_the_supervisor_and_shares_its_pages(
     (zygote,) = zygote_pids(bridge)
     assert f"zygote ready (pid {zygote}, forked from the supervisor)" in bridge.log()
     forked = shared_dirty_kb(bridge.proc.pid)
-    os.kill(zygote, signal.SIGKILL)
-    wait_until(lambda: zygote_pids(bridge) not in ([], [zygote]), 30, "a new zygote")
-    (second,) = zygote_pids(bridge)
-    wait_until(lambda: f"zygote ready (pid {second}, started by exec)" in bridge.log(), 30, "it is ready")
+    kill_zygote(bridge, zygote)
     worker = worker_pid(bridge.config_path, 0)
     assert sipua.invite(bridge.sip_port).status == 200  # the pre-forked zygote's worker serves on
-    os.kill(worker, signal.SIGKILL)
-    wait_until(lambda: worker_pid_or_none(bridge, 0) not in (None, worker), 15, "worker 0 replaced")
-    wait_for_sip(bridge.sip_port, timeout=10)
+    replace_worker(bridge, 0, worker)
     assert sipua.invite(bridge.sip_port).status == 200
     time.sleep(0.5)
     alone = shared_dirty_kb(bridge.proc.pid)
@@ -189,14 +199,8 @@ def test_a_forked_worker_imports_nothing_after_the_fork(
             },
         )
         (zygote,) = zygote_pids(bridge)
-        os.kill(zygote, signal.SIGKILL)
-        wait_until(lambda: zygote_pids(bridge) not in ([], [zygote]), 30, "a new zygote")
-        (second,) = zygote_pids(bridge)
-        wait_until(lambda: f"zygote ready (pid {second}, started by exec)" in bridge.log(), 30, "it is ready")
-        first = worker_pid(bridge.config_path, 1)
-        os.kill(first, signal.SIGKILL)
-        wait_until(lambda: worker_pid_or_none(bridge, 1) not in (None, first), 15, "worker 1 replaced")
-        wait_for_sip(bridge.sip_port + 1, timeout=10)
+        kill_zygote(bridge, zygote)
+        replace_worker(bridge, 1, worker_pid(bridge.config_path, 1))  # forked by the exec'd zygote
         for index in (0, 1):
             assert sipua.invite(bridge.sip_port + index).status == 200
         wait_until(
