@@ -39,7 +39,9 @@ FIRST = "Hello, I would like new payment details on my account."
 CARD = "four five three nine, one four eight eight, seven two six zero, three one five seven."
 THIRD = "Thank you very much, that is everything I needed today."
 AGENT_CARD = "repeating, four five three nine, one four eight eight, seven two six zero."
-AGENT_THIRD = "Your payment details are changed now."
+AGENT_THIRD = "Right, your new payment details are saved, and the account is updated."
+# tiny.en hears the agent's last sentence in many ways, the more so if its stand-in segments it under load
+AGENT_WORDS = {"new", "payment", "payments", "details", "detail", "saved", "account", "updated"}
 FIRST_WORDS = {"hello", "payment", "details", "account"}
 THIRD_WORDS = {"thank", "much", "everything", "needed", "today"}
 DIGIT_WORDS = {"zero", "oh", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"}
@@ -259,7 +261,7 @@ def test_a_siprec_call_in_two_streams_is_silenced_on_both(
     bridge: tuple[Bridge, int, int], engine: Standin, script: Script
 ) -> None:
     sip, port = bridge[0], bridge[1]
-    agent_card, agent_third = said(AGENT_CARD, "en-gb+f3"), said(AGENT_THIRD, "en-gb+f3")
+    agent_card, agent_third = said(AGENT_CARD, "en-gb+f3"), said(AGENT_THIRD)
     third_start = round((script.card_end + GAP) * RATE)
     agent = silence(script.card_start) + agent_card
     agent = agent[:third_start].ljust(third_start, SILENCE) + agent_third
@@ -282,13 +284,8 @@ def test_a_siprec_call_in_two_streams_is_silenced_on_both(
     assert result and result[0].status == 200 and result[0].bye_status == 200
     events = events_of(sip, call_id, timeout=90.0)
     check_call(events, engine, script, "api:desk", [f"{call_id};stream=0", f"{call_id};stream=1"])
-    agent_words = set().union(
-        *(
-            words(e["data"]["text"])
-            for e in events
-            if e["kind"] == "utterance" and e["data"]["role"] == "agent"
-        )
-    )
-    assert agent_words & {"payment", "details", "changed", "now"}, (
-        agent_words
-    )  # the agent's last words came back
+    agent = [u for u in (e["data"] for e in events if e["kind"] == "utterance") if u["role"] == "agent"]
+    resumed = next(e["data"]["at"] for e in events if e["kind"] == "call.resumed")
+    assert resumed < third_start / RATE - 0.5, (resumed, third_start / RATE)  # the resume was in time
+    after = [u for u in agent if u["end"] > resumed]
+    assert set().union(*(words(u["text"]) for u in after)) & AGENT_WORDS, agent  # the agent's last words
