@@ -23,11 +23,11 @@ Only audio that can still belong to an utterance is kept.
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
+from numpy.lib.stride_tricks import sliding_window_view
 
 from standin.tags import (
     DEFAULT_ACTIVITYLEVEL,
@@ -80,7 +80,9 @@ class Segmenter:
         self._buf = np.zeros(0, dtype=np.int16)  # samples from frame index `_buf_frame` on
         self._buf_frame = 0
         self._n = 0  # frames judged so far
-        self._energies = deque([ENERGY_PRIOR_DBFS] * ENERGY_WINDOW_FRAMES, maxlen=ENERGY_WINDOW_FRAMES)
+        # the energies of the last ENERGY_WINDOW_FRAMES - 1 frames, oldest first: with the frame being
+        # judged, the window whose lowest energy is the noise floor
+        self._energies = np.full(ENERGY_WINDOW_FRAMES - 1, ENERGY_PRIOR_DBFS)
         self._floor: int = 0  # no utterance may start before this frame (last cut)
         self._start: int | None = None  # first frame of the open utterance
         self._last_active = -1  # last active frame of the open utterance
@@ -98,8 +100,8 @@ class Segmenter:
         self._partial = data[whole:]
         self._buf = np.concatenate([self._buf, data[:whole]])
         cuts: list[Cut] = []
-        for frame in data[:whole].reshape(-1, self.frame):
-            cut = self._judge(self._is_active(frame))
+        for active in self._active(data[:whole].reshape(-1, self.frame)).tolist():
+            cut = self._judge(active)
             if cut is not None:
                 cuts.append(cut)
         self._trim()
@@ -118,14 +120,30 @@ class Segmenter:
         self._start = None
         return [cut] if cut is not None else []
 
-    def _is_active(self, frame: npt.NDArray[np.int16]) -> bool:
-        x = frame.astype(np.float64)
+    def _active(self, frames: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
+        """Whether each frame (a row) is active, judged for all the rows at once: the stand-in runs this
+        for every stream in one thread, and numpy per 10 ms frame cost it half a core at 200 streams."""
+        x = frames.astype(np.float64)
         if self.params.vadtype is VadType.LEVEL:
-            return float(np.mean(np.abs(x))) > self.params.activitylevel
-        energy_db = float(10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10))
-        self._energies.append(energy_db)
-        active = energy_db > min(self._energies) + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
-        return bool(active)
+            active: npt.NDArray[np.bool_] = np.mean(np.abs(x), axis=1) > self.params.activitylevel
+            return active
+        energy_db = 10.0 * np.log10(np.mean(x * x, axis=1) / (32768.0**2) + 1e-10)
+        floor = self._floors(energy_db)
+        active = (energy_db > floor + ENERGY_MARGIN_DB) & (energy_db > ENERGY_FLOOR_DBFS)
+        return active
+
+    def _floors(self, energy_db: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+        """Per new frame, the lowest energy of the window ending at it; the window then moves on."""
+        kept, n = self._energies, len(energy_db)
+        history = np.concatenate([kept, energy_db])
+        self._energies = history[n:]
+        if n > len(kept):
+            floors: npt.NDArray[np.float64] = sliding_window_view(history, ENERGY_WINDOW_FRAMES).min(axis=1)
+            return floors
+        # a chunk (10 frames at 100 ms) is shorter than the window: frame j's window is kept[j:] and
+        # energy_db[: j + 1], so two running minimums give every frame's floor
+        older = np.minimum.accumulate(kept[::-1])[::-1][:n]
+        return np.minimum(older, np.minimum.accumulate(energy_db))
 
     def _judge(self, active: bool) -> Cut | None:
         i = self._n

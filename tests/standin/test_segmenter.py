@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
-import numpy as np
+from collections import deque
 
-from standin.segmenter import Cut, Segmenter, VadParams
+import numpy as np
+import numpy.typing as npt
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from standin.segmenter import (
+    ENERGY_FLOOR_DBFS,
+    ENERGY_MARGIN_DB,
+    ENERGY_PRIOR_DBFS,
+    ENERGY_WINDOW_FRAMES,
+    Cut,
+    Segmenter,
+    VadParams,
+)
 from standin.tags import VadType
 from tests.fixtures.audio import silence, tone
 
@@ -85,3 +98,63 @@ def test_memory_is_bounded_to_the_open_utterance() -> None:
 
 def test_energy_vad_hears_speech_in_the_first_frame() -> None:
     assert run(np.concatenate([tone(1.0), silence(2.0)]), VadParams()) == [(0.0, 1.3)]
+
+
+class FrameByFrame(Segmenter):
+    """The VAD as specified, one 10 ms frame at a time: what `Segmenter` judges a chunk at once."""
+
+    def __init__(self, samprate: int, params: VadParams) -> None:
+        super().__init__(samprate, params)
+        self._window = deque([ENERGY_PRIOR_DBFS] * ENERGY_WINDOW_FRAMES, maxlen=ENERGY_WINDOW_FRAMES)
+
+    def _active(self, frames: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
+        return np.array([self._one(frame) for frame in frames], dtype=np.bool_)
+
+    def _one(self, frame: npt.NDArray[np.int16]) -> bool:
+        x = frame.astype(np.float64)
+        if self.params.vadtype is VadType.LEVEL:
+            return float(np.mean(np.abs(x))) > self.params.activitylevel
+        energy_db = float(10.0 * np.log10(float(np.mean(x * x)) / (32768.0**2) + 1e-10))
+        self._window.append(energy_db)
+        return energy_db > min(self._window) + ENERGY_MARGIN_DB and energy_db > ENERGY_FLOOR_DBFS
+
+
+def cuts_of(seg: Segmenter, signal: np.ndarray, splits: list[int]) -> list[tuple[int, int, bytes]]:
+    cuts: list[Cut] = []
+    start = 0
+    for end in [*sorted(splits), len(signal)]:
+        cuts += seg.feed(signal[start:end])
+        start = max(start, end)
+    cuts += seg.finish()
+    return [(c.start, c.end, c.audio.tobytes()) for c in cuts]
+
+
+@st.composite
+def signals(draw: st.DrawFn) -> tuple[np.ndarray, list[int]]:
+    """Stretches of silence, noise and tones at levels around both VADs' thresholds, split anywhere
+    (chunks from a sample to longer than the energy window)."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    parts = []
+    for _ in range(draw(st.integers(1, 12))):
+        seconds = draw(st.sampled_from([0.01, 0.05, 0.2, 0.5, 1.0, 3.5]))
+        level = draw(st.sampled_from([0, 20, 150, 200, 1000, 8000]))
+        n = round(seconds * RATE)
+        if draw(st.booleans()):
+            part = level * np.sin(2 * np.pi * 300 * np.arange(n) / RATE)
+        else:
+            part = rng.normal(0, level + 1e-9, n)
+        parts.append(np.clip(part, -32768, 32767).astype(np.int16))
+    signal = np.concatenate(parts)
+    splits = draw(st.lists(st.integers(0, len(signal)), max_size=30))
+    return signal, splits
+
+
+@settings(max_examples=150, deadline=None)
+@given(signals(), st.sampled_from([VadType.ENERGY, VadType.LEVEL]), st.sampled_from([0, 100, 300]))
+def test_judging_a_chunk_at_once_gives_the_cuts_of_frame_by_frame(
+    case: tuple[np.ndarray, list[int]], vadtype: VadType, padding: int
+) -> None:
+    signal, splits = case
+    params = VadParams(vadtype=vadtype, uttpadding_ms=padding, uttmaxtime_s=2)
+    expected = cuts_of(FrameByFrame(RATE, params), signal, [])
+    assert cuts_of(Segmenter(RATE, params), signal, splits) == expected
