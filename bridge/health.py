@@ -15,7 +15,10 @@ calls, its slots, the engine state the supervisor last sent it), from its SIP th
 
 Engine reachability comes from :func:`probe_engine` (V-Blaze's ``GET /maxstreamscheck``: 200 with
 ``#streams``/``maxstreams`` when a stream is free, 429 when full), which the supervisor runs every
-`bridge.supervision.ENGINE_PROBE_SECONDS` through :func:`run_engine_probe`.
+`bridge.supervision.ENGINE_PROBE_SECONDS` through :func:`run_engine_probe`. A probe that gets no answer
+within its limit counts only when the one before it got none either (:class:`ProbeJudge`): one slow
+answer from a busy engine must not mark every worker down at once. A refused connection or an HTTP
+error counts at once.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ __all__ = ["Decision", "Readiness", "decide"]  # the readiness rule, where /read
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT = 2.0
+SLOW_PROBES_TO_UNREACHABLE = 2  # probes in a row with no answer within the limit
 SCRAPE_TIMEOUT = 10.0
 BIND_TIMEOUT = 5.0
 
@@ -54,6 +58,25 @@ class EngineProbe:
     streams: int | None = None
     maxstreams: int | None = None
     error: str | None = None  # why not reachable, for logs
+    slow: bool = False  # no answer within the limit: the engine may be up and busy
+
+
+class ProbeJudge:
+    """Which probe results count, in order. No I/O.
+
+    A slow probe (no answer within its limit) counts only as the `slow_in_a_row`-th in a row; before
+    that, `judge` returns None and what was last counted stands. Every other result counts at once.
+    """
+
+    def __init__(self, slow_in_a_row: int = SLOW_PROBES_TO_UNREACHABLE) -> None:
+        self.slow_in_a_row = slow_in_a_row
+        self.slow = 0  # slow probes in a row so far
+
+    def judge(self, result: EngineProbe) -> EngineProbe | None:
+        self.slow = self.slow + 1 if result.slow else 0
+        if 0 < self.slow < self.slow_in_a_row:
+            return None
+        return result
 
 
 def maxstreams_url(ws_url: str) -> str:
@@ -93,7 +116,7 @@ async def probe_engine(
                 full = streams is not None and maxstreams is not None and streams >= maxstreams
                 return EngineProbe(True, full=full, streams=streams, maxstreams=maxstreams)
     except TimeoutError:
-        return EngineProbe(False, error=f"no answer within {limit_seconds:g} s")
+        return EngineProbe(False, error=f"no answer within {limit_seconds:g} s", slow=True)
     except aiohttp.ClientError as exc:
         return EngineProbe(False, error=f"{type(exc).__name__}: {exc}")
     finally:
@@ -107,24 +130,36 @@ async def run_engine_probe(
     interval: float,
     limit_seconds: float = DEFAULT_PROBE_TIMEOUT,
 ) -> None:
-    """Probe the engine every `interval` seconds and hand each result to `on_result`, until cancelled.
+    """Probe the engine every `interval` seconds and hand each result that counts (:class:`ProbeJudge`)
+    to `on_result`, until cancelled.
 
-    Logs only on a change of state, never per probe.
+    Logs on a change of state and on a slow probe that does not count yet, never per probe.
     """
     last: tuple[bool, bool] | None = None
+    judge = ProbeJudge()
     async with aiohttp.ClientSession() as session:
         while True:
-            result = await probe_engine(ws_url, limit_seconds, session)
-            now = (result.reachable, result.full)
-            if now != last:
-                if not result.reachable:
-                    logger.warning("engine unreachable at %s: %s", maxstreams_url(ws_url), result.error)
-                elif result.full:
-                    logger.warning("engine at %s has no free stream", maxstreams_url(ws_url))
-                else:
-                    logger.info("engine reachable at %s", maxstreams_url(ws_url))
-                last = now
-            on_result(result)
+            probed = await probe_engine(ws_url, limit_seconds, session)
+            result = judge.judge(probed)
+            if result is None:
+                logger.info(
+                    "engine at %s: %s (%d of %d such probes in a row before it counts as unreachable)",
+                    maxstreams_url(ws_url),
+                    probed.error,
+                    judge.slow,
+                    judge.slow_in_a_row,
+                )
+            else:
+                now = (result.reachable, result.full)
+                if now != last:
+                    if not result.reachable:
+                        logger.warning("engine unreachable at %s: %s", maxstreams_url(ws_url), result.error)
+                    elif result.full:
+                        logger.warning("engine at %s has no free stream", maxstreams_url(ws_url))
+                    else:
+                        logger.info("engine reachable at %s", maxstreams_url(ws_url))
+                    last = now
+                on_result(result)
             await asyncio.sleep(interval)
 
 

@@ -56,9 +56,10 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.streams, self.maxstreams, self.delay = 0, 2, 0.0
+        self.delays: list[float] = []  # the next answers' delays, before `delay` applies again
 
     async def handle(self, request: web.Request) -> web.Response:
-        await asyncio.sleep(self.delay)
+        await asyncio.sleep(self.delays.pop(0) if self.delays else self.delay)
         if self.streams >= self.maxstreams:
             return web.json_response({"#streams": self.streams, "maxstreams": self.maxstreams}, status=429)
         return web.json_response({"#streams": self.streams, "maxstreams": self.maxstreams})
@@ -88,13 +89,77 @@ async def test_probe_timeout(engine: tuple[FakeEngine, str]) -> None:
     fake.delay = 1.0
     async with asyncio.timeout(2):
         probe = await health.probe_engine(url, limit_seconds=0.1)
-    assert not probe.reachable
+    assert not probe.reachable and probe.slow
     assert probe.error is not None and "0.1" in probe.error
 
 
 async def test_probe_refused() -> None:
     probe = await health.probe_engine("ws://127.0.0.1:1/transcribe", limit_seconds=1)
-    assert not probe.reachable
+    assert not probe.reachable and not probe.slow
+
+
+UP, FULL = health.EngineProbe(True), health.EngineProbe(True, full=True)
+SLOW = health.EngineProbe(False, error="no answer within 2 s", slow=True)
+REFUSED = health.EngineProbe(False, error="ClientConnectorError: refused")
+
+
+@pytest.mark.parametrize(
+    ("results", "counted"),
+    [
+        ([UP, SLOW, UP], [UP, None, UP]),
+        ([UP, SLOW, SLOW, SLOW, UP], [UP, None, SLOW, SLOW, UP]),
+        ([SLOW, SLOW], [None, SLOW]),
+        ([UP, REFUSED, UP], [UP, REFUSED, UP]),
+        ([SLOW, REFUSED, SLOW, FULL], [None, REFUSED, None, FULL]),
+        ([SLOW, UP, SLOW, UP], [None, UP, None, UP]),
+    ],
+)
+def test_a_slow_probe_counts_only_as_the_second_in_a_row(
+    results: list[health.EngineProbe], counted: list[health.EngineProbe | None]
+) -> None:
+    judge = health.ProbeJudge()
+    assert [judge.judge(result) for result in results] == counted
+
+
+async def probe_results(url: str, count: int) -> list[health.EngineProbe]:
+    """The first `count` results `run_engine_probe` hands on, probing every 0.02 s with a 0.2 s limit."""
+    results: list[health.EngineProbe] = []
+    enough = asyncio.Event()
+
+    def on_result(probe: health.EngineProbe) -> None:
+        results.append(probe)
+        if len(results) >= count:
+            enough.set()
+
+    task = asyncio.create_task(health.run_engine_probe(url, on_result, interval=0.02, limit_seconds=0.2))
+    try:
+        async with asyncio.timeout(10):
+            await enough.wait()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    return results[:count]
+
+
+async def test_one_slow_answer_does_not_mark_the_engine_unreachable(
+    engine: tuple[FakeEngine, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake, url = engine
+    fake.delays = [0.0, 0.5, 0.0, 0.0, 0.5, 0.0]  # the second and fifth probes get no answer in time
+    caplog.set_level("INFO", logger="bridge.health")
+    results = await probe_results(url, 4)
+    assert all(r.reachable for r in results), results
+    slow = [r.getMessage() for r in caplog.records if "such probes in a row" in r.getMessage()]
+    assert len(slow) == 2 and "no answer within 0.2 s (1 of 2" in slow[0], slow
+
+
+async def test_two_slow_answers_in_a_row_mark_the_engine_unreachable(engine: tuple[FakeEngine, str]) -> None:
+    fake, url = engine
+    fake.delays = [0.0, 0.5, 0.5, 0.0]
+    results = await probe_results(url, 3)
+    assert [r.reachable for r in results] == [True, False, True], results
+    assert results[1].slow
 
 
 async def test_run_engine_probe_reports_each_result(engine: tuple[FakeEngine, str]) -> None:
