@@ -151,9 +151,11 @@ def _run(config: Config, config_path: Path) -> int:
     from bridge.app import Supervisor
     from bridge.control.api import load_tokens
     from bridge.logs import setup_logging
+    from bridge.route_sinks import RouteSinks
 
     try:
         tokens = load_tokens(config.control, os.environ)
+        RouteSinks.check_credentials(config, os.environ)
     except ConfigError as exc:
         print(f"vblaze-bridge: invalid configuration:\n{config_path}: {exc}", file=sys.stderr)
         return 2

@@ -85,6 +85,7 @@ from bridge.control.live import LivePool
 from bridge.control.server import ControlServer
 from bridge.errors import ConfigError
 from bridge.health import EngineProbe, HealthServer, Readiness, make_app, run_engine_probe, serve
+from bridge.route_sinks import RouteSinks
 from bridge.supervision import (
     ENGINE_PROBE_SECONDS,
     FORCE_GRACE_SECONDS,
@@ -487,6 +488,7 @@ class Supervisor:
         nobody changes. Sections other than `routes` are not applied: a changed one is logged."""
         try:
             fresh = load_config(self.config_path)
+            RouteSinks.check_credentials(fresh, os.environ)  # the workers' environment is the supervisor's
         except ConfigError as exc:
             logger.error("SIGHUP: config refused, the workers keep their routes:\n%s", exc)
             return

@@ -29,7 +29,7 @@ def secret_warnings(cfg: Config, env: Mapping[str, str]) -> list[str]:
         if not env.get(cfg.webhook.secret_env):
             warnings.append(
                 f"webhook.secret_env: environment variable {cfg.webhook.secret_env} is not set "
-                "(webhooks would go unsigned or the bridge would refuse to start)"
+                "(the bridge would refuse to start)"
             )
         if cfg.webhook.bearer_env and not env.get(cfg.webhook.bearer_env):
             warnings.append(f"webhook.bearer_env: environment variable {cfg.webhook.bearer_env} is not set")

@@ -85,6 +85,22 @@ class RouteSinks:
             *((route.name, config.for_route(route.name)) for route in config.routes),
         ]
 
+    @classmethod
+    def check_credentials(cls, config: Config, environ: Mapping[str, str]) -> None:
+        """ConfigError if the webhooks of some route name a secret or bearer variable that `environ`
+        lacks: the supervisor refuses to start then, rather than start workers that each fail on it."""
+        from bridge.errors import ConfigError
+        from bridge.webhook.delivery import credentials_from_config
+
+        for route, effective in cls._effective(config):
+            if "webhook" in effective.sink.destinations:
+                try:
+                    credentials_from_config(effective.webhook, environ)
+                except ConfigError as exc:
+                    raise ConfigError(
+                        str(exc) if route == DEFAULT_ROUTE else f"routes.{route}: {exc}"
+                    ) from exc
+
     @staticmethod
     def destinations(config: Config, route: str) -> list[str]:
         """Where the events of `route`'s calls (effective config `config`) are spooled for."""

@@ -5,10 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import pytest
+import yaml
+
+from bridge.config import parse_config
+from bridge.errors import ConfigError
 from bridge.events import BridgeEvent
+from bridge.route_sinks import RouteSinks
 from bridge.sinks import JsonLinesSink
 
 
@@ -78,3 +88,56 @@ async def test_lines_go_to_a_file_in_order(tmp_path: Path) -> None:
         sink.submit(event(seq, size=10))
     await sink.aclose(5)
     assert [json.loads(line)["seq"] for line in path.read_text().splitlines()] == list(range(50))
+
+
+WEBHOOK = {"sink": {"kind": "webhook"}, "webhook": {"urls": ["http://127.0.0.1:9/hook"]}}
+SALES = {"name": "sales", "match": {"to": "1001"}, "webhook": {"urls": ["http://a/"], "secret_env": "SALES"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "environ", "error"),
+    [
+        (WEBHOOK, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "s"}, None),
+        (WEBHOOK, {}, "webhook.secret_env: environment variable VBLAZE_BRIDGE_WEBHOOK_SECRET is not set"),
+        (
+            {**WEBHOOK, "routes": [SALES]},
+            {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "s"},
+            "routes.sales: webhook.secret_env",
+        ),
+        ({**WEBHOOK, "routes": [SALES]}, {"VBLAZE_BRIDGE_WEBHOOK_SECRET": "s", "SALES": "t"}, None),
+        (
+            {"routes": [{**SALES, "sink": {"kind": "webhook"}}]},
+            {},
+            "routes.sales: webhook.secret_env: environment variable SALES",
+        ),
+        ({"routes": [SALES]}, {}, None),  # its webhook section is not used: the route's sink is jsonl
+        ({}, {}, None),  # the jsonl sink needs no secret
+    ],
+)
+def test_unset_webhook_credentials_are_found_before_any_worker_starts(
+    raw: dict[str, Any], environ: dict[str, str], error: str | None
+) -> None:
+    config = parse_config(raw)
+    if error is None:
+        RouteSinks.check_credentials(config, environ)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(error)):
+            RouteSinks.check_credentials(config, environ)
+
+
+def test_run_refuses_to_start_without_the_webhook_secret(tmp_path: Path) -> None:
+    """Exit 2 at once, naming the variable, and no worker started (they would each fail on it)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({**WEBHOOK, "metrics": {"port": 0}, "control": {"port": 0}}))
+    env = {k: v for k, v in os.environ.items() if k != "VBLAZE_BRIDGE_WEBHOOK_SECRET"}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
+    run = subprocess.run(
+        [sys.executable, "-m", "bridge", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "webhook.secret_env: environment variable VBLAZE_BRIDGE_WEBHOOK_SECRET" in run.stderr
+    assert "worker 0 started" not in run.stderr

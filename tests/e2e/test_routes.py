@@ -219,6 +219,17 @@ def test_sighup_new_calls_get_new_routes_calls_in_progress_keep_theirs_broken_fi
     bridge.proc.send_signal(signal.SIGHUP)
     wait_until(lambda: "routes.0.match.to" in bridge.log(), 10, "the broken file refused, naming the key")
     assert "config refused, the workers keep their routes" in bridge.log()
+    unsigned = route("sales4", "1001", "eng1:unsigned", receiver_a)  # a route that could not sign its events
+    unsigned["webhook"] = {"urls": ["http://127.0.0.1:9/unsigned"], "secret_env": "VBLAZE_TEST_UNSET_SECRET"}
+    write_routes(bridge, [unsigned])
+    bridge.proc.send_signal(signal.SIGHUP)
+    wait_until(
+        lambda: (
+            "routes.sales4: webhook.secret_env: environment variable VBLAZE_TEST_UNSET_SECRET" in bridge.log()
+        ),
+        10,
+        "the route whose secret is unset refused, naming it",
+    )
     time.sleep(0.5)
     call(bridge, audio, tmp_path, "1001")  # the old (reloaded) routes are still in force
     wait_until(lambda: ended(receiver_b, 2), 60, "the call after the broken file ended at receiver B")
