@@ -59,3 +59,19 @@ def test_a_small_load_run_measures_and_attributes_every_figure(tmp_path: Path) -
     assert "streaming floor" in " ".join(stream["notes"])
     for ratio in ("bridge/floor", "bridge/streaming floor", "streaming floor/floor"):
         assert f"CPU {ratio}: median" in run.stdout and f"PSS {ratio}: median" in run.stdout, ratio
+
+
+def test_the_standin_load_bench_measures_a_small_run(tmp_path: Path) -> None:
+    """bench/standin_load.py: every stream gets its final result, the probe is answered each second, and
+    the stand-in's CPU and the machine's load are taken."""
+    out = tmp_path / "standin.json"
+    cmd = [sys.executable, str(ROOT / "bench" / "standin_load.py"), "--streams", "6", "--seconds", "7"]
+    cmd += ["--ramp", "2", "--json", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    (phase,) = json.loads(out.read_text())["phases"]
+    assert phase["finished"] == 6 and phase["utterances"] > 0, phase
+    assert phase["chunks"] == 6 * 70, phase
+    assert phase["probe_failures"] == 0 and len(phase["probes"]) >= 5, phase
+    assert phase["cpu_cores"] > 0 and phase["steady_seconds"] > 0 and 0 <= phase["idle"] <= 100, phase
+    assert "6/6 final results" in run.stdout, run.stdout
