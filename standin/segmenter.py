@@ -23,6 +23,7 @@ Only audio that can still belong to an utterance is kept.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,47 @@ class Cut:
     audio: npt.NDArray[np.int16]
 
 
+class _Samples:
+    """A channel's samples from `start` to `end`, kept as the chunks they came in: appending copies
+    nothing kept, where one array grown by each chunk made a long utterance cost its square."""
+
+    def __init__(self) -> None:
+        self.start = 0
+        self.end = 0
+        self._chunks: deque[npt.NDArray[np.int16]] = deque()
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+    def append(self, chunk: npt.NDArray[np.int16]) -> None:
+        if len(chunk):
+            self._chunks.append(chunk)
+            self.end += len(chunk)
+
+    def copy(self, start: int, end: int) -> npt.NDArray[np.int16]:
+        """A copy of samples [start, end), which must be kept."""
+        parts, at = [], self.start
+        for chunk in self._chunks:
+            if at >= end:
+                break
+            low, high = max(start, at), min(end, at + len(chunk))
+            if low < high:
+                parts.append(chunk[low - at : high - at])
+            at += len(chunk)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int16)
+
+    def drop_before(self, sample: int) -> None:
+        """Forget the samples before `sample`."""
+        while self._chunks and self.start < sample:
+            first = self._chunks[0]
+            if self.start + len(first) <= sample:
+                self._chunks.popleft()
+                self.start += len(first)
+            else:  # the rest of the first chunk is copied, so that the dropped part is freed
+                self._chunks[0] = first[sample - self.start :].copy()
+                self.start = sample
+
+
 class Segmenter:
     """Level/energy VAD over one channel of int16 samples."""
 
@@ -77,8 +119,8 @@ class Segmenter:
         self._min_active = round(p.uttminactivity_ms * ms_frames)
         self._max_frames = max(1, p.uttmaxtime_s * 1000 // FRAME_MS)
         self._partial = np.zeros(0, dtype=np.int16)
-        self._buf = np.zeros(0, dtype=np.int16)  # samples from frame index `_buf_frame` on
-        self._buf_frame = 0
+        self._samples = _Samples()  # from frame `_kept_frame` on (or from the start of its chunk)
+        self._kept_frame = 0
         self._n = 0  # frames judged so far
         # the energies of the last ENERGY_WINDOW_FRAMES - 1 frames, oldest first: with the frame being
         # judged, the window whose lowest energy is the noise floor
@@ -91,14 +133,14 @@ class Segmenter:
     @property
     def settled(self) -> int:
         """The sample before which no utterance still to come can start: audio there is decided."""
-        return self._buf_frame * self.frame
+        return self._kept_frame * self.frame
 
     def feed(self, samples: npt.NDArray[np.int16]) -> list[Cut]:
         """Judge the new samples; return the utterances they complete."""
         data = np.concatenate([self._partial, samples.astype(np.int16, copy=False)])
         whole = len(data) - len(data) % self.frame
         self._partial = data[whole:]
-        self._buf = np.concatenate([self._buf, data[:whole]])
+        self._samples.append(data[:whole])
         cuts: list[Cut] = []
         for active in self._active(data[:whole].reshape(-1, self.frame)).tolist():
             cut = self._judge(active)
@@ -109,10 +151,9 @@ class Segmenter:
 
     def finish(self) -> list[Cut]:
         """End of audio: close the open utterance, if it has enough activity."""
-        if self._partial.size:
-            self._buf = np.concatenate([self._buf, self._partial])
-            self._partial = np.zeros(0, dtype=np.int16)
-        total = self._buf_frame * self.frame + len(self._buf)
+        self._samples.append(self._partial)
+        self._partial = np.zeros(0, dtype=np.int16)
+        total = self._samples.end
         if self._start is None:
             return []
         end = min((self._last_active + 1 + self._pad) * self.frame, total)
@@ -175,13 +216,11 @@ class Segmenter:
         self._active_count = 0
         if not enough or end <= start:
             return None
-        base = self._buf_frame * self.frame
-        return Cut(start, end, self._buf[start - base : end - base].copy())
+        return Cut(start, end, self._samples.copy(start, end))
 
     def _trim(self) -> None:
         """Drop samples no utterance can include any more."""
         keep_from = self._start if self._start is not None else max(self._n - self._pad, self._floor)
-        drop = keep_from - self._buf_frame
-        if drop > 0:
-            self._buf = self._buf[drop * self.frame :]
-            self._buf_frame = keep_from
+        if keep_from > self._kept_frame:
+            self._kept_frame = keep_from
+            self._samples.drop_before(keep_from * self.frame)

@@ -93,7 +93,7 @@ def test_energy_vad_follows_the_noise_floor() -> None:
 def test_memory_is_bounded_to_the_open_utterance() -> None:
     seg = Segmenter(RATE, LEVEL)
     seg.feed(silence(60.0))
-    assert len(seg._buf) <= 0.31 * RATE
+    assert len(seg._samples) <= 0.31 * RATE
 
 
 def test_energy_vad_hears_speech_in_the_first_frame() -> None:
@@ -126,6 +126,8 @@ def cuts_of(seg: Segmenter, signal: np.ndarray, splits: list[int]) -> list[tuple
         cuts += seg.feed(signal[start:end])
         start = max(start, end)
     cuts += seg.finish()
+    for cut in cuts:  # each cut carries the very samples of its span
+        assert cut.audio.tobytes() == signal[cut.start : cut.end].tobytes(), (cut.start, cut.end)
     return [(c.start, c.end, c.audio.tobytes()) for c in cuts]
 
 
