@@ -209,6 +209,8 @@ class SampleDecoder:
             samples = ULAW_TABLE[raw]
         elif fmt.encoding is Encoding.ALAW:
             samples = ALAW_TABLE[raw]
+        elif fmt.sampwidth == 2:  # the usual case, read as it lies
+            samples = np.frombuffer(data, dtype=">i2" if fmt.big_endian else "<i2", count=usable // 2)
         elif fmt.sampwidth == 1:
             samples = ((raw.astype(np.int16) - 128) << 8).astype(np.int16)
         else:
