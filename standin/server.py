@@ -139,9 +139,8 @@ class StandinServer:
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.options.host, self.options.port)
         await self._site.start()
-        server = self._site._server
-        if isinstance(server, asyncio.Server) and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        if self._runner.addresses:  # the port bound, for port 0 (whichever event loop serves it)
+            self.port = int(self._runner.addresses[0][1])
         self._http = aiohttp.ClientSession()
         await self.recognizer.start()
         logger.info(
