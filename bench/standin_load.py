@@ -95,7 +95,7 @@ def speech() -> bytes:
 
 async def one_stream(url: str, audio: bytes, start: float, seconds: float, phase: Phase) -> None:
     async with asyncio.timeout(IO_TIMEOUT):
-        ws = await websockets.connect(f"{url}?{QUERY}", max_size=None)
+        ws = await websockets.connect(f"{url}?{QUERY}", max_size=None, compression=None)  # as the bridge
     try:
         offset = int(np.random.default_rng().integers(0, len(audio) // CHUNK)) * CHUNK
         chunks = round(seconds * 10)
@@ -181,10 +181,10 @@ async def drive(url: str, pid: int, args: argparse.Namespace, phase: Phase, audi
 
 
 def run_phase(label: str, tree: Path, args: argparse.Namespace, audio: bytes) -> Phase:
-    env = dict(os.environ, PYTHONPATH=str(tree))
     proc, url = start_standin(
         ["--recognizer", "vad-only", "--max-streams", str(args.streams + 16), "--log-level", "WARNING"],
-        env=env,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+        cwd=tree,  # `python -m` puts the working directory first on the path
     )
     phase = Phase(label, args.streams)
     try:

@@ -101,10 +101,12 @@ def start_standin(
     env: dict[str, str] | None = None,
     stderr: IO[bytes] | None = None,
     wrap: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     """Start the stand-in engine and wait for its `standin ready URL` line (its logs to `stderr`).
 
     `wrap` goes before the command, e.g. ``("ip", "netns", "exec", NAME)``; `args` may give `--host`.
+    `cwd` is where it runs, and so (``-m``) whose `standin` package it imports first.
     """
     proc = subprocess.Popen(
         [*wrap, sys.executable, "-m", "standin", "--host", "127.0.0.1", "--port", "0", *args],
@@ -112,6 +114,7 @@ def start_standin(
         stderr=stderr,
         text=True,
         env=env,
+        cwd=cwd,
     )
     assert proc.stdout is not None
     deadline = time.monotonic() + READY_TIMEOUT
