@@ -121,8 +121,8 @@ def test_a_slow_probe_counts_only_as_the_second_in_a_row(
     assert [judge.judge(result) for result in results] == counted
 
 
-async def probe_results(url: str, count: int) -> list[health.EngineProbe]:
-    """The first `count` results `run_engine_probe` hands on, probing every 0.02 s with a 0.2 s limit."""
+async def probe_results(url: str, count: int, limit_seconds: float = 0.5) -> list[health.EngineProbe]:
+    """The first `count` results `run_engine_probe` hands on, probing every 0.02 s."""
     results: list[health.EngineProbe] = []
     enough = asyncio.Event()
 
@@ -131,7 +131,9 @@ async def probe_results(url: str, count: int) -> list[health.EngineProbe]:
         if len(results) >= count:
             enough.set()
 
-    task = asyncio.create_task(health.run_engine_probe(url, on_result, interval=0.02, limit_seconds=0.2))
+    task = asyncio.create_task(
+        health.run_engine_probe(url, on_result, interval=0.02, limit_seconds=limit_seconds)
+    )
     try:
         async with asyncio.timeout(10):
             await enough.wait()
@@ -146,17 +148,17 @@ async def test_one_slow_answer_does_not_mark_the_engine_unreachable(
     engine: tuple[FakeEngine, str], caplog: pytest.LogCaptureFixture
 ) -> None:
     fake, url = engine
-    fake.delays = [0.0, 0.5, 0.0, 0.0, 0.5, 0.0]  # the second and fifth probes get no answer in time
+    fake.delays = [0.0, 1.5, 0.0, 0.0, 1.5, 0.0]  # the second and fifth probes get no answer in time
     caplog.set_level("INFO", logger="bridge.health")
     results = await probe_results(url, 4)
     assert all(r.reachable for r in results), results
     slow = [r.getMessage() for r in caplog.records if "such probes in a row" in r.getMessage()]
-    assert len(slow) == 2 and "no answer within 0.2 s (1 of 2" in slow[0], slow
+    assert len(slow) == 2 and "no answer within 0.5 s (1 of 2" in slow[0], slow
 
 
 async def test_two_slow_answers_in_a_row_mark_the_engine_unreachable(engine: tuple[FakeEngine, str]) -> None:
     fake, url = engine
-    fake.delays = [0.0, 0.5, 0.5, 0.0]
+    fake.delays = [0.0, 1.5, 1.5, 0.0]
     results = await probe_results(url, 3)
     assert [r.reachable for r in results] == [True, False, True], results
     assert results[1].slow
@@ -164,23 +166,7 @@ async def test_two_slow_answers_in_a_row_mark_the_engine_unreachable(engine: tup
 
 async def test_run_engine_probe_reports_each_result(engine: tuple[FakeEngine, str]) -> None:
     _, url = engine
-    results: list[health.EngineProbe] = []
-    three = asyncio.Event()
-
-    def on_result(probe: health.EngineProbe) -> None:
-        results.append(probe)
-        if len(results) >= 3:
-            three.set()
-
-    task = asyncio.create_task(health.run_engine_probe(url, on_result, interval=0.02, limit_seconds=1))
-    try:
-        async with asyncio.timeout(5):
-            await three.wait()
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert all(r.reachable for r in results)
+    assert all(r.reachable for r in await probe_results(url, 3, limit_seconds=1.0))
 
 
 @pytest.fixture
