@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
         options = options_from(args)
     except ValueError as exc:
         sys.exit(f"vblaze-standin: {exc}")
-    uvloop.run(serve(options, recognizer_from(args)))  # as the bridge's: its socket reads cost half
+    uvloop.run(serve(options, recognizer_from(args)))  # as the bridge runs; see docs/standin.md, load
 
 
 if __name__ == "__main__":

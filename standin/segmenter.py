@@ -119,7 +119,7 @@ class Segmenter:
         self._min_active = round(p.uttminactivity_ms * ms_frames)
         self._max_frames = max(1, p.uttmaxtime_s * 1000 // FRAME_MS)
         self._partial = np.zeros(0, dtype=np.int16)
-        self._samples = _Samples()  # from frame `_kept_frame` on (or from the start of its chunk)
+        self._samples = _Samples()  # from frame `_kept_frame` on
         self._kept_frame = 0
         self._n = 0  # frames judged so far
         # the energies of the last ENERGY_WINDOW_FRAMES - 1 frames, oldest first: with the frame being
@@ -163,7 +163,8 @@ class Segmenter:
 
     def _active(self, frames: npt.NDArray[np.int16]) -> npt.NDArray[np.bool_]:
         """Whether each frame (a row) is active, judged for all the rows at once: the stand-in runs this
-        for every stream in one thread, and numpy per 10 ms frame cost it half a core at 200 streams."""
+        for every stream in one thread, and numpy called per 10 ms frame made it most of its CPU
+        (docs/standin.md, "Its own cost under load")."""
         x = frames.astype(np.float64)
         if self.params.vadtype is VadType.LEVEL:
             active: npt.NDArray[np.bool_] = np.mean(np.abs(x), axis=1) > self.params.activitylevel
