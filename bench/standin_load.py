@@ -43,6 +43,7 @@ import websockets  # noqa: E402
 
 from bench.load import CLK_TCK, SPEECH, cpu_ticks, cpu_times, idle_steal, load_average  # noqa: E402
 from bridge.demo import start_standin, stop_process  # noqa: E402
+from bridge.health import maxstreams_url  # noqa: E402
 from tests.fixtures.audio import speech_wav  # noqa: E402
 
 RATE = 8000
@@ -126,7 +127,7 @@ async def one_stream(url: str, audio: bytes, start: float, seconds: float, phase
 
 
 def probe_once(url: str) -> float | None:
-    http = url.replace("ws://", "http://").replace("/transcribe", "/maxstreamscheck")
+    http = maxstreams_url(url)
     began = time.monotonic()
     try:
         with urllib.request.urlopen(http, timeout=2.0) as answer:

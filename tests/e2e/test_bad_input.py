@@ -6,12 +6,12 @@ import re
 import socket
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.conftest import Standin, free_port_block, run_sipp
 from tests.fixtures import sipua
+from tests.fixtures.harness import scrape
 
 TORTURE = [
     b"\x00\x01\x02garbage\xff\xfe\r\n\r\n",
@@ -27,11 +27,6 @@ TORTURE = [
     + b"A" * 70000
     + b"\r\n\r\n",
 ]
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
 
 
 def metric(text: str, name: str, labels: str = "") -> float:

@@ -20,7 +20,6 @@ import re
 import socket
 import struct
 import threading
-import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin, speech
-from tests.fixtures.harness import free_port_block, wait_until
+from tests.fixtures.harness import free_port_block, scrape, wait_until
 
 ATTEMPT_TIMEOUT = 1.0  # webhook.timeout_seconds
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -140,11 +139,6 @@ class HostileReceiver:
                     seen.add(envelope["event_id"])
                     out.setdefault(envelope["call_id"], []).append(envelope)
         return out
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return str(response.read().decode())
 
 
 def metric(text: str, name: str, labels: str = "") -> float:
