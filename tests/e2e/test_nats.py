@@ -3,8 +3,9 @@
 Every `nats-server` is started here (tests/fixtures/nats.py: ports from free_port_block, stores in
 tmp_path) and killed in teardown. What each test shows:
 
-- a node killed mid-way and another restarted: every event of every call is in the stream exactly
-  once (by event_id), in per-call seq order;
+- the node worker 0 is connected to killed mid-way, then the one it reconnects to killed and
+  restarted: every event of every call is in the stream exactly once (by event_id), in per-call seq
+  order;
 - the whole cluster down for `OUTAGE_SECONDS`: events wait in the spool and arrive afterwards, in order;
 - the bridge killed -9 mid-call, right after JetStream acked an event and before its spool row was
   deleted: after the restart the spooled events are published again, JetStream says duplicate (counted
@@ -13,6 +14,8 @@ tmp_path) and killed in teardown. What each test shows:
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import sqlite3
 import threading
@@ -130,6 +133,19 @@ def place_calls(
     return thread
 
 
+def connected_node(bridge: Bridge, cluster: NatsCluster, process: str = "worker-0") -> int:
+    """The node `process` last said it (re)connected to, from its JSON log lines."""
+    ports = [node.port for node in cluster.nodes]
+    node = -1
+    for line in bridge.log().splitlines():
+        record = json.loads(line) if line.startswith("{") else {}
+        said = re.fullmatch(r"(?:re)?connected to NATS at 127\.0\.0\.1:(\d+)", record.get("msg", ""))
+        if said and record.get("process") == process:
+            node = ports.index(int(said.group(1)))
+    assert node >= 0, f"{process} never said which NATS node it is connected to"
+    return node
+
+
 def spooled_nats_rows(bridge: Bridge) -> int:
     spool = bridge.config_path.parent / f"spool-{bridge.config_path.stem.split('-')[-1]}.sqlite3"
     with sqlite3.connect(f"file:{spool}?mode=ro", uri=True, timeout=5) as db:
@@ -145,11 +161,15 @@ def test_twenty_calls_survive_a_node_killed_and_another_restarted(
     # half the calls to each worker of the pool: one spool, one stream
     callers = [place_calls(bridge, audio, tmp_path, CALLS // 2, 4, worker=w) for w in (0, 1)]
     wait_until(lambda: len(by_call(cluster.read_stream("CALLS"))) >= 4, 60, "the first calls' events")
-    cluster.kill(0)
+    # the node a worker is connected to: the client picks one of nats.servers at random
+    first = connected_node(bridge, cluster)
+    cluster.kill(first)
     wait_until(lambda: len(by_call(cluster.read_stream("CALLS"))) >= 10, 90, "events with a node down")
-    cluster.kill(1)  # and restart it: no quorum until it is back
+    wait_until(lambda: connected_node(bridge, cluster) != first, 30, "a worker reconnected")
+    second = connected_node(bridge, cluster)
+    cluster.kill(second)  # and restart it: no quorum until it is back
     time.sleep(1.0)
-    cluster.start(1)
+    cluster.start(second)
     for caller in callers:
         caller.join(240)
         assert not caller.is_alive()
