@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
 import time
@@ -11,7 +10,7 @@ from typing import Any
 
 from tests.e2e.conftest import Standin, free_port_block, run_sipp
 from tests.fixtures import sipua
-from tests.fixtures.harness import scrape
+from tests.fixtures.harness import metric, scrape
 
 TORTURE = [
     b"\x00\x01\x02garbage\xff\xfe\r\n\r\n",
@@ -27,12 +26,6 @@ TORTURE = [
     + b"A" * 70000
     + b"\r\n\r\n",
 ]
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    pattern = rf"^{re.escape(name)}{re.escape('{' + labels + '}') if labels else ''} (\S+)$"
-    found = re.search(pattern, text, re.M)
-    return float(found.group(1)) if found else 0.0
 
 
 def test_malformed_sip_over_udp_and_tcp_is_counted_and_the_daemon_stays_up(

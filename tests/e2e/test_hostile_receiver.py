@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin, speech
-from tests.fixtures.harness import free_port_block, scrape, wait_until
+from tests.fixtures.harness import free_port_block, metric, scrape, wait_until
 
 ATTEMPT_TIMEOUT = 1.0  # webhook.timeout_seconds
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -139,11 +139,6 @@ class HostileReceiver:
                     seen.add(envelope["event_id"])
                     out.setdefault(envelope["call_id"], []).append(envelope)
         return out
-
-
-def metric(text: str, name: str, labels: str = "") -> float:
-    selector = r"\{[^}]*" + re.escape(labels) + r"[^}]*\}" if labels else r"(?:\{[^}]*\})?"
-    return sum(float(v) for v in re.findall(rf"^{re.escape(name)}{selector} (\S+)$", text, re.M))
 
 
 @pytest.fixture
