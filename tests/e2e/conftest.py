@@ -102,6 +102,11 @@ class Bridge:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
+    def log_records(self) -> list[dict[str, Any]]:
+        """The log's JSON lines, parsed; a last line still being written is left out."""
+        complete = self.log().split("\n")[:-1]
+        return [json.loads(line) for line in complete if line.startswith("{")]
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc is None:
             return 0

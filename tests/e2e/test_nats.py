@@ -14,7 +14,6 @@ tmp_path) and killed in teardown. What each test shows:
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import sqlite3
@@ -137,8 +136,7 @@ def connected_node(bridge: Bridge, cluster: NatsCluster, process: str = "worker-
     """The node `process` last said it (re)connected to, from its JSON log lines."""
     ports = [node.port for node in cluster.nodes]
     node = -1
-    for line in bridge.log().splitlines():
-        record = json.loads(line) if line.startswith("{") else {}
+    for record in bridge.log_records():
         said = re.fullmatch(r"(?:re)?connected to NATS at 127\.0\.0\.1:(\d+)", record.get("msg", ""))
         if said and record.get("process") == process:
             node = ports.index(int(said.group(1)))

@@ -16,7 +16,6 @@ the limit and passes everything else (the calls' WebSockets) straight through:
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 import time
@@ -124,10 +123,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-def log_records(bridge: Bridge) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in bridge.log().splitlines() if line.startswith("{")]
-
-
 def test_one_slow_probe_leaves_the_pool_up_two_in_a_row_take_it_out(
     standin_vad: Standin, make_bridge: Any, speech_dir: Path, tmp_path: Path
 ) -> None:
@@ -160,7 +155,7 @@ def test_one_slow_probe_leaves_the_pool_up_two_in_a_row_take_it_out(
         (events,) = bridge.wait_ended(1).values()
         assert [e["seq"] for e in events] == list(range(len(events))), events
         assert events[-1]["data"]["audio_seconds"] > 1.0 and events[-1]["data"]["utterances"] >= 1, events
-        said = [r["msg"] for r in log_records(bridge) if r["logger"] == "bridge.health"]
+        said = [r["msg"] for r in bridge.log_records() if r["logger"] == "bridge.health"]
         assert any("1 of 2" in m for m in said), said
         assert not any("unreachable" in m and "1 of 2" not in m for m in said), said
 
