@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import yaml
 
 from bridge.demo import sipp_scenario, speech_file, start_standin, stop_process, wait_for_sip
 from sip.limits import rtp_ports
-from tests.fixtures.harness import free_port_block
+from tests.fixtures.harness import free_port_block, json_lines
 
 
 @dataclass
@@ -70,7 +69,7 @@ class Bridge:
     def events(self) -> list[dict[str, Any]]:
         if not self.events_path.exists():
             return []
-        return [json.loads(line) for line in self.events_path.read_text().splitlines() if line.strip()]
+        return json_lines(self.events_path.read_text())
 
     def calls(self) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {}
@@ -103,9 +102,8 @@ class Bridge:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
 
     def log_records(self) -> list[dict[str, Any]]:
-        """The log's JSON lines, parsed; a last line still being written is left out."""
-        complete = self.log().split("\n")[:-1]
-        return [json.loads(line) for line in complete if line.startswith("{")]
+        """The log's JSON lines, parsed."""
+        return json_lines(self.log())
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         if self.proc is None:

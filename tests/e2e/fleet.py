@@ -15,7 +15,6 @@ receiver can be told to answer 503 for a while, so that its bridge keeps the eve
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from bench.load import KAMAILIO_CFG, Kamailio, parse_prometheus, proxied_scenari
 from bridge.demo import start_standin, wait_for_sip
 from bridge.dispatcher import kamailio_args
 from tests.e2e.conftest import Bridge
+from tests.fixtures.harness import json_lines
 from tests.fixtures.netns import Host, TestBed, wait_tcp
 
 NET = "10.231.0"
@@ -86,7 +86,7 @@ class Hook:
     def requests(self) -> list[dict[str, Any]]:
         if not self.out.exists():
             return []
-        return [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        return json_lines(self.out.read_text())
 
     def refuse(self, refuse: bool) -> None:
         """Answer 503 from now on (the bridge spools), or 200 again."""
