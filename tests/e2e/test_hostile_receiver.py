@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin, speech
-from tests.fixtures.harness import free_port_block, metric, scrape, wait_until
+from tests.fixtures.harness import ServerThread, free_port_block, metric, scrape, wait_until
 
 ATTEMPT_TIMEOUT = 1.0  # webhook.timeout_seconds
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
@@ -84,20 +84,15 @@ class HostileReceiver:
     requests: int = 0
     hostile_sent: list[str] = field(default_factory=list)
     delivered: list[dict[str, Any]] = field(default_factory=list)  # envelopes answered 200
-    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.new_event_loop)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __enter__(self) -> HostileReceiver:
-        threading.Thread(target=self.loop.run_forever, daemon=True).start()
-        self.server = asyncio.run_coroutine_threadsafe(
-            asyncio.start_server(self._serve, "127.0.0.1", 0), self.loop
-        ).result(10)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.server = ServerThread(self._serve)
+        self.port = self.server.port
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.loop.call_soon_threadsafe(self.server.close)
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.server.close()
 
     @property
     def url(self) -> str:

@@ -26,7 +26,7 @@ import pytest
 
 from tests.e2e.conftest import Bridge, Standin, run_sipp, speech
 from tests.e2e.test_options import options, reason_text
-from tests.fixtures.harness import free_port_block, metric, scrape, wait_until
+from tests.fixtures.harness import ServerThread, free_port_block, metric, scrape, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -41,41 +41,19 @@ class ProbeHoldingProxy:
 
     def __init__(self, upstream_port: int) -> None:
         self.upstream_port = upstream_port
-        self.port = 0
         self.hold = 0
         self.probes: list[bool] = []  # each probe request seen: held or not
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="probe-proxy", daemon=True)
 
     def __enter__(self) -> ProbeHoldingProxy:
-        self._thread.start()
-        assert self._ready.wait(10), "the proxy did not start"
+        self.server = ServerThread(self._serve)
+        self.port = self.server.port
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-        assert not self._thread.is_alive(), "the proxy did not stop"
+        self.server.close()
 
     def arm(self, count: int) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "hold", count)
-
-    def _run(self) -> None:
-        self._loop.run_until_complete(self._main())
-        self._loop.close()
-
-    async def _main(self) -> None:
-        self._stop = asyncio.Event()
-        server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = server.sockets[0].getsockname()[1]
-        self._ready.set()
-        await self._stop.wait()
-        server.close()
-        tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        self.server.call_soon(setattr, self, "hold", count)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
