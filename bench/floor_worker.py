@@ -45,6 +45,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridge.config import Config, load_config
+from bridge.memory_merge import mark_mergeable
 from bridge.sip_adapter import sip_settings, worker_readiness
 from bridge.vblaze.protocol import request_headers, stream_datahdr, wav_stream_header
 from sip.endpoint import SipEndpoint
@@ -182,9 +183,18 @@ class Streamer:
             pass
 
 
+def merge_memory(config: Config) -> None:
+    """With `sip.memory_merge`, this process's memory (and its children's) mergeable by the host's KSM,
+    as the bridge's is (bridge/memory_merge.py), so that the floor's memory is measured alike."""
+    if config.sip.memory_merge:
+        marked, said = mark_mergeable()
+        logger.log(logging.INFO if marked else logging.WARNING, "floor: %s", said)
+
+
 def fork_all(config_path: Path, out: str, stream: bool) -> None:
     """Fork one child per worker of the config; pass SIGTERM on and wait for them."""
     config = load_config(config_path)
+    merge_memory(config)  # as the bridge's zygote does, before the first fork
     children = []
     for index in range(config.sip.workers):
         pid = os.fork()
@@ -216,6 +226,7 @@ def main() -> None:
     if args.fork:
         fork_all(args.config, args.out, args.stream)
     else:
+        merge_memory(load_config(args.config))  # as an exec'd bridge worker does
         run(args.config, args.index, Path(args.out), args.stream)
 
 

@@ -72,10 +72,12 @@ from bridge.demo import (  # noqa: E402
     wait_for_sip,
 )
 from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
+from bridge.memory_merge import KSM_RUN, ksm_running  # noqa: E402
 from sip.limits import rtp_ports  # noqa: E402
 
 KAMAILIO_CFG = ROOT / "bridge" / "assets" / "kamailio.cfg"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+KSM_DIR = KSM_RUN.parent
 SPEECH = (
     "Thank you for calling the support line, my name is Alex, how can I help you today? "
     "I am calling about my order number four two seven, which was supposed to arrive last week. "
@@ -320,6 +322,39 @@ def pss_breakdown(pids: list[int]) -> str:
     )
 
 
+def ksmd_pid() -> int | None:
+    """The host's KSM kernel thread, whose CPU is the cost of merging the pool's pages."""
+    for stat in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if stat.read_text().strip() == "ksmd":
+                return int(stat.parent.name)
+        except OSError:
+            continue
+    return None
+
+
+def ksm_note(pids: list[int], ksmd_cores: float, pss_samples: list[int]) -> str:
+    """KSM over the steady phase: the host's setting, the pool's merged pages, ksmd's CPU, and the PSS
+    range (PSS is taken at the phase's end: while KSM merges, it falls over the phase)."""
+    merging = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/ksm_stat").read_text()
+        except OSError:
+            continue
+        for line in stat.splitlines():
+            if line.startswith("ksm_merging_pages"):
+                merging += int(line.split()[1])
+    mb = 1024 * 1024
+    low, high = (min(pss_samples) / mb, max(pss_samples) / mb) if pss_samples else (0.0, 0.0)
+    run = ksm_running()
+    host = "no KSM" if run is None else "KSM on" if run else "KSM off"
+    return (
+        f"{host}: {merging * 4096 / mb:.0f} MB of the pool's pages merged, ksmd {ksmd_cores:.3f} cores; "
+        f"pool PSS {low:.0f}-{high:.0f} MB over the phase"
+    )
+
+
 def sip_answers(port: int, timeout: float = 0.05) -> bool:
     """One SIP OPTIONS to 127.0.0.1:port (UDP); True if anything answers within `timeout`."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -453,6 +488,7 @@ class Phase:
     rtp_received: float = 0.0  # pjmedia's stream statistics: packets received ...
     rtp_lost: float = 0.0  # ... lost in transit (sequence gaps) ...
     rtp_discarded: float = 0.0  # ... and arrived but thrown away by pjmedia
+    ksmd_cores: float = 0.0  # the host's KSM thread over the steady phase (not in cpu_cores)
     restart_seconds: float | None = None  # SIGKILL of worker 0 until its replacement answers SIP
     streamed: float | None = None  # the streaming floor: frames written to the engine's sockets
     stream_failures: int = 0  # ... and its streams that failed
@@ -467,6 +503,7 @@ def pool_config(
     frame_ms: int,
     spawn: str = "fork",
     webhook: str | None = None,
+    memory_merge: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     from tests.fixtures.harness import free_port_block
 
@@ -481,6 +518,7 @@ def pool_config(
             "transports": ["udp"],
             "codecs": ["PCMU", "PCMA"],
             "spawn": spawn,
+            "memory_merge": memory_merge,  # the floor's workers follow it too (floor_worker.py)
         },
         "audio": {"port_frame_ms": frame_ms, "chunk_ms": frame_ms},
         "engine": {"url": engine_url, "final_timeout_seconds": 30},
@@ -587,7 +625,15 @@ def run_phase(
     metrics_port = free_port() if kind == "bridge" else 0
     url = webhook.url if webhook is not None and kind == "bridge" else None
     config_path, config = pool_config(
-        workdir, kind, args.calls, engine_url, metrics_port, args.frame_ms, args.bridge_spawn, url
+        workdir,
+        kind,
+        args.calls,
+        engine_url,
+        metrics_port,
+        args.frame_ms,
+        args.bridge_spawn,
+        url,
+        memory_merge=args.ksm != "off",
     )
     if webhook is not None:
         webhook.target = Path(config["sink"].get("jsonl_path", workdir / f"{kind}-events.jsonl"))
@@ -657,6 +703,8 @@ def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
         phase.notes.append("calls too short for a steady phase: CPU is over the whole run")
         start_at, end_at = time.monotonic() + 1.0, time.monotonic() + args.seconds + ramp
     time.sleep(max(0.0, start_at - time.monotonic()))
+    ksmd = ksmd_pid()
+    k0 = cpu_ticks([ksmd]) if ksmd else 0
     c0, top0, w0, m0, l0 = cpu_ticks(pids), cpu_ticks(pids[:1]), time.monotonic(), cpu_times(), load_average()
     pss_samples = []
     while time.monotonic() < end_at:
@@ -664,6 +712,8 @@ def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
         time.sleep(min(2.0, max(0.05, end_at - time.monotonic())))
     phase.notes.append(pss_breakdown(pids))
     c1, w1 = cpu_ticks(pids), time.monotonic()
+    phase.ksmd_cores = (cpu_ticks([ksmd]) - k0) / CLK_TCK / (w1 - w0) if ksmd else 0.0
+    phase.notes.append(ksm_note(pids, phase.ksmd_cores, pss_samples))
     phase.cpu_idle, phase.cpu_steal = idle_steal(m0, cpu_times())
     phase.load = (l0, load_average())
     phase.cpu_cores = (c1 - c0) / CLK_TCK / (w1 - w0)
@@ -671,7 +721,7 @@ def steady(phase: Phase, args: argparse.Namespace, pids: list[int]) -> None:
         top = (cpu_ticks(pids[:1]) - top0) / CLK_TCK / (w1 - w0)
         phase.notes.append(f"the supervisor alone: {top:.3f} cores of {phase.cpu_cores:.3f}")
     phase.cpu_window = w1 - w0
-    phase.pss = max(pss_samples) if pss_samples else 0
+    phase.pss = pss_samples[-1] if pss_samples else 0  # the end of the steady phase (ksm_note)
 
 
 def bridge_figures(phase: Phase, args: argparse.Namespace, config: dict[str, Any], port: int) -> None:
@@ -959,6 +1009,7 @@ def main(argv: list[str] | None = None) -> int:
         hook.start()
     pairs: list[tuple[Phase, Phase]] = []
     streams: list[Phase] = []
+    saved_ksm = host_ksm_on(args.ksm_pages) if args.ksm == "on" else {}
     try:
         for number in range(args.pairs):
             print(f"--- pair {number + 1} of {args.pairs}", file=sys.stderr, flush=True)
@@ -970,6 +1021,8 @@ def main(argv: list[str] | None = None) -> int:
                 streams.append(run_phase("stream", args, workdir, audio, url))
                 print(f"pair {number + 1}, the streaming floor: {table(args, bridge, streams[-1])}\n")
     finally:
+        for name, value in saved_ksm.items():  # run last
+            (KSM_DIR / name).write_text(value)
         if hook is not None:
             hook.stop()
         stop_process(standin, 15)
@@ -1007,6 +1060,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def host_ksm_on(pages: int) -> dict[str, str]:
+    """Turn the host's KSM on, scanning `pages` pages every 20 ms; its settings before, to restore."""
+    names = ("pages_to_scan", "sleep_millisecs", "run")
+    saved = {name: (KSM_DIR / name).read_text().strip() for name in names}
+    for name, value in zip(names, (str(pages), "20", "1"), strict=True):
+        (KSM_DIR / name).write_text(value)
+    print(f"bench: the host's KSM on, {pages} pages every 20 ms (was {saved})", file=sys.stderr)
+    return saved
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -1032,6 +1095,13 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         "--sink", choices=("webhook", "jsonl"), default="webhook",
         help="the bridge's events: to a real HTTP receiver here (utterance->webhook ack timed), or a file",
     )  # fmt: skip
+    parser.add_argument(
+        "--ksm", choices=("host", "on", "off"), default="host",
+        help="host: the pool's memory marked mergeable (sip.memory_merge), the host's KSM as it is; on: "
+        "the host's KSM also turned on for the run (root; --ksm-pages a 20 ms scan), then as it was; "
+        "off: nothing marked",
+    )  # fmt: skip
+    parser.add_argument("--ksm-pages", type=int, default=1000, help="with --ksm on: KSM's pages_to_scan")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, events)")
     return parser.parse_args(argv)

@@ -134,6 +134,7 @@ class SipConfig(_Section):
     workers: int = Field(DEFAULT_WORKERS, ge=1, le=512)
     calls_per_worker: int = Field(DEFAULT_CALLS_PER_WORKER, ge=1, le=MAX_CALLS_PER_WORKER)
     spawn: Literal["fork", "exec"] = DEFAULT_SPAWN  # fork: from the zygote; exec: a fresh interpreter each
+    memory_merge: bool = True  # mark the workers' memory for the host's KSM (bridge/memory_merge.py)
     transports: tuple[Literal["udp", "tcp"], ...] = ("udp", "tcp")
     codecs: tuple[Literal["PCMU", "PCMA", "G722"], ...] = ("PCMU", "PCMA", "G722")
     rtp_first_port: int = Field(DEFAULT_RTP_FIRST_PORT, ge=1024, le=65000)

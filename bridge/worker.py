@@ -45,6 +45,7 @@ from bridge.errors import ConfigError
 from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
+from bridge.memory_merge import mark_mergeable
 from bridge.route_sinks import RouteSinks
 from bridge.sip_adapter import route_table, sip_settings, worker_readiness
 from bridge.vblaze.buffer import GapCause
@@ -388,6 +389,9 @@ def main(
     `forked_with`: the modules the zygote had imported when it forked this worker (None when exec'd);
     the ones imported since are logged when the worker stops (`report_late_imports`)."""
     setup_logging(config.logging, f"worker-{index}")
+    if forked_with is None and config.sip.memory_merge:  # forked: the zygote marked it already
+        marked, said = mark_mergeable()
+        (logger.info if marked else logger.warning)("worker %d: %s", index, said)
 
     async def run() -> None:
         worker = Worker(config, index, config_path)

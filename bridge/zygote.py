@@ -213,6 +213,8 @@ def serve(config_path: str, channel_fd: int) -> NoReturn:
         warm = WarmConfig(Path(config_path).read_bytes(), load_config(config_path))
     except (OSError, ConfigError):
         warm = None  # each worker reads the file itself and fails on it as a fresh one would
+    if warm is not None and warm.config.sip.memory_merge:
+        _mark_mergeable()
     _drop_own_metric_files()
     _set_title(ZYGOTE_TITLE.format(config=config_path))
     channel = socket.socket(fileno=channel_fd)
@@ -316,6 +318,14 @@ def _become_worker(
         logger.exception("forked worker %d failed to start", index)
     finally:
         os._exit(code)
+
+
+def _mark_mergeable() -> None:
+    """Before the first fork: the zygote's memory and every worker's mergeable by the host's KSM."""
+    from bridge.memory_merge import mark_mergeable
+
+    marked, said = mark_mergeable()
+    (logger.info if marked else logger.warning)("zygote: %s", said)
 
 
 def _set_title(title: str) -> None:

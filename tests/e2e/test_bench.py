@@ -48,6 +48,7 @@ def test_a_small_load_run_measures_and_attributes_every_figure(tmp_path: Path) -
         assert phase["cpu_cores"] > 0 and phase["cpu_window"] > 0, side
         assert phase["pss"] > 0 and phase["idle_cpu_per_worker"] > 0, side
         assert phase["load"][0] >= 0 and 0 <= phase["cpu_idle"] <= 100, side
+        assert any(n.startswith(("KSM on:", "KSM off:", "no KSM:")) for n in phase["notes"]), side
     bridge, floor, stream = pair["bridge"], pair["floor"], pair["stream"]
     assert floor["streamed"] is None  # the bare floor streams nothing
     assert stream["stream_failures"] == 0
