@@ -24,11 +24,16 @@ audio went: RTP packets expected (call durations at 20 ms), received and
 lost in transit as pjmedia's stream statistics count them (received + sequence gaps: what sipp sent),
 frames dropped by the bridge (its counter) or the floor;
 CPU of every process of the pool (utime + stime deltas from /proc over the steady phase, in cores), its
-idle CPU per worker before the calls, PSS per call (smaps_rollup, summed over the pool, at the steady
-phase), the latency percentiles of the bridge's own histograms (scraped from its /metrics), and the
+idle CPU per worker before the calls, PSS per call (smaps_rollup, summed over the pool, at the end of
+the steady phase), the latency percentiles of the bridge's own histograms (scraped from its /metrics), and the
 machine's load average and CPU idle / steal (/proc/stat deltas) over the steady phase. After each
 bridge phase one worker is SIGKILLed and the time until its replacement answers SIP is printed.
 sipp, Kamailio and the stand-in run on the same cores and are not counted.
+
+Both pools' memory is marked mergeable for the host's KSM (`sip.memory_merge`, bridge/memory_merge.py)
+unless `--ksm off`; `--ksm on` also turns the host's KSM on for the run (root), scanning `--ksm-pages`
+pages every 20 ms, and puts its settings back afterwards. Each phase notes the pages merged and the
+CPU of the `ksmd` kernel thread, which is not counted in the pool's.
 
     .venv/bin/python bench/load.py                      # 200 calls x 30 s, 3 pairs
     .venv/bin/python bench/load.py --calls 40 --seconds 20 --pairs 2

@@ -259,7 +259,14 @@ class StandinServer:
         self._streams.add(task)
         self.status.streams += 1
         try:
-            await ws.prepare(request)
+            try:
+                await ws.prepare(request)
+            except ConnectionError as exc:  # aiohttp's ClientConnectionResetError among them
+                self.status.count("client-gone")
+                logger.warning(
+                    "stream %s: the client closed before its upgrade was answered (%s)", tags.requestid, exc
+                )
+                return web.Response(status=499)  # never sent: aiohttp finds the connection gone
             self.status.count("http-101")
             self.status.recent.append({"requestid": tags.requestid, "tags": dict(raw)})
             await _Stream(self, tags, ws, request, self.faults).run()

@@ -492,3 +492,31 @@ async def test_fault_refuse_scrubaudio_is_a_400_naming_it_and_other_streams_go_o
         assert r.status == 400 and "refuse_scrubaudio" in await r.text()
         r = await http.post(srv.http_url + "/_faults", json={"refuse_scrubaudio": False})
         assert r.status == 200 and (await r.json())["refuse_scrubaudio"] is False
+
+
+async def test_a_client_gone_before_its_upgrade_is_answered_is_a_log_line_not_a_traceback(
+    srv: StandinServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The upgrade request arrives whole, then the client closes before the 101 is written (a client
+    whose connect timed out under load): the stand-in logs it, counts it, and serves the next stream."""
+    host, port = srv.url.split("//")[1].split("/")[0].split(":")
+    request = (
+        f"GET /transcribe?realtime=true HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    for _ in range(5):
+        _reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(request)
+        writer.close()  # in the same loop turn: the request and the end of the stream arrive together
+        await writer.wait_closed()
+    for _ in range(100):
+        st = (await http_get(srv.http_url + "/status"))[1]["status"]
+        if st["responses"].get("client-gone", 0) + st["responses"].get("http-101", 0) >= 5:
+            break
+        await asyncio.sleep(0.05)
+    assert st["responses"].get("client-gone", 0) >= 1, st["responses"]
+    assert "Error handling request" not in caplog.text
+    assert not [r for r in caplog.records if r.exc_info], caplog.text
+    s = await transcribe(srv.url, [TWO_WAV])
+    assert len(s.final_json()["utterances"]) == 2
