@@ -45,7 +45,7 @@ import uvloop
 from websockets.asyncio.client import ClientConnection, connect
 
 from bridge.config import Config, load_config
-from bridge.memory_merge import mark_mergeable
+from bridge.memory_merge import mark_and_log
 from bridge.sip_adapter import sip_settings, worker_readiness
 from bridge.vblaze.protocol import request_headers, stream_datahdr, wav_stream_header
 from sip.endpoint import SipEndpoint
@@ -187,8 +187,7 @@ def merge_memory(config: Config) -> None:
     """With `sip.memory_merge`, this process's memory (and its children's) mergeable by the host's KSM,
     as the bridge's is (bridge/memory_merge.py), so that the floor's memory is measured alike."""
     if config.sip.memory_merge:
-        marked, said = mark_mergeable()
-        logger.log(logging.INFO if marked else logging.WARNING, "floor: %s", said)
+        mark_and_log(logger, "floor")
 
 
 def fork_all(config_path: Path, out: str, stream: bool) -> None:

@@ -77,12 +77,12 @@ from bridge.demo import (  # noqa: E402
     wait_for_sip,
 )
 from bridge.dispatcher import dispatcher_list, kamailio_args  # noqa: E402
-from bridge.memory_merge import KSM_RUN, ksm_running  # noqa: E402
+from bridge.memory_merge import ksm_running  # noqa: E402
 from sip.limits import rtp_ports  # noqa: E402
+from tests.fixtures.harness import host_ksm_on, ksm_stat, restore_host_ksm  # noqa: E402
 
 KAMAILIO_CFG = ROOT / "bridge" / "assets" / "kamailio.cfg"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-KSM_DIR = KSM_RUN.parent
 SPEECH = (
     "Thank you for calling the support line, my name is Alex, how can I help you today? "
     "I am calling about my order number four two seven, which was supposed to arrive last week. "
@@ -344,12 +344,9 @@ def ksm_note(pids: list[int], ksmd_cores: float, pss_samples: list[int]) -> str:
     merging = 0
     for pid in pids:
         try:
-            stat = Path(f"/proc/{pid}/ksm_stat").read_text()
+            merging += int(ksm_stat(pid)["ksm_merging_pages"])
         except OSError:
-            continue
-        for line in stat.splitlines():
-            if line.startswith("ksm_merging_pages"):
-                merging += int(line.split()[1])
+            continue  # the process is gone, or the kernel has no per-process KSM
     mb = 1024 * 1024
     low, high = (min(pss_samples) / mb, max(pss_samples) / mb) if pss_samples else (0.0, 0.0)
     run = ksm_running()
@@ -1014,7 +1011,13 @@ def main(argv: list[str] | None = None) -> int:
         hook.start()
     pairs: list[tuple[Phase, Phase]] = []
     streams: list[Phase] = []
-    saved_ksm = host_ksm_on(args.ksm_pages) if args.ksm == "on" else {}
+    saved_ksm: dict[str, str] = {}
+    if args.ksm == "on":
+        saved_ksm = host_ksm_on(args.ksm_pages, 20)
+        print(
+            f"bench: the host's KSM on, {args.ksm_pages} pages every 20 ms (was {saved_ksm})",
+            file=sys.stderr,
+        )
     try:
         for number in range(args.pairs):
             print(f"--- pair {number + 1} of {args.pairs}", file=sys.stderr, flush=True)
@@ -1026,8 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
                 streams.append(run_phase("stream", args, workdir, audio, url))
                 print(f"pair {number + 1}, the streaming floor: {table(args, bridge, streams[-1])}\n")
     finally:
-        for name, value in saved_ksm.items():  # run last
-            (KSM_DIR / name).write_text(value)
+        restore_host_ksm(saved_ksm)
         if hook is not None:
             hook.stop()
         stop_process(standin, 15)
@@ -1063,16 +1065,6 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep:
         subprocess.run(["rm", "-rf", str(workdir)], check=False)
     return 0
-
-
-def host_ksm_on(pages: int) -> dict[str, str]:
-    """Turn the host's KSM on, scanning `pages` pages every 20 ms; its settings before, to restore."""
-    names = ("pages_to_scan", "sleep_millisecs", "run")
-    saved = {name: (KSM_DIR / name).read_text().strip() for name in names}
-    for name, value in zip(names, (str(pages), "20", "1"), strict=True):
-        (KSM_DIR / name).write_text(value)
-    print(f"bench: the host's KSM on, {pages} pages every 20 ms (was {saved})", file=sys.stderr)
-    return saved
 
 
 def _arguments(argv: list[str] | None) -> argparse.Namespace:

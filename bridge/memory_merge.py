@@ -16,6 +16,7 @@ found, and never writes it (docs/operations.md, "Memory").
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 from pathlib import Path
 
@@ -51,6 +52,12 @@ def mark_mergeable(run_file: Path = KSM_RUN) -> tuple[bool, str]:
         f"memory marked mergeable, but the host's KSM is off ({run_file} is not 1): no page is merged "
         "until the host turns it on"
     )
+
+
+def mark_and_log(log: logging.Logger, who: str) -> None:
+    """:func:`mark_mergeable`, and its sentence logged by `who`: a warning if the mark could not be set."""
+    marked, said = mark_mergeable()
+    log.log(logging.INFO if marked else logging.WARNING, "%s: %s", who, said)
 
 
 def is_marked() -> bool:

@@ -45,7 +45,7 @@ from bridge.errors import ConfigError
 from bridge.events import EventSink
 from bridge.ledger import CallLedger, end_lost_calls
 from bridge.logs import setup_logging
-from bridge.memory_merge import mark_mergeable
+from bridge.memory_merge import mark_and_log
 from bridge.route_sinks import RouteSinks
 from bridge.sip_adapter import route_table, sip_settings, worker_readiness
 from bridge.vblaze.buffer import GapCause
@@ -390,8 +390,7 @@ def main(
     the ones imported since are logged when the worker stops (`report_late_imports`)."""
     setup_logging(config.logging, f"worker-{index}")
     if forked_with is None and config.sip.memory_merge:  # forked: the zygote marked it already
-        marked, said = mark_mergeable()
-        (logger.info if marked else logger.warning)("worker %d: %s", index, said)
+        mark_and_log(logger, f"worker {index}")
 
     async def run() -> None:
         worker = Worker(config, index, config_path)

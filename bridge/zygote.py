@@ -322,10 +322,9 @@ def _become_worker(
 
 def _mark_mergeable() -> None:
     """Before the first fork: the zygote's memory and every worker's mergeable by the host's KSM."""
-    from bridge.memory_merge import mark_mergeable
+    from bridge.memory_merge import mark_and_log
 
-    marked, said = mark_mergeable()
-    (logger.info if marked else logger.warning)("zygote: %s", said)
+    mark_and_log(logger, "zygote")
 
 
 def _set_title(title: str) -> None:

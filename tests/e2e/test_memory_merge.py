@@ -13,29 +13,28 @@ from typing import Any
 
 import pytest
 
+from bench.load import smaps_rollup
 from bridge.demo import wait_for_sip
 from tests.e2e.conftest import Bridge, Standin
 from tests.e2e.test_faults import worker_pid
 from tests.e2e.test_zygote import zygote_pids
 from tests.fixtures import sipua
-from tests.fixtures.harness import wait_until
+from tests.fixtures.harness import (
+    KSM_DIR,
+    KSM_SETTINGS,
+    host_ksm_on,
+    ksm_stat,
+    restore_host_ksm,
+    wait_until,
+)
 
-KSM = Path("/sys/kernel/mm/ksm")
 pytestmark = pytest.mark.skipif(
     not Path("/proc/self/ksm_stat").exists(), reason="this kernel has no per-process KSM (Linux < 6.4)"
 )
 
 
-def ksm_stat(pid: int) -> dict[str, str]:
-    lines = Path(f"/proc/{pid}/ksm_stat").read_text().splitlines()
-    return dict(line.replace(":", "").split(maxsplit=1) for line in lines)
-
-
 def private_dirty_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Private_Dirty:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no Private_Dirty for {pid}")
+    return smaps_rollup(pid)["Private_Dirty"] // 1024
 
 
 def workers(bridge: Bridge) -> list[int]:
@@ -72,24 +71,19 @@ def test_memory_merge_off_marks_nothing(standin_vad: Standin, make_bridge: Any) 
 
 
 @pytest.fixture
-def host_ksm_on() -> Iterator[None]:
+def host_ksm_running_fast() -> Iterator[None]:
     """The host's KSM on and scanning fast for the test; its settings as they were afterwards."""
-    names = ("pages_to_scan", "sleep_millisecs", "run")
-    if not all(os.access(KSM / name, os.W_OK) for name in names):
-        pytest.skip(f"{KSM} is not writable here: the host's KSM cannot be turned on for the test")
-    saved = {name: (KSM / name).read_text().strip() for name in names}
-    (KSM / "pages_to_scan").write_text("4000")
-    (KSM / "sleep_millisecs").write_text("10")
-    (KSM / "run").write_text("1")
+    if not all(os.access(KSM_DIR / name, os.W_OK) for name in KSM_SETTINGS):
+        pytest.skip(f"{KSM_DIR} is not writable here: the host's KSM cannot be turned on for the test")
+    saved = host_ksm_on(4000, 10)
     try:
         yield
     finally:
-        for name in names:  # run last: the scan settings are back before KSM goes back to as it was
-            (KSM / name).write_text(saved[name])
+        restore_host_ksm(saved)
 
 
 def test_with_the_hosts_ksm_on_the_workers_own_pages_are_merged(
-    host_ksm_on: None, standin_vad: Standin, make_bridge: Any
+    host_ksm_running_fast: None, standin_vad: Standin, make_bridge: Any
 ) -> None:
     bridge = make_bridge(standin_vad.url, workers=4)
     serves_a_call(bridge)  # every worker has run a call's code once
