@@ -84,7 +84,11 @@ from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
 
-POLL_MS = 10
+POLL_MS = 10  # libHandleEvents' wait when nothing can wake it (no UDP transport), and the gate's rounds
+IDLE_POLL_MS = 100  # the longest wait with a UDP transport: a command wakes the thread at once (`_wake`)
+# Under the 32 bytes pjsip's UDP transport takes as a message: read and dropped without a log line or a
+# callback (tests/sip/test_wake.py; 40 bytes would be logged and counted as a malformed message).
+WAKE_DATAGRAM = b"\0"
 REFUSAL_LOG_SECONDS = 10.0  # refusals are counted each, logged once per source and cause in this time
 LOAD_HEADER = "X-VBlaze-Calls"  # on a 503 to OPTIONS: calls held / slots, for a dispatcher to read
 CALIBRATION_POLLS = 200  # libHandleEvents(POLL_MS) rounds to wait for the gate's probe
@@ -264,46 +268,83 @@ class SipEndpoint:
         self._engine_full = False
         self._probe_socket: socket.socket | None = None
         self._stopping = False
+        self._wake_socket: socket.socket | None = None  # from start() until stop(): see _wake
+        self._wake_failures = Throttle(REFUSAL_LOG_SECONDS)
 
     # --- called from other threads -------------------------------------------------------------
 
     def start(self, timeout: float = 15.0) -> None:
         """Start the thread and wait until every transport is bound; raise SipError if not."""
+        if "udp" in self._cfg.transports:
+            host = self._cfg.host
+            self._wake_socket = socket.socket(
+                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
+            )
+            self._wake_socket.setblocking(False)
+            self._wake_socket.bind((host, 0))
         self._thread.start()
         if not self._ready.wait(timeout):
             raise SipError(f"SIP endpoint on port {self.port} did not start within {timeout} s")
         if self._start_error is not None:
+            if self._wake_socket is not None:
+                self._wake_socket.close()
             raise SipError(f"SIP endpoint on port {self.port} failed to start: {self._start_error}")
 
     def hangup(self, key: int) -> None:
-        self._commands.put(("hangup", key))
+        self._command_now("hangup", key)
 
     def set_draining(self, draining: bool) -> None:
-        self._commands.put(("draining", draining))
+        self._command_now("draining", draining)
 
     def ping(self, reply: Callable[[], None]) -> None:
         """Call `reply` from the pjsua thread once it has drained its queue: proof that it still polls.
 
         `reply` must be thread-safe and must not block (the worker wraps it in call_soon_threadsafe)."""
-        self._commands.put(("ping", reply))
+        self._command_now("ping", reply)
 
     def set_engine_state(self, reachable: bool | None, full: bool) -> None:
         """The supervisor's latest engine probe (None: never probed): OPTIONS answers follow it, and so
         do INVITEs when engine.on_unreachable is reject."""
-        self._commands.put(("engine", (reachable, full)))
+        self._command_now("engine", (reachable, full))
 
     def set_routes(self, routes: RouteTable) -> None:
         """New INVITEs take `routes` from now on (a reload); calls in progress keep theirs."""
-        self._commands.put(("routes", routes))
+        self._command_now("routes", routes)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Hang up every call, shut pjsua down and wait for the thread (bounded)."""
         if not self._thread.is_alive():
             return
-        self._commands.put(("stop", None))
+        self._command_now("stop", None)
         self._thread.join(timeout)
         if self._thread.is_alive():
             logger.error("pjsua thread did not stop within %.1f s", timeout)
+        elif self._wake_socket is not None:
+            self._wake_socket.close()
+
+    def _command_now(self, command: str, arg: Any) -> None:
+        """Queue a command for the pjsua thread and wake it, so that it runs now, not after the poll."""
+        self._commands.put((command, arg))
+        self._wake()
+
+    def _wake(self) -> None:
+        """End the pjsua thread's wait in libHandleEvents: a datagram to our own UDP transport, which
+        pjsip reads and drops for being too short to be SIP (`WAKE_DATAGRAM`). Without it the thread
+        would have to poll every few milliseconds to run commands promptly, and each of those wake-ups
+        costs CPU (docs/benchmarks.md, "Wake-ups"). If the datagram cannot be sent, the command runs
+        at the end of the wait, IDLE_POLL_MS at the latest; that is logged."""
+        sock = self._wake_socket
+        if sock is None or not self._thread.is_alive():
+            return  # not started (the loop drains the queue first), or over
+        try:
+            sock.sendto(WAKE_DATAGRAM, (self._cfg.host, self.port))
+        except OSError as exc:
+            suppressed = self._wake_failures.allow("wake", time.monotonic())
+            if suppressed is not None:
+                logger.warning(
+                    "could not wake the pjsua thread (%s): commands wait up to %d ms (%d more since)",
+                    exc, IDLE_POLL_MS, suppressed,
+                )  # fmt: skip
 
     # --- the pjsua thread --------------------------------------------------------------------------
 
@@ -415,8 +456,9 @@ class SipEndpoint:
             self._ep.codecSetPriority(codec_id, wanted.get(codec_id, 0))
 
     def _loop(self) -> None:
+        wait_ms = IDLE_POLL_MS if self._wake_socket is not None else POLL_MS
         while True:
-            self._ep.libHandleEvents(POLL_MS)
+            self._ep.libHandleEvents(wait_ms)
             if self._graveyard:
                 self._graveyard = [call for call in self._graveyard if call.isActive()]
             now = time.monotonic()
