@@ -506,6 +506,7 @@ def pool_config(
     spawn: str = "fork",
     webhook: str | None = None,
     memory_merge: bool = True,
+    chunk_ms: int | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     from tests.fixtures.harness import free_port_block
 
@@ -522,7 +523,7 @@ def pool_config(
             "spawn": spawn,
             "memory_merge": memory_merge,  # the floor's workers follow it too (floor_worker.py)
         },
-        "audio": {"port_frame_ms": frame_ms, "chunk_ms": frame_ms},
+        "audio": {"port_frame_ms": frame_ms, "chunk_ms": chunk_ms or frame_ms},
         "engine": {"url": engine_url, "final_timeout_seconds": 30},
         "sink": {"kind": "jsonl", "jsonl_path": str(workdir / f"{name}-events.jsonl")},
         "metrics": {"port": metrics_port},

@@ -98,22 +98,36 @@ def thread_names(pid: int) -> dict[int, str]:
     return names
 
 
-def thread_ticks(pid: int) -> dict[int, int]:
+def thread_ticks(pid: int) -> dict[int, tuple[int, int]]:
+    """Thread id -> (utime + stime in clock ticks, context switches: voluntary + involuntary)."""
     out = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (task / "status").read_text()
         except OSError:
             continue  # the thread ended
-        out[int(task.name)] = int(fields[11]) + int(fields[12])  # utime + stime
+        switches = sum(int(n) for n in re.findall(r"^(?:non)?voluntary_ctxt_switches:\s+(\d+)", status, re.M))
+        out[int(task.name)] = (int(fields[11]) + int(fields[12]), switches)  # utime + stime
     return out
 
 
-def by_thread(names: dict[int, str], before: dict[int, int], after: dict[int, int], seconds: float) -> str:
-    rows = sorted(((after[t] - before.get(t, 0), t) for t in after), reverse=True)
+def by_thread(
+    names: dict[int, str],
+    before: dict[int, tuple[int, int]],
+    after: dict[int, tuple[int, int]],
+    seconds: float,
+) -> str:
+    """Each thread's CPU and how often it was switched off its core (mostly: went to sleep, to be woken
+    again), over the window: on a virtual machine each wake-up costs CPU of its own (docs/benchmarks.md)."""
+    rows = []
+    for tid, (ticks, switches) in after.items():
+        ticks0, switches0 = before.get(tid, (0, 0))
+        rows.append((ticks - ticks0, (switches - switches0) / seconds, tid))
     return "\n".join(
-        f"  {100 * ticks / CLK_TCK / seconds:5.2f} % of a core  {names.get(tid, '?')} [{tid}]"
-        for ticks, tid in rows
+        f"  {100 * ticks / CLK_TCK / seconds:5.2f} % of a core, {rate:6.1f} switches/s"
+        f"  {names.get(tid, '?')} [{tid}]"
+        for ticks, rate, tid in sorted(rows, reverse=True)
         if ticks
     )
 
@@ -122,8 +136,46 @@ def top(counter: Counter[str], total: int, n: int = 10) -> str:
     return "\n".join(f"  {100 * count / total:5.1f} %  {frame}" for frame, count in counter.most_common(n))
 
 
+def perf_profile(
+    kind: str,
+    worker: int,
+    args: argparse.Namespace,
+    workdir: Path,
+    names: dict[int, str],
+    th0: dict[int, tuple[int, int]],
+    t0: float,
+    c0: int,
+    l0: float,
+) -> str:
+    """The same window sampled by `perf record -e cpu-clock` (kernel and C frames, every thread): where
+    the worker's CPU goes by thread and by shared object, the kernel's share included."""
+    data = workdir / f"{kind}-perf.data"
+    subprocess.run(
+        ["perf", "record", "-q", "-e", "cpu-clock", "-F", str(args.rate), "-p", str(worker),
+         "-o", str(data), "--", "sleep", str(args.duration)],
+        capture_output=True, text=True, timeout=args.duration + 60, check=True,
+    )  # fmt: skip
+    window = time.monotonic() - t0
+    cores, threads = (cpu_ticks([worker]) - c0) / CLK_TCK / window, thread_ticks(worker)
+    reports = []
+    for sort in ("pid,dso", "dso,sym"):
+        out = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--sort", sort, "--percent-limit", "1.5"],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        reports.append("\n".join(line for line in out.splitlines() if line and not line.startswith("#")))
+    return (
+        f"[{kind}] worker pid {worker}, {CALLS} calls: {100 * cores:.2f} % of a core over the"
+        f" {args.duration} s window, load average {l0:.2f} -> {load_average():.2f}\n"
+        f"by thread (/proc, same window):\n{by_thread(names, th0, threads, window)}\n"
+        f"perf, by thread and shared object:\n{reports[0]}\nperf, by shared object and symbol:\n{reports[1]}"
+    )
+
+
 def profile(kind: str, args: argparse.Namespace, workdir: Path, audio: Path, url: str) -> str:
-    config_path, config = pool_config(workdir, kind, CALLS, url, free_port() if kind == "bridge" else 0, 100)
+    config_path, config = pool_config(
+        workdir, kind, CALLS, url, free_port() if kind == "bridge" else 0, 100, chunk_ms=args.chunk_ms
+    )
     procs = start_pool(kind, config_path, config, workdir, fork=kind == "floor")
     kam = None
     sipp = None
@@ -146,6 +198,8 @@ def profile(kind: str, args: argparse.Namespace, workdir: Path, audio: Path, url
         raw = workdir / f"{kind}-pyspy.txt"
         names = thread_names(worker)
         t0, c0, l0, th0 = time.monotonic(), cpu_ticks([worker]), load_average(), thread_ticks(worker)
+        if args.perf:
+            return perf_profile(kind, worker, args, workdir, names, th0, t0, c0, l0)
         spy = subprocess.run(
             [
                 PY_SPY, "record", "--pid", str(worker), "--duration", str(args.duration),
@@ -193,6 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         "--native",
         action="store_true",
         help="C frames too (pauses the worker per sample; idle not told apart)",
+    )
+    parser.add_argument(
+        "--perf", action="store_true", help="perf record (kernel and C, by shared object) instead of py-spy"
+    )
+    parser.add_argument(
+        "--chunk-ms", type=int, default=None, help="the bridge's audio.chunk_ms (default 100)"
     )
     parser.add_argument("--only", choices=("bridge", "floor"), default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory (raw stacks)")

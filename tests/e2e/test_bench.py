@@ -76,3 +76,14 @@ def test_the_standin_load_bench_measures_a_small_run(tmp_path: Path) -> None:
     assert phase["probe_failures"] == 0 and len(phase["probes"]) >= 5, phase
     assert phase["cpu_cores"] > 0 and phase["steady_seconds"] > 0 and 0 <= phase["idle"] <= 100, phase
     assert "6/6 final results" in run.stdout, run.stdout
+
+
+def test_the_wake_cost_bench_prints_each_figure_per_round() -> None:
+    """bench/wake_cost.py: a sleep's CPU and a send's, after a wake and with the thread kept busy, each a
+    positive median over its rounds."""
+    cmd = [sys.executable, str(ROOT / "bench" / "wake_cost.py"), "--rounds", "2", "--count", "20"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for row in ("sleep and wake", "send after a wake", "send, thread kept busy"):
+        (line,) = [line for line in run.stdout.splitlines() if line.strip().startswith(row)]
+        assert float(line.split()[-5]) > 0, line
