@@ -78,9 +78,12 @@ async def test_realtime_utterances_arrive_while_audio_is_sent(srv: StandinServer
     task = asyncio.create_task(reader())
     status_latency = []
     async with asyncio.timeout(TIMEOUT * 2), aiohttp.ClientSession() as http:
-        for chunk in pieces(wav, 1600):  # 0.1 s per chunk, sent at 4x real time
+        # 0.1 s per chunk, sent at twice real time: the first utterance (decoded while the rest is
+        # sent) must come back before the last chunk, with room for a loaded machine (at 4x, a CI run
+        # had it 0.12 s after the last chunk)
+        for chunk in pieces(wav, 1600):
             await ws.send(chunk)
-            await asyncio.sleep(0.025)
+            await asyncio.sleep(0.05)
             if len(status_latency) < 20:
                 t0 = time.monotonic()
                 async with http.get(srv.http_url + "/status") as r:
