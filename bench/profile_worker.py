@@ -259,9 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration > args.seconds - 8:
         parser.error("--duration must leave the calls' ramp and end outside the window")
-    for tool in ("sipp", "kamailio", "espeak-ng", "sox", PY_SPY or "py-spy"):
+    sampler = "perf" if args.perf else PY_SPY or "py-spy"
+    for tool in ("sipp", "kamailio", "espeak-ng", "sox", sampler):
         if shutil.which(tool) is None:
-            hint = "pip install -e '.[profile]'" if "py-spy" in tool else "make setup"
+            hint = {"py-spy": "pip install -e '.[profile]'", "perf": "apt-get install linux-perf"}.get(
+                Path(tool).name, "make setup"
+            )
             print(f"profile: {tool} is not installed ({hint})", file=sys.stderr)
             return 2
     workdir = Path(tempfile.mkdtemp(prefix="vblaze-profile-"))
