@@ -32,7 +32,7 @@ SECONDS = 8
 def test_a_small_load_run_measures_and_attributes_every_figure(tmp_path: Path) -> None:
     out = tmp_path / "figures.json"
     cmd = [sys.executable, str(ROOT / "bench" / "load.py"), "--calls", str(CALLS), "--seconds", str(SECONDS)]
-    cmd += ["--pairs", "1", "--idle-seconds", "1", "--floor-stream", "--json", str(out)]
+    cmd += ["--pairs", "1", "--idle-seconds", "5", "--floor-stream", "--json", str(out)]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     (pair,) = json.loads(out.read_text())["pairs"]
@@ -46,6 +46,8 @@ def test_a_small_load_run_measures_and_attributes_every_figure(tmp_path: Path) -
         assert phase["frames"] >= 0.95 * phase["expected_frames"], side
         assert phase["rtp_received"] >= 0.8 * phase["expected_frames"] * 5, side  # 20 ms RTP, 100 ms frames
         assert phase["cpu_cores"] > 0 and phase["cpu_window"] > 0, side
+        # an idle worker costs under 1 % of a core (its SIP thread is woken, not polling): 5 s of idle
+        # is a few clock ticks of CPU, 1 s could be none
         assert phase["pss"] > 0 and phase["idle_cpu_per_worker"] > 0, side
         assert phase["load"][0] >= 0 and 0 <= phase["cpu_idle"] <= 100, side
         assert any(n.startswith(("KSM on:", "KSM off:", "no KSM:")) for n in phase["notes"]), side
