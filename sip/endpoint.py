@@ -161,6 +161,13 @@ def _add_supported_siprec() -> None:
         raise SipError(f"pjsip_endpt_add_capability(Supported: siprec) failed with status {status}")
 
 
+def _local_udp_socket(host: str) -> socket.socket:
+    """A UDP socket bound to an ephemeral port on `host`, to send to our own SIP port from."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, 0))
+    return sock
+
+
 class _LogWriter(pj.LogWriter):  # type: ignore[misc]
     """pjsua's log lines into Python logging (they come from several pjsua threads); messages pjsip
     dropped before any callback saw them are counted."""
@@ -276,12 +283,8 @@ class SipEndpoint:
     def start(self, timeout: float = 15.0) -> None:
         """Start the thread and wait until every transport is bound; raise SipError if not."""
         if "udp" in self._cfg.transports:
-            host = self._cfg.host
-            self._wake_socket = socket.socket(
-                socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM
-            )
+            self._wake_socket = _local_udp_socket(self._cfg.host)
             self._wake_socket.setblocking(False)
-            self._wake_socket.bind((host, 0))
         self._thread.start()
         if not self._ready.wait(timeout):
             raise SipError(f"SIP endpoint on port {self.port} did not start within {timeout} s")
@@ -438,8 +441,7 @@ class SipEndpoint:
         """Send the gate's calibration probe to our own SIP port; return the port it came from."""
         host = self._cfg.host
         if "udp" in self._cfg.transports:
-            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                sock.bind((host, 0))
+            with _local_udp_socket(host) as sock:
                 sock.sendto(probe, (host, self.port))
                 port: int = sock.getsockname()[1]
                 return port
