@@ -81,7 +81,11 @@ def test_one_address_for_the_pool_and_a_stopped_worker_costs_only_its_own_calls(
 ) -> None:
     bridge = make_bridge(standin_vad.url, workers=4)
     config = load_config(bridge.config_path)
-    kam = kamailio(dispatcher_list(config))
+    # Kamailio must see the stopped worker first: a probe a second, given up after FR_TIMER. With the
+    # cfg's 2 s, that is 2 to 3 s after the stop, while the supervisor kills and replaces a worker once
+    # two pings have waited 2 s (2.5 to 3 s), and a replacement answering a retransmitted OPTIONS keeps
+    # the destination active. With 1 s, Kamailio has it down within 1 to 2 s.
+    kam = kamailio(dispatcher_list(config), defines=["FR_TIMER=1000"])
     kam.wait_destinations(4)
     audio = speech(COUNT, speech_dir, "count")
 
@@ -95,8 +99,8 @@ def test_one_address_for_the_pool_and_a_stopped_worker_costs_only_its_own_calls(
     load = Counter(worker_of(events) for events in before.values())
     assert max(load.values()) <= config.sip.calls_per_worker and len(load) >= 2, load
 
-    # Stop one worker that holds calls (SIGSTOP). Kamailio sees it first (an unanswered OPTIONS a second);
-    # the supervisor replaces it once it misses its pings for 2 s.
+    # Stop one worker that holds calls (SIGSTOP). Kamailio sees it first (an unanswered OPTIONS);
+    # the supervisor replaces it once two of its pings have waited 2 s.
     victim = max(load, key=lambda w: load[w])
     victim_uri = f"sip:127.0.0.1:{bridge.sip_port + victim}"
     pgrep = subprocess.run(
