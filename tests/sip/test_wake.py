@@ -31,6 +31,7 @@ from bridge.sip_adapter import sip_settings, worker_readiness
 from sip.settings import NullObserver
 
 port, rtp, transport, wait_ms = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+broken = sys.argv[6] == "broken"
 endpoint.IDLE_POLL_MS = wait_ms
 
 class Records(logging.Handler):
@@ -56,6 +57,8 @@ ep = endpoint.SipEndpoint(sip_settings(config), port, rtp, lambda e: None, lambd
                           worker_readiness, drops)
 ep.start()
 time.sleep(1.0)  # the thread is in its wait
+if broken:
+    ep._wake_socket.close()  # every wake-up now fails with OSError (EBADF)
 records.lines.clear()
 pings = []
 for i in range(5):
@@ -87,11 +90,11 @@ os._exit(0)
 """
 
 
-def run_child(transport: str, wait_ms: int) -> dict[str, Any]:
+def run_child(transport: str, wait_ms: int, wake: str = "working") -> dict[str, Any]:
     port = free_port_block(1, low=15000, high=26000)
     rtp = free_port_block(40, low=26000, high=50000)
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(ROOT), str(port), str(rtp), transport, str(wait_ms)],
+        [sys.executable, "-c", CHILD, str(ROOT), str(port), str(rtp), transport, str(wait_ms), wake],
         capture_output=True, text=True, timeout=90, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -115,4 +118,17 @@ def test_without_a_udp_transport_the_thread_polls_as_before(transport: str) -> N
     """Nothing can wake a TCP-only endpoint, so it keeps the short poll (POLL_MS), whatever the wait."""
     result = run_child(transport, LONG_WAIT_MS)
     assert all(p is not None and p < ANSWERED_WITHIN_S for p in result["pings"]), result["pings"]
+    assert result["thread_alive"]
+
+
+def test_a_wake_up_that_cannot_be_sent_is_logged_once_and_the_command_runs_at_the_end_of_the_wait() -> None:
+    wait_ms = 400
+    result = run_child("udp", wait_ms, wake="broken")
+    pings = result["pings"]
+    assert all(p is not None and p < wait_ms / 1000 + 1.0 for p in pings), pings  # served by the poll's end
+    assert max(pings) > 0.05, pings  # not woken: at least one waited for the poll to end
+    warnings = [line for line in result["lines"] if "could not wake the pjsua thread" in line]
+    assert len(warnings) == 1, result["lines"]  # throttled: five failures, one line
+    assert f"commands wait up to {wait_ms} ms" in warnings[0]
+    assert result["options"] is not None and result["options"].startswith("SIP/2.0 "), result
     assert result["thread_alive"]
