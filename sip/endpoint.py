@@ -11,7 +11,9 @@ Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline
 - at most 4 calls a process (`sip.limits.PJSUA_MAX_CALLS`); when 4 calls exist pjsua answers a 5th
   INVITE with 486 itself, before `onIncomingCall`. With `sip.calls_per_worker` below 4 a slot stays
   free and the bridge answers 503 with Retry-After instead.
-- the null sound device drives the conference clock (`setNoDev()` delivers no frames);
+- the null sound device drives the conference clock (`setNoDev()` delivers no frames). It runs only
+  while a call holds a frame port (`_clock`): between calls an idle worker's clock thread would
+  otherwise wake 50 times a second for nothing;
 - calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
 - `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports): `sip.limits.MAX_MEDIA_PORTS`.
 
@@ -277,6 +279,7 @@ class SipEndpoint:
         self._stopping = False
         self._wake_socket: socket.socket | None = None  # from start() until stop(): see _wake
         self._wake_failures = Throttle(REFUSAL_LOG_SECONDS)
+        self._clock_on = False  # the null sound device is open (see _clock)
 
     # --- called from other threads -------------------------------------------------------------
 
@@ -398,7 +401,7 @@ class SipEndpoint:
                 self._probe_socket.close()
         if cfg.accept_require_siprec:
             _add_supported_siprec()
-        ep.audDevManager().setNullDev()
+        ep.audDevManager().setNoDev()  # no clock until a call holds a port (_clock)
         self._set_codecs()
         self._create_account()
         logger.info("SIP endpoint listening on %s:%d (%s)", cfg.host, self.port, "/".join(cfg.transports))
@@ -726,6 +729,7 @@ class SipEndpoint:
         for port in entry.ports.values():
             self._pool.give_back(port)
         entry.ports.clear()
+        self._clock(self._pool.lent > 0)
         if entry.end_reason is not None:
             reason = entry.end_reason
         elif entry.hangup_requested:
@@ -760,6 +764,7 @@ class SipEndpoint:
                 port = entry.ports.get(stream)
                 if port is None:
                     port = entry.ports[stream] = self._pool.lend(entry.key, stream)
+                    self._clock(True)
                 try:
                     call.getAudioMedia(media.index).startTransmit(port)  # idempotent
                     codec = str(call.getStreamInfo(media.index).codecName)
@@ -771,6 +776,23 @@ class SipEndpoint:
             )
         entry.media_indexes = tuple(indexes)
         entry.rtp.expected = expect_rtp
+
+    def _clock(self, on: bool) -> None:
+        """Run pjmedia's conference clock (the null sound device, a thread ticking every 20 ms) while a
+        call holds a frame port, and stop it once none does. Closing the device joins the clock
+        thread; pjsua2's wrapper lets go of the GIL meanwhile, so a frame callback in flight ends."""
+        if on == self._clock_on:
+            return
+        try:
+            if on:
+                self._ep.audDevManager().setNullDev()
+            else:
+                self._ep.audDevManager().setNoDev()
+        except pj.Error as exc:  # with no clock, no frame reaches the calls: their gaps will say so
+            logger.error("%s the conference clock failed: %s", "starting" if on else "stopping", exc.info())
+            return
+        self._clock_on = on
+        logger.debug("conference clock %s", "started" if on else "stopped")
 
     def _on_dtmf(self, call: _Call, digit: str) -> None:
         entry = self._entry_of(call)

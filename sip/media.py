@@ -98,3 +98,8 @@ class PortPool:
     def give_back(self, port: FramePort) -> None:
         port.key = None
         self._free.append(port)
+
+    @property
+    def lent(self) -> int:
+        """Ports out on loan."""
+        return len(self._all) - len(self._free)
