@@ -1,10 +1,17 @@
-"""Idle cost of one pjsua2 endpoint: Python-driven polling against pjsua's own worker thread.
+"""Idle cost of one pjsua2 endpoint: who polls it, and whether the conference clock runs.
 
-The bridge's SIP thread (`sip.endpoint.SipEndpoint._loop`) runs the endpoint with ``threadCnt = 0`` and
-calls ``libHandleEvents(POLL_MS)`` itself, draining its command queue between polls. The other way is
-``threadCnt = 1``: pjsua's own C thread polls, and no Python runs while nothing happens. This starts a
-bare endpoint each way (one UDP transport, the null audio device, as a worker has) with no call, and
-measures its CPU (utime + stime from /proc) while idle, in alternating rounds.
+Modes, each a bare endpoint (one UDP transport, as a worker has) with no call, in a child of its own:
+
+- `python` (`python:MS` with --poll-ms): ``threadCnt = 0``, a Python thread calls
+  ``libHandleEvents(POLL_MS)`` in a loop, the null audio device (the conference clock) running: the
+  bridge's SIP thread until 2026-12-02;
+- `pjsua`: ``threadCnt = 1``, pjsua's own C thread polls and no Python runs while nothing happens,
+  the clock running; `pjsua:noclock` the same without the clock;
+- `endpoint`: the bridge's own `SipEndpoint` as a worker runs it today: its SIP thread waits up to
+  IDLE_POLL_MS and is woken by its commands, and the clock runs only while a call holds a frame port,
+  so an idle one has none.
+
+Each is measured by its CPU (utime + stime from /proc) while idle, in alternating rounds.
 
     .venv/bin/python bench/idle_poll.py --seconds 10 --rounds 3
 """
@@ -24,8 +31,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def sip_endpoint(port: int) -> None:
+    """In a child: the bridge's SipEndpoint, idle until killed."""
+    from bridge.config import parse_config
+    from bridge.sip_adapter import sip_settings, worker_readiness
+
+    config = parse_config(
+        {"sip": {"first_port": port, "workers": 1}, "engine": {"url": "ws://127.0.0.1:9/transcribe"}},
+        "idle_poll",
+    )
+    from sip.endpoint import SipEndpoint
+
+    SipEndpoint(
+        sip_settings(config), port, port + 2, lambda e: None, lambda *a: None, worker_readiness
+    ).start()
+    while True:
+        time.sleep(3600)
+
+
 def endpoint(mode: str, port: int) -> None:
     """In a child: start an endpoint polled `mode`-wise and idle until killed."""
+    if mode == "endpoint":
+        sip_endpoint(port)
     import pjsua2 as pj
 
     from sip.endpoint import POLL_MS
@@ -33,7 +60,7 @@ def endpoint(mode: str, port: int) -> None:
     ep = pj.Endpoint()
     ep.libCreate()
     cfg = pj.EpConfig()
-    cfg.uaConfig.threadCnt = 1 if mode == "pjsua" else 0
+    cfg.uaConfig.threadCnt = 1 if mode.startswith("pjsua") else 0
     cfg.uaConfig.mainThreadOnly = False
     cfg.logConfig.level = 0
     cfg.logConfig.consoleLevel = 0
@@ -46,8 +73,11 @@ def endpoint(mode: str, port: int) -> None:
     tcfg.boundAddress = "127.0.0.1"
     ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
     ep.libStart()
-    ep.audDevManager().setNullDev()
-    if mode == "pjsua":
+    if mode == "pjsua:noclock":
+        ep.audDevManager().setNoDev()
+    else:
+        ep.audDevManager().setNullDev()
+    if mode.startswith("pjsua"):
         while True:
             time.sleep(3600)
     poll_ms = int(mode.partition(":")[2] or POLL_MS)
@@ -93,17 +123,21 @@ def main() -> int:
 
     from sip.endpoint import POLL_MS
 
-    modes = ["python", *(f"python:{ms}" for ms in args.poll_ms), "pjsua"]
+    modes = ["python", *(f"python:{ms}" for ms in args.poll_ms), "pjsua", "pjsua:noclock", "endpoint"]
     seen: dict[str, list[float]] = {mode: [] for mode in modes}
     for round_ in range(args.rounds):
         for mode in modes if round_ % 2 == 0 else modes[::-1]:
             seen[mode].append(measure(mode, args.port, args.seconds))
-            print(f"round {round_ + 1} {mode:6}: {seen[mode][-1]:.2f} % of a core", flush=True)
+            print(f"round {round_ + 1} {mode:13}: {seen[mode][-1]:.2f} % of a core", flush=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(f"idle endpoint, {args.rounds} rounds x {args.seconds:g} s, load average {' '.join(load)}:")
     for mode, values in seen.items():
-        label = "threadCnt 1, pjsua's thread" if mode == "pjsua" else "threadCnt 0, Python polls"
-        label += f" every {mode.partition(':')[2] or POLL_MS} ms" if mode != "pjsua" else ""
+        if mode == "endpoint":
+            label = "SipEndpoint (woken; clock on demand)"
+        elif mode.startswith("pjsua"):
+            label = "threadCnt 1, pjsua's thread" + (", no clock" if mode.endswith("noclock") else "")
+        else:
+            label = f"threadCnt 0, Python polls every {mode.partition(':')[2] or POLL_MS} ms"
         print(
             f"  {label:38} median {statistics.median(values):.2f} % of a core "
             f"({min(values):.2f}-{max(values):.2f})"
