@@ -35,13 +35,12 @@ def sip_endpoint(port: int) -> None:
     """In a child: the bridge's SipEndpoint, idle until killed."""
     from bridge.config import parse_config
     from bridge.sip_adapter import sip_settings, worker_readiness
+    from sip.endpoint import SipEndpoint
 
     config = parse_config(
         {"sip": {"first_port": port, "workers": 1}, "engine": {"url": "ws://127.0.0.1:9/transcribe"}},
         "idle_poll",
     )
-    from sip.endpoint import SipEndpoint
-
     SipEndpoint(
         sip_settings(config), port, port + 2, lambda e: None, lambda *a: None, worker_readiness
     ).start()
