@@ -11,6 +11,7 @@ summary printed with its median.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,18 @@ def test_the_wake_cost_bench_prints_each_figure_per_round() -> None:
     for row in ("sleep and wake", "send after a wake", "send, thread kept busy"):
         (line,) = [line for line in run.stdout.splitlines() if line.strip().startswith(row)]
         assert float(line.split()[-5]) > 0, line
+
+
+def test_the_idle_threads_bench_prints_the_worker_and_its_threads() -> None:
+    """bench/idle_threads.py: an idle worker's CPU, then a line per thread that ran; no clock thread."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "idle_threads.py"), "--seconds", "2", "--settle", "1"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    worker = re.search(r"^the worker: ([0-9.]+) % of a core$", out.stdout, re.M)
+    assert worker is not None and float(worker.group(1)) > 0, out.stdout
+    row = re.compile(r"^  (\S.*?) +([0-9.]+) % of a core +([0-9.]+) switches/s$", re.M)
+    threads = {name: (float(cpu), float(rate)) for name, cpu, rate in row.findall(out.stdout)}
+    assert threads["media"][1] > 0 and "main" in threads, out.stdout
+    assert "clock" not in threads, out.stdout  # idle: no conference clock
