@@ -189,7 +189,7 @@ def profile(kind: str, args: argparse.Namespace, workdir: Path, audio: Path, url
         scenario = proxied_scenario_file(audio, workdir, args.seconds * 1000, loop=True)
         stats = workdir / f"{kind}-sipp.csv"
         cmd = sipp_command(
-            scenario, kam.port, stats, calls=CALLS, concurrent=CALLS, rate=10,
+            scenario, kam.port, stats, calls=CALLS, concurrent=CALLS, rate=args.call_rate,
             local_port=free_port(socket.SOCK_DGRAM), media_port=free_port_block_media(CALLS),
         )  # fmt: skip
         with (workdir / f"{kind}-sipp.log").open("ab") as log:
@@ -243,6 +243,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=40, help="length of each call")
     parser.add_argument("--duration", type=int, default=25, help="seconds of samples")
     parser.add_argument("--rate", type=int, default=100, help="samples per second")
+    parser.add_argument(
+        "--call-rate",
+        type=float,
+        default=10,
+        help="calls placed per second (10: 100 ms apart, one port frame; 7 spreads them over its ticks)",
+    )
     parser.add_argument(
         "--native",
         action="store_true",
