@@ -1074,12 +1074,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--calls", type=int, default=200, help="concurrent calls K (workers = K/4)")
     parser.add_argument("--seconds", type=int, default=30, help="length of each call")
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=19.0,
-        help="new calls per second while ramping up (19, not 20: see docs/benchmarks.md)",
-    )
+    parser.add_argument("--rate", type=float, default=20.0, help="new calls per second while ramping up")
     parser.add_argument("--frame-ms", type=int, default=100, help="audio.port_frame_ms (and chunk_ms)")
     parser.add_argument("--pairs", type=int, default=3, help="bridge, floor pairs, interleaved")
     parser.add_argument("--idle-seconds", type=float, default=5.0, help="idle CPU measured this long")
