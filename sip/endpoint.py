@@ -15,9 +15,6 @@ Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline
   while a call holds a frame port (`_clock`): between calls an idle worker's clock thread would
   otherwise wake 50 times a second for nothing;
 - calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
-- a frame port's frames come in the conference tick its connection took effect in; ports are
-  connected in the tick after another lent port's frame came (`sip.phase`), so that a worker's
-  calls deliver in the same tick and the loop is woken once for all of them;
 - `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports): `sip.limits.MAX_MEDIA_PORTS`.
 
 SIPREC (RFC 7866; the decisions are `sip.siprec`'s, measured facts of the wheel here):
@@ -70,7 +67,6 @@ from sip.limits import FRAME_PORTS, MAX_MEDIA_PORTS, PJSUA_MAX_CALLS, RTP_PORTS_
 from sip.media import AudioDeliver, FramePort, PortPool
 from sip.message import parse_request
 from sip.midcall import remap
-from sip.phase import connect_delay
 from sip.pjlog import dropped_reason
 from sip.reclaim import Reclaim, ReclaimCause, RtpWatch, unacked
 from sip.routing import RouteTable
@@ -126,15 +122,6 @@ class _Entry:
     siprec_offer: Offer | None = None  # the audio m-lines answered, for a SIPREC call
     rules: SiprecRules | None = None  # the SIPREC rules of the call's route (mid-call remaps)
     streams: int = 1  # audio streams the bridge answered and connects
-
-
-@dataclass(frozen=True)
-class _Connect:
-    """A port to connect to a call's audio stream once `due` (monotonic) has come: see `sip.phase`."""
-
-    due: float
-    media_index: int
-    port: FramePort
 
 
 def _call_log(call_id: str) -> logging.LoggerAdapter[logging.Logger]:
@@ -293,8 +280,6 @@ class SipEndpoint:
         self._wake_socket: socket.socket | None = None  # from start() until stop(): see _wake
         self._wake_failures = Throttle(REFUSAL_LOG_SECONDS)
         self._clock_on = False  # the null sound device is open (see _clock)
-        self._tick = 0.02  # the conference clock's tick, seconds (medConfig.audioFramePtime)
-        self._connects: dict[tuple[int, int], _Connect] = {}  # (call key, stream) -> when to connect
 
     # --- called from other threads -------------------------------------------------------------
 
@@ -438,7 +423,6 @@ class SipEndpoint:
         ep_cfg.medConfig.sndClockRate = rate
         ep_cfg.medConfig.channelCount = 1
         ep_cfg.medConfig.noVad = True
-        self._tick = ep_cfg.medConfig.audioFramePtime / 1000
         ep_cfg.medConfig.maxMediaPorts = MAX_MEDIA_PORTS
         return ep_cfg
 
@@ -479,9 +463,7 @@ class SipEndpoint:
     def _loop(self) -> None:
         wait_ms = IDLE_POLL_MS if self._wake_socket is not None else POLL_MS
         while True:
-            self._ep.libHandleEvents(self._wait_ms(wait_ms))
-            if self._connects:
-                self._connect_due(time.monotonic())
+            self._ep.libHandleEvents(wait_ms)
             if self._graveyard:
                 self._graveyard = [call for call in self._graveyard if call.isActive()]
             now = time.monotonic()
@@ -496,41 +478,6 @@ class SipEndpoint:
                 self._command(command, arg)
             if self._stopping and not self._entries and not self._rejected:
                 return
-
-    def _wait_ms(self, longest: int) -> int:
-        """libHandleEvents' wait: `longest`, or less when a port is due to be connected sooner."""
-        if not self._connects:
-            return longest
-        due = min(connect.due for connect in self._connects.values())
-        return max(0, min(longest, int((due - time.monotonic()) * 1000) + 1))
-
-    def _connect_due(self, now: float) -> None:
-        for (key, stream), connect in list(self._connects.items()):
-            if connect.due > now:
-                continue
-            del self._connects[key, stream]
-            entry = self._entries.get(key)
-            if entry is None or entry.ports.get(stream) is not connect.port:
-                logger.debug("call %d stream %d ended before its audio was connected", key, stream)
-                continue
-            self._transmit(entry, connect.media_index, connect.port)
-
-    def _connect(self, entry: _Entry, stream: int, media_index: int, port: FramePort) -> None:
-        """Connect the stream to its port now, or at the tick when the worker's other ports are
-        handed their frames (`sip.phase`); a later media change of the same stream replaces the wait."""
-        now = time.monotonic()
-        delay = connect_delay(now, self._pool.beat(), self._cfg.port_frame_ms / 1000, self._tick)
-        if delay <= 0:
-            self._connects.pop((entry.key, stream), None)
-            self._transmit(entry, media_index, port)
-        else:
-            self._connects[entry.key, stream] = _Connect(now + delay, media_index, port)
-
-    def _transmit(self, entry: _Entry, media_index: int, port: FramePort) -> None:
-        try:
-            entry.call.getAudioMedia(media_index).startTransmit(port)  # idempotent
-        except pj.Error as exc:
-            _call_log(entry.call_id).warning("connecting audio failed: %s", exc.info())
 
     def _command(self, command: str, arg: Any) -> None:
         if command == "hangup":
@@ -818,11 +765,11 @@ class SipEndpoint:
                 if port is None:
                     port = entry.ports[stream] = self._pool.lend(entry.key, stream)
                     self._clock(True)
-                self._connect(entry, stream, media.index, port)
                 try:
+                    call.getAudioMedia(media.index).startTransmit(port)  # idempotent
                     codec = str(call.getStreamInfo(media.index).codecName)
                 except pj.Error as exc:
-                    logger.warning("reading the stream's codec failed: %s", exc.info())
+                    logger.warning("connecting audio failed: %s", exc.info())
             direction = "decoding" if media.dir & pj.PJMEDIA_DIR_DECODING else "none"
             self._on_event(
                 CallMedia(key=entry.key, codec=codec, status=status, stream=stream, direction=direction)

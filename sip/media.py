@@ -45,7 +45,6 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
         self.key: int | None = None
         self.stream = 0
         self.failures = 0
-        self.last_audio: float | None = None  # arrival of the last audio frame since it was lent
         self._deliver = deliver
         self._dropped = dropped
 
@@ -56,7 +55,6 @@ class FramePort(pj.AudioMediaPort):  # type: ignore[misc]
         arrival = time.monotonic()
         try:
             if frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO:
-                self.last_audio = arrival
                 self._deliver(key, self.stream, frame_bytes(frame), arrival)
             else:
                 self._deliver(key, self.stream, None, arrival)
@@ -85,7 +83,6 @@ class PortPool:
         fmt.init(pj.PJMEDIA_FORMAT_PCM, sample_rate, 1, frame_ms * 1000, 16)
         self._free: list[FramePort] = []
         self._all: list[FramePort] = []
-        self._lent: list[FramePort] = []  # in the order they were lent
         for index in range(size):
             port = FramePort(deliver, dropped)
             port.createPort(f"bridge-port-{index}", fmt)
@@ -95,25 +92,14 @@ class PortPool:
     def lend(self, key: int, stream: int = 0) -> FramePort:
         port = self._free.pop()
         port.stream = stream
-        port.last_audio = None
         port.key = key
-        self._lent.append(port)
         return port
 
     def give_back(self, port: FramePort) -> None:
         port.key = None
-        self._lent.remove(port)
         self._free.append(port)
-
-    def beat(self) -> float | None:
-        """When the longest-lent port that is receiving audio last had a frame (see sip.phase); None if
-        no lent port has had one. Written by the clock thread, read here: one float, taken whole."""
-        for port in self._lent:
-            if port.last_audio is not None:
-                return port.last_audio
-        return None
 
     @property
     def lent(self) -> int:
         """Ports out on loan."""
-        return len(self._lent)
+        return len(self._all) - len(self._free)
