@@ -4,7 +4,8 @@ Checked in this order, so the cheapest and most specific answer wins:
 1. source outside the allow-list → 403
 2. the source sends INVITEs faster than its rate (a flood) → 503 with Retry-After
 3. the worker is draining → 503 with Retry-After
-4. the worker is full → 503 with Retry-After
+4. the worker is full, or a call's sockets would not fit beside those of its calls and of the calls
+   that just ended (`sip.sockets`) → 503 with Retry-After
 5. the engine is unreachable and `engine.on_unreachable` is reject → 503 with Retry-After
 6. no SDP offer → 488; an SDP offer that `parse_offer` refuses (`SdpError`) → 400; no audio codec
    in common → 488
@@ -116,9 +117,11 @@ def decide(
     policy: Policy,
     within_rate: bool = True,
     engine_refuses: bool = False,
+    sockets_fit: bool = True,
 ) -> Decision:
     """Decide on one INVITE given the worker's state (`within_rate`: the source's RateLimiter said yes;
-    `engine_refuses`: the engine is unreachable and the config says to refuse calls then)."""
+    `engine_refuses`: the engine is unreachable and the config says to refuse calls then;
+    `sockets_fit`: `sip.sockets.fits` said yes)."""
     if not source_allowed(source_ip, policy.allow_from):
         return Reject(403, "Forbidden", CallResult.REJECTED_ACL)
     retry = (("Retry-After", str(policy.retry_after)),) if policy.retry_after else ()
@@ -128,6 +131,8 @@ def decide(
         return Reject(503, "Draining", CallResult.REJECTED_DRAINING, retry)
     if active_calls >= policy.capacity:
         return Reject(503, "Busy, Try Another Worker", CallResult.REJECTED_FULL, retry)
+    if not sockets_fit:
+        return Reject(503, "Busy, Sockets Of Ended Calls Not Free Yet", CallResult.REJECTED_FULL, retry)
     if engine_refuses:
         return Reject(503, "Transcription Engine Unavailable", CallResult.REJECTED_ENGINE, retry)
     if "application/sdp" not in request.content_type() and "multipart" not in request.content_type():

@@ -12,8 +12,11 @@ Facts of the pjsua2-python wheel this relies on (measured, see the call pipeline
   INVITE with 486 itself, before `onIncomingCall`. With `sip.calls_per_worker` below 4 a slot stays
   free and the bridge answers 503 with Retry-After instead.
 - the null sound device drives the conference clock (`setNoDev()` delivers no frames). It runs only
-  while a call holds a frame port (`_clock`): between calls an idle worker's clock thread would
-  otherwise wake 50 times a second for nothing;
+  while a call holds a frame port or the conference a call's port (`_clock`): between calls an idle
+  worker's clock thread would otherwise wake 50 times a second for nothing. pjmedia frees a removed
+  port's slot only inside a clock tick (its first comes 20 ms after the device opens), so a clock
+  stopped with the call would keep the slots of calls shorter than that, and with `maxMediaPorts`
+  used up every further call's media fails (pjsua answers 488) for as long as the worker lives;
 - calls offered `a=sendonly` report REMOTE_HOLD, not ACTIVE: audio is connected for both;
 - `maxMediaPorts` must be at least 2 × calls + 1 (plus our own ports): `sip.limits.MAX_MEDIA_PORTS`.
 
@@ -82,6 +85,7 @@ from sip.screening import (
 from sip.sdp import Offer
 from sip.settings import CallObserver, NullObserver, ReadinessRule, ReadyVerdict, SipSettings, WorkerLoad
 from sip.siprec import SiprecRules
+from sip.sockets import SOCKETS_PER_STREAM, SocketLedger, fits
 from sip.throttle import Throttle
 
 logger = logging.getLogger(__name__)
@@ -280,6 +284,8 @@ class SipEndpoint:
         self._wake_socket: socket.socket | None = None  # from start() until stop(): see _wake
         self._wake_failures = Throttle(REFUSAL_LOG_SECONDS)
         self._clock_on = False  # the null sound device is open (see _clock)
+        self._idle_ports = 0  # conference ports with no call: the master and the FramePorts
+        self._closed_sockets = SocketLedger()  # ended calls' sockets, until pjlib frees their keys
 
     # --- called from other threads -------------------------------------------------------------
 
@@ -439,6 +445,7 @@ class SipEndpoint:
         self._pool = PortPool(
             FRAME_PORTS, cfg.sample_rate, cfg.port_frame_ms, self._on_audio, self._metrics.frames_dropped
         )
+        self._idle_ports = int(self._ep.mediaActivePorts())
 
     def _send_probe(self, probe: bytes) -> int:
         """Send the gate's calibration probe to our own SIP port; return the port it came from."""
@@ -466,6 +473,8 @@ class SipEndpoint:
             self._ep.libHandleEvents(wait_ms)
             if self._graveyard:
                 self._graveyard = [call for call in self._graveyard if call.isActive()]
+            if self._clock_on and not self._pool.lent:
+                self._clock(False)
             now = time.monotonic()
             if now >= self._next_rtp_check:
                 self._next_rtp_check = now + RTP_CHECK_SECONDS
@@ -585,6 +594,12 @@ class SipEndpoint:
         # pjsua keeps ended calls' slots until their transactions are over: count what it counts
         return max(len(self._entries) + len(self._admitted), pjsua_calls())
 
+    def _open_sockets(self) -> int:
+        """Sockets pjsua holds open for calls: each stream's, and one stream's of the calls it made
+        of INVITEs the gate refused or never saw."""
+        streams = sum(entry.streams for entry in self._entries.values()) + len(self._rejected)
+        return SOCKETS_PER_STREAM * (streams + len(self._admitted))
+
     def _on_request(self, incoming: Incoming) -> Answer | None:
         """The gate's handler: OPTIONS tell readiness, new INVITEs are screened."""
         if incoming.method == "OPTIONS":
@@ -620,6 +635,7 @@ class SipEndpoint:
             engine_refuses=self._cfg.refuse_without_engine
             and (self._engine_reachable is False or self._engine_full),
             source_calls=sum(1 for e in self._entries.values() if e.source_ip == incoming.source_ip),
+            sockets_fit=fits(self._open_sockets(), self._closed_sockets.held(now)),
         )
         verdict = screen(
             incoming.raw,
@@ -721,15 +737,17 @@ class SipEndpoint:
             return
         if call in self._rejected:
             self._rejected.remove(call)
+            self._closed_sockets.closed(time.monotonic(), SOCKETS_PER_STREAM)
             self._graveyard.append(call)
             return
         if entry is None:
             return
         del self._entries[entry.key]
+        self._closed_sockets.closed(time.monotonic(), SOCKETS_PER_STREAM * entry.streams)
         for port in entry.ports.values():
             self._pool.give_back(port)
         entry.ports.clear()
-        self._clock(self._pool.lent > 0)
+        self._clock(self._pool.lent > 0)  # on until the conference freed this call's ports
         if entry.end_reason is not None:
             reason = entry.end_reason
         elif entry.hangup_requested:
@@ -779,8 +797,13 @@ class SipEndpoint:
 
     def _clock(self, on: bool) -> None:
         """Run pjmedia's conference clock (the null sound device, a thread ticking every 20 ms) while a
-        call holds a frame port, and stop it once none does. Closing the device joins the clock
-        thread; pjsua2's wrapper lets go of the GIL meanwhile, so a frame callback in flight ends."""
+        call holds a frame port, and stop it once none does and the conference has freed every port of
+        the calls (the loop asks again until it has): it frees them only in a tick. A call's ports
+        held with no clock running (a call whose media never flowed, so it lent no frame port) start
+        it too, here or from the loop. Closing the device joins the clock thread; pjsua2's wrapper
+        lets go of the GIL meanwhile, so a frame callback in flight ends."""
+        if not on:
+            on = self._ep.mediaActivePorts() > self._idle_ports
         if on == self._clock_on:
             return
         try:

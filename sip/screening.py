@@ -68,6 +68,7 @@ class WorkerState:
     within_rate: bool  # the source's RateLimiter said yes
     engine_refuses: bool  # engine unreachable and engine.on_unreachable = reject
     source_calls: int = 0  # calls this source holds on this worker now
+    sockets_fit: bool = True  # a call's sockets fit in pjlib's ioqueue now (`sip.sockets.fits`)
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ def _admit(
             policy,
             state.within_rate,
             engine_refuses=state.engine_refuses,
+            sockets_fit=state.sockets_fit,
         )
     except ValueError as exc:
         return _invalid(f"SDP offer could not be read: {exc}")

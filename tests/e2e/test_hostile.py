@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from sip.limits import IOQUEUE_KEYS, MAX_MEDIA_PORTS
+from sip.sockets import CALL_SOCKETS, KEY_LINGER, MEDIA_KEYS, SOCKETS_PER_STREAM
 from tests.e2e.conftest import Bridge, Standin, end_bridge, new_bridge, run_sipp, run_standin, speech
 from tests.fixtures import rawsip, sipua
 from tests.fixtures.siprec_caller import metadata_xml, multipart_body, offer_sdp
@@ -293,6 +295,58 @@ def test_answered_calls_that_are_never_acked_or_never_send_rtp_give_their_slots_
     )
     assert reasons.count("no_ack") >= 2 and reasons.count("no_rtp") >= 2
     hostile.lived_on(pid, restarts)
+    hostile.serves_four_calls()
+
+
+def test_calls_hung_up_within_a_frame_give_their_conference_ports_back(hostile: Hostile) -> None:
+    """A call hung up before the conference clock's first tick (20 ms) must not keep its stream's port:
+    pjmedia frees a removed port only in a tick, so a clock stopped at once would leak it, and once the
+    conference is full every further call fails its media (pjsua answers 488) for good."""
+    port = hostile.bridge.sip_port
+    pid, restarts = hostile.worker_pid(), hostile.restarts()
+    statuses: list[int] = []
+    for _ in range(3 * MAX_MEDIA_PORTS // 2):  # more calls than the conference has ports
+        answer = sipua.invite(port, hangup=False)
+        statuses.append(answer.status)
+        if answer.dialog is not None:
+            answer.dialog.bye()
+        time.sleep(0.05)  # paced: their sockets fit (the next test floods)
+    assert statuses == [200] * len(statuses), statuses
+    assert "PJ_ETOOMANY" not in hostile.bridge.log()
+    hostile.lived_on(pid, restarts)
+    hostile.serves_four_calls()
+
+
+def test_a_burst_of_calls_hung_up_at_once_is_answered_503_until_their_sockets_are_free(
+    hostile: Hostile,
+) -> None:
+    """pjlib keeps a closed socket's key for half a second and aborts the process when a socket finds
+    none: the worker refuses calls whose sockets would not fit (503, Retry-After) and lives on."""
+    port = hostile.bridge.sip_port
+    pid, restarts = hostile.worker_pid(), hostile.restarts()
+    full = ("vblaze_bridge_calls_total", 'result="rejected_full",route="default"')
+    full_before = hostile.metric(*full)
+    time.sleep(KEY_LINGER)  # the keys of the calls before this test are free
+    answers: list[sipua.Answer] = []
+    for _ in range(IOQUEUE_KEYS):  # each call 2 sockets: twice what the ioqueue holds
+        answer = sipua.invite(port, hangup=False)
+        answers.append(answer)
+        if answer.dialog is not None:
+            answer.dialog.bye()
+    statuses = [answer.status for answer in answers]
+    assert set(statuses) == {200, 503}, statuses
+    refusals = [answer for answer in answers if answer.status == 503]
+    assert all(answer.headers.get("retry-after") == RETRY_AFTER for answer in refusals)
+    reasons = {answer.reason for answer in refusals}  # past its burst, the source's rate says no too
+    assert reasons <= {"Busy, Sockets Of Ended Calls Not Free Yet", "Too Many Calls From This Source"}
+    refused = sum(1 for answer in refusals if answer.reason.startswith("Busy"))
+    assert refused > 0, reasons
+    # the calls the ioqueue had room for were taken (less a few calls' sockets: BYEs still in flight)
+    assert statuses.count(200) * SOCKETS_PER_STREAM >= MEDIA_KEYS - 3 * CALL_SOCKETS, statuses
+    time.sleep(KEY_LINGER)
+    hostile.lived_on(pid, restarts)
+    assert hostile.metric(*full) == full_before + refused
+    assert "Sockets Of Ended Calls Not Free Yet" in hostile.bridge.log()
     hostile.serves_four_calls()
 
 
